@@ -1,0 +1,36 @@
+"""One adapter per model family; :func:`get_adapter` picks the one that matches a model."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import AttentionWeights, Capture, LayerNormParams, ModelAdapter
+from .clip_vision import CLIPVisionAdapter
+
+#: every known family, tried in order
+ADAPTERS: list[type[ModelAdapter]] = [CLIPVisionAdapter]
+
+
+def register_adapter(adapter: type[ModelAdapter]) -> type[ModelAdapter]:
+    """Add a model family (usable as a class decorator)."""
+    ADAPTERS.append(adapter)
+    return adapter
+
+
+def get_adapter(model: torch.nn.Module | ModelAdapter, pooling: str | None = None) -> ModelAdapter:
+    """The adapter for ``model``; raises naming the model class when no family matches."""
+    if isinstance(model, ModelAdapter):
+        return model
+    for adapter in ADAPTERS:
+        if adapter.matches(model):
+            return adapter(model, pooling=pooling)
+    raise TypeError(
+        f"no second-order adapter for {type(model).__name__}; supported families: "
+        + ", ".join(a.family for a in ADAPTERS)
+    )
+
+
+__all__ = [
+    "ADAPTERS", "AttentionWeights", "Capture", "CLIPVisionAdapter", "LayerNormParams",
+    "ModelAdapter", "get_adapter", "register_adapter",
+]

@@ -1,0 +1,274 @@
+"""The small interface every model family implements, and the one-pass capture built on it.
+
+An adapter says *where* things live in a Hugging Face module tree (module-name patterns for the
+MLP output projection and the attention modules, the LayerNorms on each path), hands out weights in
+one layout (``[heads, d_head, d_model]`` for value/query/key, ``[heads, d_model, d_head]`` for the
+output projection), and knows the family's representation (pooling, projection).  Everything else
+(capture, the second-order algebra, the slow path) is family-agnostic and lives outside the adapters.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
+
+import torch
+
+from ..hooks import HookRegistry
+
+__all__ = ["AttentionWeights", "Capture", "ModelAdapter", "LayerNormParams"]
+
+
+@dataclass(frozen=True)
+class AttentionWeights:
+    """One attention block's weights, split per head.
+
+    ``W_q, W_k, W_v``: ``[heads, d_head, d_model]`` (``q_h = W_q[h] x + b_q[h]``);
+    ``b_q, b_k, b_v``: ``[heads, d_head]``; ``W_o``: ``[heads, d_model, d_head]`` so that the block
+    writes ``sum_h W_o[h] y_h + b_o``; ``b_o``: ``[d_model]``; ``scale``: the score scale.
+    """
+
+    W_q: torch.Tensor
+    b_q: torch.Tensor
+    W_k: torch.Tensor
+    b_k: torch.Tensor
+    W_v: torch.Tensor
+    b_v: torch.Tensor
+    W_o: torch.Tensor
+    b_o: torch.Tensor
+    scale: float
+
+
+@dataclass(frozen=True)
+class LayerNormParams:
+    """``weight`` and ``bias`` (``[d_model]``) of one LayerNorm, and its ``eps``."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    eps: float
+
+
+@dataclass
+class Capture:
+    """Everything one forward pass records for the second-order algebra of one MLP layer.
+
+    - ``activations``: ``[batch, tokens, neurons]``, post-activation of the chosen MLP layer;
+    - ``attention[j]``: ``[batch, heads, queries, tokens]``, attention probabilities of block ``j``
+      for the query positions that reach the representation (``query_positions``, ``[queries]``);
+    - ``ln_mean[name]``, ``ln_std[name]``: ``[batch, tokens]`` (or ``[batch, queries]`` for a
+      LayerNorm that only sees the pooled token), mean and ``sqrt(var + eps)`` of each recorded
+      LayerNorm's input;
+    - ``readout``: ``[batch, queries]``, the pooling weights of the representation over queries;
+    - ``representation``: ``[batch, d_out]``, the model's unnormalised representation ``r``.
+    """
+
+    activations: torch.Tensor
+    attention: dict[int, torch.Tensor]
+    ln_mean: dict[str, torch.Tensor]
+    ln_std: dict[str, torch.Tensor]
+    query_positions: torch.Tensor
+    readout: torch.Tensor
+    representation: torch.Tensor
+
+    def ln_scale(self, names: list[str], at: str) -> torch.Tensor:
+        """Product of ``1 / sigma`` over the LayerNorms ``names``: ``[batch, tokens]`` when
+        ``at == "keys"``, ``[batch, queries]`` when ``at == "queries"``."""
+        b, _, q, t = next(iter(self.attention.values())).shape
+        n = t if at == "keys" else q
+        out = torch.ones(b, n, dtype=self.activations.dtype, device=self.activations.device)
+        for name in names:
+            out = out / self.at(self.ln_std[name], at)
+        return out
+
+    def at(self, stat: torch.Tensor, at: str) -> torch.Tensor:
+        """A per-token statistic at key positions (``[batch, tokens]``) or query positions."""
+        t = self.activations.shape[1]
+        q = self.query_positions.numel()
+        if at == "keys":
+            if stat.shape[1] != t:
+                raise ValueError("a LayerNorm that only saw pooled tokens cannot sit before a head")
+            return stat
+        if stat.shape[1] == q and (q != t or torch.equal(self.query_positions.cpu(), torch.arange(t))):
+            return stat
+        return stat[:, self.query_positions]
+
+
+class ModelAdapter(ABC):
+    """Where one model family keeps its pieces.  Subclasses set the class attributes and implement
+    the abstract methods; :func:`oe_assets.lens.adapters.get_adapter` picks the adapter by
+    :meth:`matches`."""
+
+    family: ClassVar[str]
+    #: "pre": LayerNorms sit on the branches (CLIP, GPT-2); "post": on the stream (BERT).
+    layer_norm_style: ClassVar[str]
+    conventions: ClassVar[tuple[str, ...]]
+    default_convention: ClassVar[str]
+    #: module-name patterns ('*' = layer index) relative to ``self.model``
+    mlp_out_pattern: ClassVar[str]
+    attention_pattern: ClassVar[str]
+
+    def __init__(self, model: torch.nn.Module, pooling: str | None = None):
+        self.model = model
+        self.pooling = pooling
+
+    # ---- identification -------------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def matches(cls, model: torch.nn.Module) -> bool: ...
+
+    # ---- sizes ----------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def n_layers(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def n_heads(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def d_model(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def d_mlp(self) -> int: ...
+
+    @property
+    def d_out(self) -> int:
+        P = self.projection()
+        return self.d_model if P is None else P.shape[1]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ---- weights --------------------------------------------------------------------------
+    @abstractmethod
+    def mlp_out_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W_out [d_model, neurons], b_out [d_model])``: neuron ``n`` writes ``a_n W_out[:, n]``."""
+
+    @abstractmethod
+    def attention_weights(self, block: int) -> AttentionWeights: ...
+
+    @abstractmethod
+    def layer_norm(self, name: str) -> LayerNormParams: ...
+
+    def projection(self) -> torch.Tensor | None:
+        """``P [d_model, d_out]`` applied after the final LayerNorm and pooling, or None."""
+        return None
+
+    # ---- paths ----------------------------------------------------------------------------
+    @abstractmethod
+    def layer_norms_before_head(self, mlp_layer: int, block: int) -> list[str]:
+        """LayerNorm module names between MLP ``mlp_layer``'s output and block ``block``'s
+        attention input, in order."""
+
+    @abstractmethod
+    def layer_norms_after_head(self, block: int) -> list[str]:
+        """LayerNorm module names between block ``block``'s attention output and the
+        representation, in order."""
+
+    def later_blocks(self, mlp_layer: int) -> list[int]:
+        self.check_layer(mlp_layer)
+        return list(range(mlp_layer + 1, self.n_layers))
+
+    def check_layer(self, mlp_layer: int) -> None:
+        if not isinstance(mlp_layer, int) or not 0 <= mlp_layer < self.n_layers - 1:
+            raise ValueError(
+                f"mlp_layer={mlp_layer!r} is out of range: {self.family} has {self.n_layers} layers, "
+                f"and only layers 0..{self.n_layers - 2} have a later attention block"
+            )
+
+    # ---- running --------------------------------------------------------------------------
+    @abstractmethod
+    def prepare_inputs(self, inputs: Any) -> dict[str, torch.Tensor]:
+        """Validate the caller's inputs and move them to the model's device/dtype."""
+
+    @abstractmethod
+    def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Run the model once; return the unnormalised representation ``r`` ``[batch, d_out]``."""
+
+    @abstractmethod
+    def n_tokens(self, inputs: Mapping[str, torch.Tensor]) -> int: ...
+
+    @abstractmethod
+    def readout(self, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(query_positions [queries], weights [batch, queries])``: the representation pools the
+        final stream as ``sum_q weights[b, q] x[b, query_positions[q]]`` (before the projection)."""
+
+    def attention_bias(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """Additive score mask ``[batch, tokens(query), tokens(key)]`` (``-inf`` where masked)."""
+        return None
+
+    # ---- capture --------------------------------------------------------------------------
+    def capture(self, inputs: Any, mlp_layer: int, layer_norms: list[str] | None = None) -> Capture:
+        """One forward pass with hooks; see :class:`Capture`.  ``layer_norms`` defaults to every
+        LayerNorm on the layer's paths."""
+        blocks = self.later_blocks(mlp_layer)
+        inputs = self.prepare_inputs(inputs)
+        if layer_norms is None:
+            layer_norms = sorted(
+                {n for j in blocks for n in self.layer_norms_before_head(mlp_layer, j)}
+                | {n for j in blocks for n in self.layer_norms_after_head(j)}
+            )
+        query_positions, readout = self.readout(inputs)
+        bias = self.attention_bias(inputs)
+        if bias is not None:
+            bias = bias[:, query_positions, :]
+        store: dict[str, Any] = {"attention": {}, "mean": {}, "std": {}}
+
+        def record_activation(name, index, module, args, kwargs):
+            store["activations"] = args[0] if args else kwargs["input"]
+
+        def record_attention(name, index, module, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            store["attention"][index[0]] = attention_probabilities(
+                x, self.attention_weights(index[0]), query_positions, bias
+            )
+
+        def record_layer_norm(name, index, module, args, kwargs):
+            x = args[0] if args else kwargs["input"]
+            mean = x.mean(-1)
+            std = torch.sqrt(x.var(-1, unbiased=False) + module.eps)
+            if x.dim() == 2:  # a LayerNorm applied to the pooled token only
+                mean, std = mean[:, None], std[:, None]
+            store["mean"][name], store["std"][name] = mean, std
+
+        with torch.no_grad(), HookRegistry(self.model) as hooks:
+            hooks.add_pre(self.mlp_out_pattern, record_activation, indices=[mlp_layer])
+            hooks.add_pre(self.attention_pattern, record_attention, indices=blocks)
+            for name in layer_norms:
+                hooks.add_pre(name, record_layer_norm)
+            representation = self.forward(inputs)
+            hooks.check_all_fired()
+        return Capture(
+            activations=store["activations"],
+            attention=store["attention"],
+            ln_mean=store["mean"],
+            ln_std=store["std"],
+            query_positions=query_positions,
+            readout=readout.to(representation.dtype),
+            representation=representation,
+        )
+
+
+def attention_probabilities(
+    x: torch.Tensor, w: AttentionWeights, query_positions: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """``softmax_t(scale * q_h(x[:, q]) . k_h(x[:, t]) + bias)``: ``[batch, heads, queries, tokens]``.
+
+    Recomputed from the attention input so that capture works whatever attention implementation
+    the model runs (``sdpa`` and flash kernels never return probabilities).  Softmax runs in the
+    model's dtype, or float32 for half-precision models."""
+    q = torch.einsum("bqd,hed->bhqe", x[:, query_positions], w.W_q) + w.b_q[None, :, None, :]
+    k = torch.einsum("btd,hed->bhte", x, w.W_k) + w.b_k[None, :, None, :]
+    scores = torch.einsum("bhqe,bhte->bhqt", q, k) * w.scale
+    if bias is not None:
+        scores = scores + bias[:, None]
+    soft_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    return torch.softmax(scores.to(soft_dtype), dim=-1).to(x.dtype)

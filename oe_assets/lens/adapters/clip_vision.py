@@ -1,0 +1,100 @@
+"""CLIP vision towers: ``CLIPVisionModelWithProjection``, ``CLIPModel`` (through ``vision_model``
+and ``visual_projection``) and ``CLIPVisionModel`` (no projection).
+
+Pre-LayerNorm: block ``j`` reads ``layer_norm1(stream)``; the representation is
+``visual_projection(post_layernorm(stream[:, 0]))``: the CLS token only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+from .base import AttentionWeights, LayerNormParams, ModelAdapter
+
+
+class CLIPVisionAdapter(ModelAdapter):
+    family = "clip_vision"
+    layer_norm_style = "pre"
+    conventions = ("reference", "direct")
+    default_convention = "reference"
+    mlp_out_pattern = "vision_model.encoder.layers.*.mlp.fc2"
+    attention_pattern = "vision_model.encoder.layers.*.self_attn"
+
+    @classmethod
+    def matches(cls, model: torch.nn.Module) -> bool:
+        vision = getattr(model, "vision_model", None)
+        return vision is not None and getattr(vision.config, "model_type", "") == "clip_vision_model"
+
+    def __init__(self, model: torch.nn.Module, pooling: str | None = None):
+        if pooling not in (None, "cls"):
+            raise ValueError(f"pooling={pooling!r}: a CLIP vision tower reads the CLS token only ('cls')")
+        super().__init__(model, "cls")
+        self.vision = model.vision_model
+        self.config = self.vision.config
+
+    n_layers = property(lambda self: self.config.num_hidden_layers)
+    n_heads = property(lambda self: self.config.num_attention_heads)
+    d_model = property(lambda self: self.config.hidden_size)
+    d_mlp = property(lambda self: self.config.intermediate_size)
+
+    def _block(self, j: int):
+        return self.vision.encoder.layers[j]
+
+    def mlp_out_weights(self, layer: int):
+        fc2 = self._block(layer).mlp.fc2
+        return fc2.weight, fc2.bias
+
+    def attention_weights(self, block: int) -> AttentionWeights:
+        attn = self._block(block).self_attn
+        H, D = self.n_heads, self.d_model
+        dh = D // H
+        split = lambda lin: (lin.weight.view(H, dh, D), lin.bias.view(H, dh))  # noqa: E731
+        W_q, b_q = split(attn.q_proj)
+        W_k, b_k = split(attn.k_proj)
+        W_v, b_v = split(attn.v_proj)
+        W_o = attn.out_proj.weight.view(D, H, dh).permute(1, 0, 2)
+        return AttentionWeights(W_q, b_q, W_k, b_k, W_v, b_v, W_o, attn.out_proj.bias, attn.scale)
+
+    def layer_norm(self, name: str) -> LayerNormParams:
+        ln = self.model.get_submodule(name)
+        return LayerNormParams(ln.weight, ln.bias, ln.eps)
+
+    def projection(self):
+        proj = getattr(self.model, "visual_projection", None)
+        return None if proj is None else proj.weight.T
+
+    def layer_norms_before_head(self, mlp_layer: int, block: int) -> list[str]:
+        return [f"vision_model.encoder.layers.{block}.layer_norm1"]
+
+    def layer_norms_after_head(self, block: int) -> list[str]:
+        return ["vision_model.post_layernorm"]
+
+    def prepare_inputs(self, inputs: Any) -> dict[str, torch.Tensor]:
+        pixel_values = inputs.get("pixel_values") if isinstance(inputs, Mapping) else inputs
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(
+                f"pixel_values must be a torch.Tensor [batch, {self.config.num_channels}, "
+                f"{self.config.image_size}, {self.config.image_size}], got {type(pixel_values).__name__}"
+            )
+        expected = (self.config.num_channels, self.config.image_size, self.config.image_size)
+        if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(
+                f"pixel_values has shape {tuple(pixel_values.shape)}; this CLIP vision tower expects "
+                f"[batch, {expected[0]}, {expected[1]}, {expected[2]}]"
+            )
+        return {"pixel_values": pixel_values.to(device=self.device, dtype=self.dtype)}
+
+    def n_tokens(self, inputs: Mapping[str, torch.Tensor]) -> int:
+        return (self.config.image_size // self.config.patch_size) ** 2 + 1
+
+    def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        pooled = self.vision(pixel_values=inputs["pixel_values"]).pooler_output
+        P = self.projection()
+        return pooled if P is None else pooled @ P
+
+    def readout(self, inputs: Mapping[str, torch.Tensor]):
+        b = inputs["pixel_values"].shape[0]
+        device = self.device
+        return torch.zeros(1, dtype=torch.long, device=device), torch.ones(b, 1, dtype=self.dtype, device=device)

@@ -1,0 +1,103 @@
+"""The literal per-head path: the yardstick for the fast path in :mod:`.second_order`.
+
+It follows the published stage list step by step, per later block and per head, on per-neuron
+token tensors ``[batch, tokens, neurons, d_model]``.  It shares only the forward-pass capture with
+the fast path; none of the factored algebra.  Use it on small models or single samples.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .adapters import Capture, ModelAdapter, get_adapter
+
+__all__ = ["slow_second_order_effects", "slow_path_contributions"]
+
+
+def _frozen_layer_norms(x: torch.Tensor, adapter: ModelAdapter, cap: Capture, names: list[str], at: str):
+    """Apply ``v -> gamma * (v - mean(v)) / sigma[b, token]`` for each LayerNorm in ``names``;
+    ``x``: ``[batch, tokens, K, d_model]``."""
+    for name in names:
+        gamma = adapter.layer_norm(name).weight
+        sigma = cap.at(cap.ln_std[name], at)
+        x = gamma * (x - x.mean(-1, keepdim=True)) / sigma[:, :, None, None]
+    return x
+
+
+def _readout(x: torch.Tensor, adapter: ModelAdapter, cap: Capture) -> torch.Tensor:
+    """Pool ``[batch, queries, K, d_model]`` over queries and project: ``[batch, K, d_out]``."""
+    pooled = torch.einsum("bq,bqkd->bkd", cap.readout, x)
+    P = adapter.projection()
+    return pooled if P is None else pooled @ P
+
+
+@torch.no_grad()
+def slow_path_contributions(
+    adapter: ModelAdapter, cap: Capture, mlp_layer: int, contributions: torch.Tensor, coefficient: float = 100.0
+) -> torch.Tensor:
+    """Direct convention for arbitrary stream contributions ``[batch, tokens, K, d_model]`` written
+    at MLP layer ``mlp_layer``: ``[batch, K, d_out]``, summed over every later block and head."""
+    total = None
+    for j in adapter.later_blocks(mlp_layer):
+        w = adapter.attention_weights(j)
+        u = _frozen_layer_norms(contributions, adapter, cap, adapter.layer_norms_before_head(mlp_layer, j), "keys")
+        for h in range(adapter.n_heads):
+            v = u @ w.W_v[h].T  # [B, T, K, dh]
+            y = torch.einsum("bqt,btke->bqke", cap.attention[j][:, h], v)
+            o = y @ w.W_o[h].T  # [B, Q, K, D]
+            o = _frozen_layer_norms(o, adapter, cap, adapter.layer_norms_after_head(j), "queries")
+            e = _readout(o, adapter, cap)
+            total = e if total is None else total + e
+    return total * (coefficient / cap.representation.norm(dim=-1))[:, None, None]
+
+
+@torch.no_grad()
+def _slow_reference(adapter: ModelAdapter, cap: Capture, mlp_layer: int, coefficient: float) -> torch.Tensor:
+    a = cap.activations
+    W2, b2 = adapter.mlp_out_weights(mlp_layer)
+    N, L, H = adapter.d_mlp, adapter.n_layers, adapter.n_heads
+    total = None
+    for j in adapter.later_blocks(mlp_layer):
+        (ln_in,), (ln_f,) = adapter.layer_norms_before_head(mlp_layer, j), adapter.layer_norms_after_head(j)
+        ln1, lnf = adapter.layer_norm(ln_in), adapter.layer_norm(ln_f)
+        mu, sigma = cap.ln_mean[ln_in], cap.ln_std[ln_in]
+        mu_f, sigma_f = cap.at(cap.ln_mean[ln_f], "queries"), cap.at(cap.ln_std[ln_f], "queries")
+        c = (1 + 2 * j) * N
+        c_f = (1 + 2 * j) * (1 + 2 * L) * H * N
+        w = adapter.attention_weights(j)
+        u = a[..., None] * W2.T + b2 / N  # [B, T, N, D]
+        z = ln1.weight * (u - mu[..., None, None] / c) / sigma[..., None, None] + ln1.bias / c
+        for h in range(H):
+            v = z @ w.W_v[h].T + w.b_v[h] / c  # [B, T, N, dh]
+            y = torch.einsum("bqt,btne->bqne", cap.attention[j][:, h], v)
+            o = y @ w.W_o[h].T + w.b_o / (c * H)  # [B, Q, N, D]
+            fin = lnf.weight * (o - mu_f[..., None, None] / c_f) / sigma_f[..., None, None] + lnf.bias / c_f
+            e = _readout(fin, adapter, cap)
+            total = e if total is None else total + e
+    return total * (coefficient / cap.representation.norm(dim=-1))[:, None, None]
+
+
+@torch.no_grad()
+def slow_second_order_effects(
+    model: torch.nn.Module | ModelAdapter,
+    inputs: Any,
+    mlp_layer: int,
+    coefficient: float = 100.0,
+    convention: str | None = None,
+    pooling: str | None = None,
+    capture: Capture | None = None,
+) -> torch.Tensor:
+    """Per-head literal second-order effects ``[batch, neurons, d_out]`` (same conventions as
+    :class:`oe_assets.lens.SecondOrderLens`)."""
+    adapter = get_adapter(model, pooling)
+    convention = convention or adapter.default_convention
+    if convention not in adapter.conventions:
+        raise ValueError(f"convention={convention!r} is not available for {adapter.family}")
+    cap = capture if capture is not None else adapter.capture(inputs, mlp_layer)
+    if convention == "reference":
+        return _slow_reference(adapter, cap, mlp_layer, coefficient)
+    W_out, _ = adapter.mlp_out_weights(mlp_layer)
+    contributions = cap.activations[..., None] * W_out.T  # [B, T, N, D]
+    return slow_path_contributions(adapter, cap, mlp_layer, contributions, coefficient)
