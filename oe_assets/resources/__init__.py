@@ -1,0 +1,1 @@
+"""Resources: dataset loaders and other shared inputs."""

@@ -1,0 +1,331 @@
+"""Labelled text datasets (CSV, JSONL, Parquet) and the bundled demo corpus.
+
+This module deliberately has no Dagster dependency; the asset layer wraps it.
+
+A dataset file holds one example per row with a text column and an integer
+label column (names configurable).  Files are read by extension:
+
+* ``.csv``                      -- stdlib :mod:`csv`, header row required
+* ``.jsonl`` / ``.ndjson``      -- one JSON object per line (blank lines skipped)
+* ``.parquet`` / ``.pq``        -- :mod:`pyarrow.parquet`
+
+Labels must be integers (integer-valued floats such as ``2.0`` and integer
+strings such as ``"2"`` -- which is what CSV gives -- are accepted).  String
+labels can be mapped to indices by passing ``classes``; without it they are an
+error.  Subsampling is deterministic: rows ``offset, offset + stride,
+offset + 2 * stride, ...`` are kept, then the result is truncated to ``limit``
+(the same scheme as taking every k-th image of ImageNet).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = [
+    "DEMO_CORPUS_DIR",
+    "DEMO_SPLITS",
+    "SUPPORTED_EXTENSIONS",
+    "TextDataset",
+    "demo_classes",
+    "demo_templates",
+    "load_demo_corpus",
+    "load_text_dataset",
+]
+
+#: Folder holding the shipped demo corpus (``<repo>/data/demo_corpus``).
+DEMO_CORPUS_DIR: Path = Path(__file__).resolve().parents[2] / "data" / "demo_corpus"
+DEMO_SPLITS: tuple[str, ...] = ("train", "val")
+
+_FORMATS: dict[str, str] = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+SUPPORTED_EXTENSIONS: tuple[str, ...] = tuple(_FORMATS)
+
+_INT_RE = re.compile(r"^[+-]?\d+$")
+
+
+@dataclass(frozen=True)
+class TextDataset:
+    """Texts with integer labels (``labels[i]`` is the label of ``texts[i]``).
+
+    ``classes``, when known, lists the class names in label order, so
+    ``classes[labels[i]]`` is the name of example ``i``'s class.
+    """
+
+    texts: list[str]
+    labels: np.ndarray
+    classes: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        texts = list(self.texts)
+        labels = np.asarray(self.labels)
+        if labels.ndim != 1:
+            raise ValueError(f"labels must be one-dimensional, got shape {labels.shape}")
+        if labels.size and not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+        labels = labels.astype(np.int64, copy=False)
+        if len(texts) != len(labels):
+            raise ValueError(f"got {len(texts)} texts but {len(labels)} labels")
+        classes = None if self.classes is None else [str(c) for c in self.classes]
+        if labels.size and labels.min() < 0:
+            raise ValueError(f"labels must be non-negative, got {int(labels.min())}")
+        if classes is not None and labels.size and labels.max() >= len(classes):
+            raise ValueError(
+                f"label {int(labels.max())} is out of range for {len(classes)} classes"
+            )
+        object.__setattr__(self, "texts", texts)
+        object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "classes", classes)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __eq__(self, other: object) -> bool:  # ndarray fields need an explicit __eq__
+        if not isinstance(other, TextDataset):
+            return NotImplemented
+        return (
+            self.texts == other.texts
+            and self.classes == other.classes
+            and np.array_equal(self.labels, other.labels)
+        )
+
+    @property
+    def num_classes(self) -> int:
+        """``len(classes)`` if known, else ``max(label) + 1`` (0 when empty)."""
+        if self.classes is not None:
+            return len(self.classes)
+        return int(self.labels.max()) + 1 if len(self.labels) else 0
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    with path.open("r", encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        columns = list(reader.fieldnames or [])
+    return columns, rows
+
+
+def _read_jsonl(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    columns: dict[str, None] = {}  # ordered set
+    rows: list[dict[str, Any]] = []
+    with path.open("r", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {lineno} is not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(
+                    f"{path}: line {lineno} must be a JSON object, got {type(obj).__name__}"
+                )
+            columns.update(dict.fromkeys(obj))
+            rows.append(obj)
+    return list(columns), rows
+
+
+def _read_parquet(
+    path: Path, text_column: str, label_column: str
+) -> tuple[list[str], list[dict[str, Any]]]:
+    import pyarrow.parquet as pq
+
+    try:
+        columns = list(pq.read_schema(path).names)
+    except Exception as e:  # pyarrow raises ArrowInvalid & friends on corrupt files
+        raise ValueError(f"{path}: cannot read Parquet file ({e})") from e
+    if text_column not in columns or label_column not in columns:
+        return columns, []  # the caller reports the missing column(s)
+    table = pq.read_table(path, columns=[text_column, label_column])
+    texts = table.column(text_column).to_pylist()
+    labels = table.column(label_column).to_pylist()
+    return columns, [{text_column: t, label_column: y} for t, y in zip(texts, labels)]
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _parse_label(value: Any, row: int, path: Path, class_index: dict[str, int] | None) -> int:
+    where = f"{path}: row {row} (0-based)"
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{where}: label {value!r} is a boolean, expected an integer")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        if math.isfinite(value) and float(value).is_integer():
+            return int(value)
+        raise ValueError(f"{where}: label {value!r} is not an integer")
+    if isinstance(value, str):
+        if class_index is not None and value in class_index:
+            return class_index[value]
+        stripped = value.strip()
+        if _INT_RE.match(stripped):
+            return int(stripped)
+        if class_index is not None:
+            raise ValueError(
+                f"{where}: label {value!r} is not an integer and not one of the "
+                f"{len(class_index)} given classes"
+            )
+        raise ValueError(
+            f"{where}: label {value!r} is not an integer; pass classes=[...] to map "
+            "string labels to indices"
+        )
+    if value is None:
+        raise ValueError(f"{where}: label is missing (null/empty)")
+    raise ValueError(f"{where}: label {value!r} ({type(value).__name__}) is not an integer")
+
+
+def load_text_dataset(
+    path: str | os.PathLike[str],
+    text_column: str = "text",
+    label_column: str = "label",
+    stride: int = 1,
+    offset: int = 0,
+    limit: int | None = None,
+    classes: Sequence[str] | None = None,
+) -> TextDataset:
+    """Load a labelled text dataset from a CSV, JSONL/NDJSON or Parquet file.
+
+    Args:
+        path: file to read; the format is chosen by its extension.
+        text_column: column holding the text (must be a non-empty string in every row).
+        label_column: column holding the integer label.
+        stride: keep every ``stride``-th row (``>= 1``).
+        offset: index of the first row kept (``>= 0`` and smaller than the row count).
+        limit: keep at most this many rows after striding (``None``: all).
+        classes: class names in label order; string labels are mapped through it
+            and integer labels must lie in ``range(len(classes))``.
+
+    Every row of the file is validated, also rows that subsampling drops.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: unsupported extension, missing columns, empty text, a label
+            that is not an integer (and not a known class name), bad
+            ``stride``/``offset``/``limit``, or a file without rows.
+    """
+    p = Path(path)
+    if stride < 1:
+        raise ValueError(f"{p}: stride must be >= 1, got {stride}")
+    if offset < 0:
+        raise ValueError(f"{p}: offset must be >= 0, got {offset}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"{p}: limit must be >= 0 or None, got {limit}")
+    if not p.exists():
+        raise FileNotFoundError(f"text dataset file not found: {p}")
+    if not p.is_file():
+        raise ValueError(f"{p}: not a regular file")
+    fmt = _FORMATS.get(p.suffix.lower())
+    if fmt is None:
+        raise ValueError(
+            f"{p}: unsupported file extension {p.suffix or '(none)'!r}; "
+            f"expected one of {', '.join(SUPPORTED_EXTENSIONS)}"
+        )
+
+    if fmt == "csv":
+        columns, rows = _read_csv(p)
+    elif fmt == "jsonl":
+        columns, rows = _read_jsonl(p)
+    else:
+        columns, rows = _read_parquet(p, text_column, label_column)
+
+    missing = [c for c in (text_column, label_column) if c not in columns]
+    if missing:
+        raise ValueError(
+            f"{p}: missing column(s) {missing}; columns present: {columns}"
+        )
+    if not rows:
+        raise ValueError(f"{p}: file contains no rows")
+
+    class_list = None if classes is None else [str(c) for c in classes]
+    class_index = None if class_list is None else {c: i for i, c in enumerate(class_list)}
+
+    texts: list[str] = []
+    labels: list[int] = []
+    for i, row in enumerate(rows):
+        if text_column not in row:
+            raise ValueError(f"{p}: row {i} (0-based) has no {text_column!r} field")
+        if label_column not in row:
+            raise ValueError(f"{p}: row {i} (0-based) has no {label_column!r} field")
+        text = row[text_column]
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(
+                f"{p}: row {i} (0-based) has empty or non-string text in column "
+                f"{text_column!r}: {text!r}"
+            )
+        label = _parse_label(row[label_column], i, p, class_index)
+        if label < 0:
+            raise ValueError(f"{p}: row {i} (0-based): label {label} is negative")
+        if class_list is not None and label >= len(class_list):
+            raise ValueError(
+                f"{p}: row {i} (0-based): label {label} is out of range for "
+                f"{len(class_list)} classes"
+            )
+        texts.append(text)
+        labels.append(label)
+
+    if offset >= len(texts):
+        raise ValueError(f"{p}: offset {offset} is beyond the {len(texts)} rows in the file")
+    texts = texts[offset::stride]
+    labels = labels[offset::stride]
+    if limit is not None:
+        texts, labels = texts[:limit], labels[:limit]
+    return TextDataset(texts=texts, labels=np.asarray(labels, dtype=np.int64), classes=class_list)
+
+
+# --------------------------------------------------------------------------- demo corpus
+
+
+def demo_classes() -> list[str]:
+    """Class names of the demo corpus, in label order."""
+    path = DEMO_CORPUS_DIR / "classes.json"
+    if not path.exists():
+        raise FileNotFoundError(f"demo corpus class list not found: {path}")
+    classes = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise ValueError(f"{path}: expected a JSON list of class-name strings")
+    return classes
+
+
+def demo_templates() -> list[str]:
+    """Zero-shot prompt templates for the demo corpus (each contains ``{}``)."""
+    path = DEMO_CORPUS_DIR / "templates.json"
+    if not path.exists():
+        raise FileNotFoundError(f"demo corpus templates not found: {path}")
+    templates = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(templates, list) or not all(
+        isinstance(t, str) and "{}" in t for t in templates
+    ):
+        raise ValueError(f"{path}: expected a JSON list of strings each containing '{{}}'")
+    return templates
+
+
+def load_demo_corpus(
+    split: str, *, stride: int = 1, offset: int = 0, limit: int | None = None
+) -> TextDataset:
+    """Load the shipped demo topic-classification corpus (``"train"`` or ``"val"``)."""
+    if split not in DEMO_SPLITS:
+        raise ValueError(f"unknown demo corpus split {split!r}; expected one of {list(DEMO_SPLITS)}")
+    return load_text_dataset(
+        DEMO_CORPUS_DIR / f"{split}.jsonl",
+        stride=stride,
+        offset=offset,
+        limit=limit,
+        classes=demo_classes(),
+    )

@@ -1,0 +1,55 @@
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "clip_vit_tiny"
+
+
+@pytest.fixture(scope="session")
+def reference():
+    if not REFERENCE.exists():
+        pytest.skip(f"reference outputs not found at {REFERENCE}")
+    return np.load(REFERENCE / "expected.npz"), json.loads((REFERENCE / "meta.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def reference_model():
+    from transformers import CLIPVisionModelWithProjection
+
+    if not REFERENCE.exists():
+        pytest.skip(f"reference model not found at {REFERENCE}")
+    return CLIPVisionModelWithProjection.from_pretrained(REFERENCE / "model", dtype=torch.float64).eval()
+
+
+def tiny_clip_vision(seed=0, layers=4, dtype=torch.float64, attn="eager", with_text=False):
+    """A random CLIP model built from config classes (no download)."""
+    from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                  image_size=16, patch_size=4, projection_dim=24, hidden_act="quick_gelu")
+    if with_text:
+        cfg = CLIPConfig(
+            text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             vocab_size=64, max_position_embeddings=16, eos_token_id=2, bos_token_id=1,
+                             pad_token_id=0, projection_dim=24),
+            vision_config=vision, projection_dim=24,
+        )
+        model = CLIPModel(cfg)
+    else:
+        model = CLIPVisionModelWithProjection(CLIPVisionConfig(**vision))
+    # random LayerNorm affine parameters, so the tests exercise them
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.LayerNorm):
+                mod.weight.normal_(1.0, 0.2)
+                mod.bias.normal_(0.0, 0.2)
+    model.set_attn_implementation(attn)
+    return model.to(dtype).eval()
