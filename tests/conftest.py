@@ -53,3 +53,46 @@ def tiny_clip_vision(seed=0, layers=4, dtype=torch.float64, attn="eager", with_t
                 mod.bias.normal_(0.0, 0.2)
     model.set_attn_implementation(attn)
     return model.to(dtype).eval()
+
+
+def _random_layer_norms(model, dtype):
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.LayerNorm):
+                mod.weight.normal_(1.0, 0.2)
+                mod.bias.normal_(0.0, 0.2)
+    return model.to(dtype).eval()
+
+
+def tiny_bert(seed=0, layers=4, dtype=torch.float64, attn="sdpa"):
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=32)
+    model = BertModel(cfg)
+    model.set_attn_implementation(attn)
+    return _random_layer_norms(model, dtype)
+
+
+def tiny_gpt2(seed=0, layers=4, dtype=torch.float64, head=True, attn="sdpa"):
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=60, n_embd=32, n_layer=layers, n_head=4, n_positions=32, n_inner=64,
+                     bos_token_id=0, eos_token_id=0)
+    model = (GPT2LMHeadModel if head else GPT2Model)(cfg)
+    model.set_attn_implementation(attn)
+    return _random_layer_norms(model, dtype)
+
+
+def padded_batch(seed=0, lengths=(9, 6, 4), vocab=60):
+    """Right-padded token batch of mixed lengths."""
+    g = torch.Generator().manual_seed(seed)
+    T = max(lengths)
+    ids = torch.randint(3, vocab, (len(lengths), T), generator=g)
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+        ids[i, n:] = 0
+    return {"input_ids": ids, "attention_mask": mask}

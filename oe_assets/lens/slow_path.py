@@ -67,9 +67,10 @@ def _slow_reference(adapter: ModelAdapter, cap: Capture, mlp_layer: int, coeffic
         c = (1 + 2 * j) * N
         c_f = (1 + 2 * j) * (1 + 2 * L) * H * N
         w = adapter.attention_weights(j)
-        u = a[..., None] * W2.T + b2 / N  # [B, T, N, D]
-        z = ln1.weight * (u - mu[..., None, None] / c) / sigma[..., None, None] + ln1.bias / c
         for h in range(H):
+            # per head, as the published stage list does: per-neuron MLP output, then the LayerNorm
+            u = a[..., None] * W2.T + b2 / N  # [B, T, N, D]
+            z = ln1.weight * (u - mu[..., None, None] / c) / sigma[..., None, None] + ln1.bias / c
             v = z @ w.W_v[h].T + w.b_v[h] / c  # [B, T, N, dh]
             y = torch.einsum("bqt,btne->bqne", cap.attention[j][:, h], v)
             o = y @ w.W_o[h].T + w.b_o / (c * H)  # [B, Q, N, D]

@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 
 from .base import AttentionWeights, Capture, LayerNormParams, ModelAdapter
+from .bert import BertAdapter
 from .clip_vision import CLIPVisionAdapter
+from .gpt2 import GPT2Adapter
 
 #: every known family, tried in order
-ADAPTERS: list[type[ModelAdapter]] = [CLIPVisionAdapter]
+ADAPTERS: list[type[ModelAdapter]] = [CLIPVisionAdapter, GPT2Adapter, BertAdapter]
 
 
 def register_adapter(adapter: type[ModelAdapter]) -> type[ModelAdapter]:
@@ -31,6 +33,6 @@ def get_adapter(model: torch.nn.Module | ModelAdapter, pooling: str | None = Non
 
 
 __all__ = [
-    "ADAPTERS", "AttentionWeights", "Capture", "CLIPVisionAdapter", "LayerNormParams",
+    "ADAPTERS", "AttentionWeights", "BertAdapter", "GPT2Adapter", "Capture", "CLIPVisionAdapter", "LayerNormParams",
     "ModelAdapter", "get_adapter", "register_adapter",
 ]

@@ -1,0 +1,55 @@
+"""Shared input handling of the language-model families: token ids, padding masks, pooling."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+from .base import ModelAdapter
+
+
+class TextAdapter(ModelAdapter):
+    """A language model called on a tokenizer's output (``input_ids``, ``attention_mask``)."""
+
+    #: keyword inputs passed on to the model besides ``input_ids`` / ``attention_mask``
+    extra_inputs: tuple[str, ...] = ()
+
+    def prepare_inputs(self, inputs: Any) -> dict[str, torch.Tensor]:
+        if not isinstance(inputs, Mapping) or "input_ids" not in inputs:
+            raise TypeError(
+                f"{self.family} inputs must be a mapping with 'input_ids' (and 'attention_mask'), such as a "
+                f"tokenizer's output; got {type(inputs).__name__}"
+            )
+        ids = torch.as_tensor(inputs["input_ids"])
+        if ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"input_ids must be an integer tensor [batch, tokens], got {ids.dtype} {tuple(ids.shape)}")
+        mask = inputs.get("attention_mask")
+        mask = torch.ones_like(ids) if mask is None else torch.as_tensor(mask)
+        if mask.shape != ids.shape:
+            raise ValueError(f"attention_mask has shape {tuple(mask.shape)} but input_ids has {tuple(ids.shape)}")
+        if (mask.sum(1) == 0).any():
+            raise ValueError("attention_mask has a sample with no tokens (all padding)")
+        out = {"input_ids": ids.long().to(self.device), "attention_mask": mask.long().to(self.device)}
+        for key in self.extra_inputs:
+            if inputs.get(key) is not None:
+                out[key] = torch.as_tensor(inputs[key]).to(self.device)
+        return out
+
+    def n_tokens(self, inputs: Mapping[str, torch.Tensor]) -> int:
+        return inputs["input_ids"].shape[1]
+
+    def _padding_bias(self, inputs: Mapping[str, torch.Tensor], causal: bool) -> torch.Tensor:
+        mask = inputs["attention_mask"].bool()  # [B, T]
+        B, T = mask.shape
+        allowed = mask[:, None, :].expand(B, T, T)
+        if causal:
+            allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=mask.device).tril()
+        # a padding query may have no allowed key (left padding); it never reaches the readout,
+        # so give it a harmless uniform row instead of NaNs
+        allowed = allowed | ~allowed.any(-1, keepdim=True)
+        bias = torch.zeros(B, T, T, dtype=self.dtype, device=mask.device)
+        return bias.masked_fill(~allowed, float("-inf"))
+
+    def _all_queries(self, inputs):
+        return torch.arange(self.n_tokens(inputs), device=self.device)
