@@ -92,3 +92,17 @@ def test_ablation_shapes_are_checked():
     with pytest.raises(ValueError, match="does not match"):
         ablate(np.zeros((3, 4)), np.zeros((2, 5, 4)), np.zeros((4, 2)), np.zeros(3), np.zeros((5, 4)),
                np.zeros(5), np.zeros((5, 4)))
+
+
+def test_batched_omp_equals_sklearn(reference):
+    d, meta = reference
+    for layer in (0, 2):
+        fast = sparse_decompose(d[f"pca_layer{layer}"], d["text_embeddings"], meta["components"], method="batched")
+        np.testing.assert_allclose(fast.codes, d[f"sparse_codes_layer{layer}"], atol=1e-12)
+    rng = np.random.default_rng(1)
+    T, X = rng.normal(size=(1500, 48)), rng.normal(size=(90, 48))
+    a = sparse_decompose(X, T, 12, method="batched").codes
+    b = sparse_decompose(X, T, 12, method="sklearn").codes
+    assert ((a != 0) == (b != 0)).all()
+    np.testing.assert_allclose(a, b, atol=1e-10)
+    assert (np.count_nonzero(a, axis=1) == 12).all()

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["normalize_dictionary", "SparseCodes", "sparse_decompose", "top_descriptions"]
+__all__ = ["batched_omp", "normalize_dictionary", "SparseCodes", "sparse_decompose", "top_descriptions"]
 
 
 def normalize_dictionary(text_embeddings: np.ndarray, coefficient: float = 100.0) -> np.ndarray:
@@ -36,15 +36,41 @@ class SparseCodes:
         return self.codes @ self.dictionary
 
 
+def batched_omp(X: np.ndarray, dictionary: np.ndarray, components: int, block: int = 512) -> np.ndarray:
+    """Orthogonal matching pursuit without the ``[atoms, atoms]`` Gram matrix, for large
+    dictionaries (a 30k-description Gram is 7 GB).  Same algorithm as scikit-learn's
+    ``orthogonal_mp``: ``components`` times, pick the atom most correlated with the residual, then
+    refit the selected atoms by least squares.  ``X`` ``[targets, d]``, ``dictionary``
+    ``[atoms, d]`` -> codes ``[targets, atoms]``."""
+    X = np.asarray(X, dtype=np.float64)
+    Dm = np.asarray(dictionary, dtype=np.float64)
+    codes = np.zeros((X.shape[0], Dm.shape[0]))
+    for s0 in range(0, X.shape[0], block):
+        x = X[s0:s0 + block]
+        n = x.shape[0]
+        rows = np.arange(n)
+        chosen = np.zeros((n, 0), dtype=np.int64)
+        residual, coef = x.copy(), np.zeros((n, 0))
+        for _ in range(components):
+            corr = np.abs(residual @ Dm.T)
+            corr[rows[:, None], chosen] = -np.inf  # residual is orthogonal to them already
+            chosen = np.concatenate([chosen, corr.argmax(axis=1)[:, None]], axis=1)
+            A = Dm[chosen]  # [n, k, d]
+            gram = A @ A.transpose(0, 2, 1)
+            coef = np.linalg.solve(gram, (A @ x[:, :, None]))[..., 0]  # [n, k]
+            residual = x - np.einsum("nk,nkd->nd", coef, A)
+        codes[s0 + rows[:, None], chosen] = coef
+    return codes
+
+
 def sparse_decompose(
     directions: np.ndarray, text_embeddings: np.ndarray, components: int, coefficient: float = 100.0,
-    transform_alpha: float = 1e-4,
+    transform_alpha: float = 1e-4, method: str = "auto",
 ) -> SparseCodes:
     """Orthogonal matching pursuit of each row of ``directions`` ``[neurons, d]`` over the normalised
-    text dictionary, through scikit-learn's ``SparseCoder(transform_algorithm="omp",
-    transform_n_nonzero_coefs=components)``."""
-    from sklearn.decomposition import SparseCoder
-
+    text dictionary.  ``method="sklearn"``: scikit-learn's ``SparseCoder(transform_algorithm="omp",
+    transform_n_nonzero_coefs=components)`` (the published path; it builds the full Gram matrix);
+    ``"batched"``: :func:`batched_omp` (no Gram); ``"auto"``: sklearn up to 8192 descriptions."""
     X = np.asarray(directions, dtype=np.float64)
     dictionary = normalize_dictionary(text_embeddings, coefficient)
     if X.ndim != 2 or X.shape[1] != dictionary.shape[1]:
@@ -54,6 +80,12 @@ def sparse_decompose(
         )
     if not 1 <= components <= dictionary.shape[0]:
         raise ValueError(f"components={components} must be in 1..{dictionary.shape[0]} (the number of descriptions)")
+    if method not in ("auto", "sklearn", "batched"):
+        raise ValueError(f"method={method!r}; choose 'auto', 'sklearn' or 'batched'")
+    if method == "batched" or (method == "auto" and dictionary.shape[0] > 8192):
+        return SparseCodes(batched_omp(X, dictionary, components), dictionary, components)
+    from sklearn.decomposition import SparseCoder
+
     coder = SparseCoder(
         dictionary=dictionary, transform_algorithm="omp", transform_n_nonzero_coefs=components,
         transform_alpha=transform_alpha,

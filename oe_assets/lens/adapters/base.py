@@ -108,9 +108,21 @@ class ModelAdapter(ABC):
     mlp_out_pattern: ClassVar[str]
     attention_pattern: ClassVar[str]
 
+    #: ``config.model_type`` values this family loads (see :func:`oe_assets.lens.loading.load_model`)
+    model_types: ClassVar[tuple[str, ...]] = ()
+
     def __init__(self, model: torch.nn.Module, pooling: str | None = None):
         self.model = model
         self.pooling = pooling
+
+    @classmethod
+    def model_class(cls, model_type: str):
+        """The ``transformers`` class to load a checkpoint of ``model_type`` with, or None."""
+        return None
+
+    @classmethod
+    def default_pooling(cls, source: str) -> str | None:
+        return None
 
     # ---- identification -------------------------------------------------------------------
     @classmethod
@@ -204,6 +216,18 @@ class ModelAdapter(ABC):
     def attention_bias(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
         """Additive score mask ``[batch, tokens(query), tokens(key)]`` (``-inf`` where masked)."""
         return None
+
+    # ---- the text side ---------------------------------------------------------------------
+    def text_encoder(self, tokenizer, max_length: int | None = None):
+        """A :data:`oe_assets.lens.zero_shot.TextEncoder` into this model's output space."""
+        raise TypeError(f"this {self.family} model ({type(self.model).__name__}) has no text encoder")
+
+    def zero_shot_classifier(self, tokenizer, classnames, templates) -> torch.Tensor:
+        """``[d_out, classes]``: class prompts encoded by :meth:`text_encoder` (normalised, averaged
+        per class, unit columns)."""
+        from ..zero_shot import zero_shot_classifier
+
+        return zero_shot_classifier(self.text_encoder(tokenizer), classnames, templates)
 
     # ---- capture --------------------------------------------------------------------------
     def capture(self, inputs: Any, mlp_layer: int, layer_norms: list[str] | None = None) -> Capture:

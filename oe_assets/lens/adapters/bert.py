@@ -25,6 +25,20 @@ class BertAdapter(TextAdapter):
     extra_inputs = ("token_type_ids",)
     poolings = ("mean", "cls")
 
+    model_types = ("bert",)
+
+    @classmethod
+    def model_class(cls, model_type: str):
+        import transformers
+
+        return transformers.BertModel if model_type in cls.model_types else None
+
+    @classmethod
+    def default_pooling(cls, source: str) -> str | None:
+        from ..loading import sentence_transformers_pooling
+
+        return sentence_transformers_pooling(source)
+
     @classmethod
     def matches(cls, model: torch.nn.Module) -> bool:
         return getattr(getattr(model, "config", None), "model_type", "") == "bert"

@@ -22,6 +22,15 @@ class CLIPVisionAdapter(ModelAdapter):
     mlp_out_pattern = "vision_model.encoder.layers.*.mlp.fc2"
     attention_pattern = "vision_model.encoder.layers.*.self_attn"
 
+    model_types = ("clip", "clip_vision_model")
+
+    @classmethod
+    def model_class(cls, model_type: str):
+        import transformers
+
+        return {"clip": transformers.CLIPModel,
+                "clip_vision_model": transformers.CLIPVisionModelWithProjection}.get(model_type)
+
     @classmethod
     def matches(cls, model: torch.nn.Module) -> bool:
         vision = getattr(model, "vision_model", None)
@@ -85,6 +94,13 @@ class CLIPVisionAdapter(ModelAdapter):
                 f"[batch, {expected[0]}, {expected[1]}, {expected[2]}]"
             )
         return {"pixel_values": pixel_values.to(device=self.device, dtype=self.dtype)}
+
+    def text_encoder(self, tokenizer, max_length: int | None = None):
+        from ..zero_shot import clip_text_encoder
+
+        if not hasattr(self.model, "text_model"):
+            return super().text_encoder(tokenizer, max_length)
+        return clip_text_encoder(self.model, tokenizer, max_length)
 
     def n_tokens(self, inputs: Mapping[str, torch.Tensor]) -> int:
         return (self.config.image_size // self.config.patch_size) ** 2 + 1

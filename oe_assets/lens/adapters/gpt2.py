@@ -21,6 +21,14 @@ class GPT2Adapter(TextAdapter):
     conventions = ("reference", "direct")
     default_convention = "reference"
 
+    model_types = ("gpt2",)
+
+    @classmethod
+    def model_class(cls, model_type: str):
+        import transformers
+
+        return transformers.GPT2LMHeadModel if model_type in cls.model_types else None
+
     @classmethod
     def matches(cls, model: torch.nn.Module) -> bool:
         return getattr(getattr(model, "config", None), "model_type", "") == "gpt2"
@@ -85,7 +93,39 @@ class GPT2Adapter(TextAdapter):
         w[torch.arange(B, device=self.device), self.last_positions(inputs)] = 1.0
         return self._all_queries(inputs), w
 
-    def unembedding(self) -> torch.Tensor | None:
-        """``W_U [vocab, d_model]`` of an LM head, or None for a bare ``GPT2Model``."""
+    def unembedding(self) -> torch.Tensor:
+        """``W_U [vocab, d_model]``: the LM head, or the tied token embedding of a bare ``GPT2Model``."""
         head = getattr(self.model, "lm_head", None)
-        return None if head is None else head.weight
+        return self.body.wte.weight if head is None else head.weight
+
+    def zero_shot_classifier(self, tokenizer, classnames, templates=None) -> torch.Tensor:
+        """``[d_model, classes]``: column ``c`` is the unembedding row of the first token of the label
+        continuation ``" " + classnames[c]``, so ``r @ classifier`` are the next-token logits of the
+        labels after the input (phrase the inputs so a label is the natural continuation, e.g.
+        ``"<text> Topic:"``).  ``templates`` are not used by causal LMs."""
+        if not classnames:
+            raise ValueError("classnames is empty")
+        W_U = self.unembedding()
+        firsts = []
+        for name in classnames:
+            ids = tokenizer(" " + name.strip(), add_special_tokens=False)["input_ids"]
+            if not ids:
+                raise ValueError(f"class name {name!r} tokenizes to nothing")
+            firsts.append(ids[0])
+        if len(set(firsts)) < len(firsts):
+            raise ValueError(f"class names {list(classnames)} share first tokens; causal-LM labels must differ "
+                             "in their first token")
+        return W_U[torch.tensor(firsts, device=W_U.device)].T.detach().clone()
+
+    def unembedding_vocabulary(self, tokenizer, words):
+        """``(kept_words, W_U rows [kept, d_model])`` for the words that are one token after a space."""
+        W_U = self.unembedding()
+        kept, rows = [], []
+        for word in words:
+            ids = tokenizer(" " + word.strip(), add_special_tokens=False)["input_ids"]
+            if len(ids) == 1:
+                kept.append(word.strip())
+                rows.append(ids[0])
+        if not kept:
+            raise ValueError("none of the words is a single token of this tokenizer")
+        return kept, W_U[torch.tensor(rows, device=W_U.device)].detach().clone()

@@ -36,6 +36,17 @@ class TextAdapter(ModelAdapter):
                 out[key] = torch.as_tensor(inputs[key]).to(self.device)
         return out
 
+    def text_encoder(self, tokenizer, max_length: int | None = 128):
+        """Texts -> the model's own representation ``r`` (pooled, before any normalisation)."""
+
+        @torch.no_grad()
+        def encode(texts):
+            batch = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
+                              return_tensors="pt")
+            return self.forward(self.prepare_inputs(batch))
+
+        return encode
+
     def n_tokens(self, inputs: Mapping[str, torch.Tensor]) -> int:
         return inputs["input_ids"].shape[1]
 

