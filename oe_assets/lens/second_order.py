@@ -174,7 +174,9 @@ class SecondOrderLens:
                 const = term if const is None else const + term
         Atil = torch.cat(Atil, dim=1)  # [B, J*H, T]
         alpha = torch.bmm(Atil, cap.activations)  # [B, J*H, N]
-        out = torch.bmm(alpha.permute(2, 0, 1), self.M).permute(1, 0, 2)  # [B, N, d_out] (view)
+        # contiguous [N, B, J*H]: batched GEMM over neurons runs ~4x faster than on the strided view
+        alpha = alpha.permute(2, 0, 1).contiguous()
+        out = torch.bmm(alpha, self.M).permute(1, 0, 2)  # [B, N, d_out] (view)
         if const is not None:
             out.add_(const[:, None, :])
         scale = self.coefficient / cap.representation.norm(dim=-1)

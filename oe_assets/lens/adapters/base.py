@@ -108,6 +108,8 @@ class ModelAdapter(ABC):
     mlp_out_pattern: ClassVar[str]
     attention_pattern: ClassVar[str]
 
+    #: whether :meth:`zero_shot_classifier` returns unit columns (prompt embeddings) or raw directions
+    unit_classifier: ClassVar[bool] = True
     #: ``config.model_type`` values this family loads (see :func:`oe_assets.lens.loading.load_model`)
     model_types: ClassVar[tuple[str, ...]] = ()
 
@@ -122,6 +124,11 @@ class ModelAdapter(ABC):
 
     @classmethod
     def default_pooling(cls, source: str) -> str | None:
+        return None
+
+    @classmethod
+    def layers_in_config(cls, config) -> int | None:
+        """The number of blocks of a ``transformers`` config of this family, or None."""
         return None
 
     # ---- identification -------------------------------------------------------------------

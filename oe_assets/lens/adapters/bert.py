@@ -40,6 +40,10 @@ class BertAdapter(TextAdapter):
         return sentence_transformers_pooling(source)
 
     @classmethod
+    def layers_in_config(cls, config):
+        return config.num_hidden_layers if config.model_type in cls.model_types else None
+
+    @classmethod
     def matches(cls, model: torch.nn.Module) -> bool:
         return getattr(getattr(model, "config", None), "model_type", "") == "bert"
 

@@ -32,6 +32,12 @@ class CLIPVisionAdapter(ModelAdapter):
                 "clip_vision_model": transformers.CLIPVisionModelWithProjection}.get(model_type)
 
     @classmethod
+    def layers_in_config(cls, config):
+        if config.model_type == "clip":
+            return config.vision_config.num_hidden_layers
+        return config.num_hidden_layers if config.model_type in cls.model_types else None
+
+    @classmethod
     def matches(cls, model: torch.nn.Module) -> bool:
         vision = getattr(model, "vision_model", None)
         return vision is not None and getattr(vision.config, "model_type", "") == "clip_vision_model"

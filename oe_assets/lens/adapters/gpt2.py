@@ -22,12 +22,17 @@ class GPT2Adapter(TextAdapter):
     default_convention = "reference"
 
     model_types = ("gpt2",)
+    unit_classifier = False
 
     @classmethod
     def model_class(cls, model_type: str):
         import transformers
 
         return transformers.GPT2LMHeadModel if model_type in cls.model_types else None
+
+    @classmethod
+    def layers_in_config(cls, config):
+        return config.n_layer if config.model_type in cls.model_types else None
 
     @classmethod
     def matches(cls, model: torch.nn.Module) -> bool:

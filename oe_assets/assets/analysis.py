@@ -1,0 +1,173 @@
+"""Per-layer analysis: PCA bases, sparse codes, ablation reports, and the cross-layer summary."""
+
+
+import base64
+import io
+
+import numpy as np
+import pyarrow as pa
+
+import dagster as dg
+
+from ..lens import SCENARIOS, ablate, neuron_pca, normalize_dictionary, sparse_decompose, top_descriptions
+from ..resources.io_managers import H5Payload
+from ..resources.model import AnalysisResource, ModelResource
+from .common import CODE_VERSION, md_table, timer
+
+ABLATION_SCHEMA = pa.schema([
+    ("layer", pa.int64()), ("scenario", pa.string()), ("accuracy", pa.float64()), ("samples", pa.int64()),
+    ("logits", pa.list_(pa.list_(pa.float64()))),
+])
+ALL_SCENARIOS = list(SCENARIOS) + ["sparse_reconstruction"]
+SUMMARY_SCHEMA = pa.schema([("layer", pa.int64())] + [(s, pa.float64()) for s in ALL_SCENARIOS])
+
+
+def table_schema(schema: pa.Schema) -> dg.TableSchema:
+    return dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type)) for f in schema])
+
+
+def sparse_arrays(codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Codes ``[neurons, descriptions]`` -> ``indices``/``values`` ``[neurons, k]`` (largest |value|
+    first, ``-1``/``0`` padding)."""
+    idx = np.full((codes.shape[0], k), -1, dtype=np.int64)
+    val = np.zeros((codes.shape[0], k))
+    for n, row in enumerate(codes):
+        nz = np.flatnonzero(row)
+        nz = nz[np.argsort(-np.abs(row[nz]), kind="stable")][:k]
+        idx[n, :len(nz)], val[n, :len(nz)] = nz, row[nz]
+    return idx, val
+
+
+def dense_codes(indices: np.ndarray, values: np.ndarray, n_descriptions: int) -> np.ndarray:
+    out = np.zeros((indices.shape[0], n_descriptions))
+    rows, cols = np.nonzero(indices >= 0)
+    out[rows, indices[rows, cols]] = values[rows, cols]
+    return out
+
+
+def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+    layered = dict(partitions_def=partitions_def, code_version=CODE_VERSION,
+                   backfill_policy=dg.BackfillPolicy.single_run())
+
+    @dg.asset(group_name="analysis", io_manager_key="hdf5_io_manager", kinds={"numpy", "hdf5"},
+              description="Rank-1 PCA of each neuron's effects: components [neurons, d_out] (unit, sign "
+              "rule), norms [neurons, top_k] (ascending; norms[:, 0] is the significance threshold), "
+              "means [neurons, d_out].  Reads the effects neuron block by neuron block.", **layered)
+    def neuron_pcas(context: dg.AssetExecutionContext, analysis: AnalysisResource, second_order_effects: dict):
+        out, meta = {}, {}
+        with timer(meta):
+            for key in context.partition_keys:
+                effects = second_order_effects[key]["effects"]
+                pca = neuron_pca(effects, analysis.top_k,
+                                 progress=lambda done, total: context.log.debug(f"layer {key}: PCA {done}/{total} neurons"))
+                order = np.argsort(-pca.thresholds)[: analysis.report_neurons]
+                meta["preview"] = dg.MetadataValue.md(md_table(
+                    [{"neuron": int(n), "threshold": float(pca.thresholds[n]), "max norm": float(pca.norms[n, -1])}
+                     for n in order]))
+                out[key] = H5Payload({"components": pca.components, "norms": pca.norms, "means": pca.means},
+                                     {"layer": int(key), "top_k": analysis.top_k, "code_version": CODE_VERSION,
+                                      **second_order_effects[key].attrs})
+        context.add_output_metadata({**meta, "components_shape": str(list(pca.components.shape)),
+                                     "norms_shape": str(list(pca.norms.shape)), "rows": pca.components.shape[0],
+                                     "top_k": analysis.top_k, "layers": ", ".join(context.partition_keys)})
+        return out
+
+    @dg.asset(group_name="analysis", io_manager_key="hdf5_io_manager", kinds={"scikitlearn", "hdf5"},
+              automation_condition=dg.AutomationCondition.eager(),
+              description="Sparse codes of each neuron's PC over the normalised text dictionary (OMP, "
+              "`components` non-zeros): indices and values [neurons, components].", **layered)
+    def sparse_codes(context: dg.AssetExecutionContext, analysis: AnalysisResource, neuron_pcas: dict,
+                     text_embeddings):
+        texts = text_embeddings.read("texts")
+        emb = text_embeddings.read("embeddings")
+        out, meta = {}, {}
+        with timer(meta):
+            for key in context.partition_keys:
+                pcas = neuron_pcas[key]
+                codes = sparse_decompose(pcas.read("components"), emb, analysis.components,
+                                         coefficient=analysis.coefficient)
+                idx, val = sparse_arrays(codes.codes, analysis.components)
+                thresholds = pcas.read("norms")[:, 0]
+                top = np.argsort(-thresholds)[: analysis.report_neurons]
+                rows = [r for r in top_descriptions(codes.codes[top], texts, k=5)]
+                for r in rows:
+                    r["neuron"] = int(top[r["neuron"]])
+                meta["preview"] = dg.MetadataValue.md(md_table(rows, ["neuron", "rank", "coefficient", "text"]))
+                out[key] = H5Payload({"indices": idx, "values": val},
+                                     {"layer": int(key), "components": analysis.components,
+                                      "descriptions": len(texts), "vocabulary_version":
+                                      text_embeddings.attrs.get("vocabulary_version"), "code_version": CODE_VERSION})
+        context.add_output_metadata({**meta, "indices_shape": str(list(idx.shape)), "rows": idx.shape[0],
+                                     "components": analysis.components, "descriptions": len(texts),
+                                     "layers": ", ".join(context.partition_keys)})
+        return out
+
+    @dg.asset(group_name="analysis", io_manager_key="parquet_io_manager", kinds={"numpy", "parquet"},
+              automation_condition=dg.AutomationCondition.eager(),
+              metadata={"dagster/column_schema": table_schema(ABLATION_SCHEMA)},
+              description="Val accuracy and logits under the five ablation scenarios and the sparse-code "
+              "reconstruction.", **layered)
+    def ablation_report(context: dg.AssetExecutionContext, val_representations, val_second_order_effects: dict,
+                        classifier, neuron_pcas: dict, sparse_codes: dict, text_embeddings):
+        reps, labels = val_representations.read("representations"), val_representations.read("labels")
+        W = classifier.read("classifier")
+        coefficient = float(val_representations.attrs.get("coefficient", 100.0))
+        dictionary = normalize_dictionary(text_embeddings.read("embeddings"), coefficient)
+        out, meta = {}, {}
+        with timer(meta):
+            for key in context.partition_keys:
+                pcas, codes = neuron_pcas[key], sparse_codes[key]
+                dense = dense_codes(codes.read("indices"), codes.read("values"), dictionary.shape[0])
+                res = ablate(reps, val_second_order_effects[key]["effects"], W, labels, pcas.read("means"),
+                             pcas.read("norms")[:, 0], pcas.read("components"), reconstructions=dense @ dictionary)
+                out[key] = pa.Table.from_pylist(
+                    [{"layer": int(key), "scenario": s, "accuracy": res.accuracy[s], "samples": len(labels),
+                      "logits": res.logits[s].tolist()} for s in ALL_SCENARIOS], schema=ABLATION_SCHEMA)
+                meta["preview"] = dg.MetadataValue.md(md_table(
+                    [{"scenario": s, "accuracy %": res.accuracy[s]} for s in ALL_SCENARIOS]))
+        context.add_output_metadata({**meta, "rows": len(ALL_SCENARIOS), "samples": len(labels),
+                                     "layers": ", ".join(context.partition_keys)})
+        return out
+
+    @dg.asset(group_name="analysis", io_manager_key="parquet_io_manager", kinds={"parquet", "matplotlib"},
+              code_version=CODE_VERSION, automation_condition=dg.AutomationCondition.eager(),
+              ins={"ablation_report": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
+              metadata={"dagster/column_schema": table_schema(SUMMARY_SCHEMA)},
+              description="Every materialized layer's ablation and reconstruction accuracies in one table, "
+              "and a plot of them against layer.")
+    def layer_summary(context: dg.AssetExecutionContext, ablation_report: dict) -> pa.Table:
+        rows = []
+        for key in sorted(ablation_report, key=int):
+            acc = {r["scenario"]: r["accuracy"] for r in ablation_report[key].select(["scenario", "accuracy"]).to_pylist()}
+            rows.append({"layer": int(key), **{s: acc.get(s) for s in ALL_SCENARIOS}})
+        table = pa.Table.from_pylist(rows, schema=SUMMARY_SCHEMA)
+        context.add_output_metadata({
+            "rows": len(rows), "layers": ", ".join(str(r["layer"]) for r in rows),
+            "preview": dg.MetadataValue.md(md_table(rows)),
+            "plot": dg.MetadataValue.md(f"![accuracy against layer](data:image/png;base64,{plot_png(rows)})"),
+        })
+        return table
+
+    return [neuron_pcas, sparse_codes, ablation_report, layer_summary]
+
+
+def plot_png(rows: list[dict]) -> str:
+    """Accuracy against layer for every scenario, as base64 PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    layers = [r["layer"] for r in rows]
+    for s in ALL_SCENARIOS:
+        ax.plot(layers, [r[s] for r in rows], marker="o", label=s)
+    ax.set_xlabel("MLP layer")
+    ax.set_ylabel("val top-1 accuracy (%)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()

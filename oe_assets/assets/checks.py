@@ -1,0 +1,135 @@
+"""Asset checks, blocking where a failure should stop downstream assets.
+
+Each check is a plain function over arrays (``check_*``) wrapped by a Dagster asset check that
+reads the materialized files of the partitions it covers."""
+
+
+import numpy as np
+import torch
+
+import dagster as dg
+
+from ..lens import SecondOrderLens, slow_second_order_effects
+from ..resources.datasets import DatasetResource
+from ..resources.io_managers import H5Group, HDF5IOManager
+from ..resources.model import AnalysisResource, ModelResource
+
+
+def check_norms(reps: np.ndarray, coefficient: float, rtol: float = 1e-4) -> tuple[bool, dict]:
+    norms = np.linalg.norm(reps, axis=1)
+    err = float(np.abs(norms - coefficient).max() / coefficient) if len(norms) else 0.0
+    return err <= rtol, {"max_relative_error": err}
+
+
+def check_unit_columns(W: np.ndarray, tol: float = 1e-4) -> tuple[bool, dict]:
+    err = float(np.abs(np.linalg.norm(W, axis=0) - 1).max())
+    return err <= tol, {"max_norm_error": err}
+
+
+def check_pca(components: np.ndarray, effects, means: np.ndarray, top_k: int, n_neurons: int = 16) -> tuple[bool, dict]:
+    """Unit rows, and the sign rule on the first ``n_neurons`` neurons: more than ``top_k // 2`` of
+    the top-``k`` centred samples project positively, or (a tie) exactly ``k - k // 2``."""
+    norm_err = float(np.abs(np.linalg.norm(components, axis=1) - 1).max())
+    n = min(n_neurons, components.shape[0])
+    block = np.asarray(effects[:, :n, :], dtype=np.float64) - means[None, :n]
+    bad = []
+    for i in range(n):
+        rows = block[:, i]
+        top = np.argsort(np.linalg.norm(rows, axis=1), kind="stable")[-top_k:]
+        positive = int((rows[top] @ components[i] > 0).sum())
+        if positive < top_k - top_k // 2:
+            bad.append(i)
+    return norm_err <= 1e-6 and not bad, {"max_norm_error": norm_err, "sign_rule_violations": len(bad)}
+
+
+def check_sparsity(indices: np.ndarray, values: np.ndarray, components: int) -> tuple[bool, dict]:
+    nnz = (values != 0).sum(axis=1)
+    return bool(nnz.max() <= components and indices.shape[1] <= components), {"max_nonzeros": int(nnz.max())}
+
+
+def check_fast_equals_slow(lens: SecondOrderLens, batch, stored: np.ndarray, rtol: float) -> tuple[bool, dict]:
+    """The fast path (and the stored file) equal the literal slow path on ``batch``."""
+    with torch.no_grad():
+        fast = lens(batch).double()
+        slow = slow_second_order_effects(lens.adapter, batch, lens.mlp_layer, lens.coefficient, lens.convention)
+    slow = slow.double()
+    scale = float(slow.abs().max())
+    err_fast = float((fast - slow).abs().max()) / scale
+    err_file = float(np.abs(stored - slow.cpu().numpy()).max()) / scale
+    return max(err_fast, err_file) <= rtol, {"fast_vs_slow": err_fast, "file_vs_slow": err_file}
+
+
+def _result(ok_meta: tuple[bool, dict], what: str) -> dg.AssetCheckResult:
+    ok, meta = ok_meta
+    return dg.AssetCheckResult(passed=bool(ok), metadata={k: float(v) for k, v in meta.items()},
+                               description=what if ok else f"FAILED: {what}")
+
+
+def _layers(context, io: HDF5IOManager, key: str) -> list[str]:
+    keys = list(context.partition_keys) if context.has_partition_key or context.has_partition_key_range else []
+    if not keys:  # not run over partitions: every materialized layer
+        folder = io._path(dg.AssetKey(key), "x").parent
+        keys = sorted((p.name[:-3] for p in folder.glob("*.h5")), key=int) if folder.exists() else []
+    return keys
+
+
+def build_checks(partitions_def) -> list:
+    @dg.asset_check(asset="train_representations", blocking=True,
+                    description="Every representation has norm equal to the coefficient.")
+    def representation_norms(hdf5_io_manager: dg.ResourceParam[HDF5IOManager], analysis: AnalysisResource):
+        reps = H5Group(hdf5_io_manager._path(dg.AssetKey("train_representations"), None)).read("representations")
+        return _result(check_norms(reps, analysis.coefficient), "norms equal the coefficient")
+
+    @dg.asset_check(asset="classifier", blocking=True, description="Classifier columns have unit norm.")
+    def classifier_unit_columns(hdf5_io_manager: dg.ResourceParam[HDF5IOManager], model: ModelResource):
+        W = H5Group(hdf5_io_manager._path(dg.AssetKey("classifier"), None)).read("classifier")
+        if not model.load().adapter.unit_classifier:  # causal LMs: label unembeddings are raw logit directions
+            return dg.AssetCheckResult(passed=True, description="causal-LM classifier: raw unembedding rows")
+        return _result(check_unit_columns(W), "unit columns")
+
+    @dg.asset_check(asset="second_order_effects", blocking=True, partitions_def=partitions_def,
+                    description="On the first train samples, the fast path and the stored file equal the "
+                    "literal slow path.")
+    def fast_path_equals_slow_path(context: dg.AssetCheckExecutionContext, hdf5_io_manager: dg.ResourceParam[HDF5IOManager],
+                                   model: ModelResource, analysis: AnalysisResource, dataset: DatasetResource):
+        loaded = model.load()
+        split = dataset.split("train")
+        batch = next(split.batches(loaded, 2, model.max_length))
+        results = []
+        for key in _layers(context, hdf5_io_manager, "second_order_effects"):
+            lens = SecondOrderLens(loaded.adapter, int(key), analysis.coefficient, analysis.convention)
+            stored = H5Group(hdf5_io_manager._path(dg.AssetKey("second_order_effects"), key))["effects"][:2]
+            rtol = 1e-8 if loaded.adapter.dtype == torch.float64 else 1e-3
+            results.append(check_fast_equals_slow(lens, batch, stored, rtol))
+        ok = all(r[0] for r in results)
+        worst = {k: max(r[1][k] for r in results) for k in ("fast_vs_slow", "file_vs_slow")} if results else {}
+        return _result((ok, worst), f"fast = slow on 2 samples, layers {_layers(context, hdf5_io_manager, 'second_order_effects')}")
+
+    @dg.asset_check(asset="neuron_pcas", blocking=True, partitions_def=partitions_def,
+                    description="PCA components are unit norm and follow the sign rule.")
+    def pca_unit_and_sign(context: dg.AssetCheckExecutionContext, hdf5_io_manager: dg.ResourceParam[HDF5IOManager],
+                          analysis: AnalysisResource):
+        results = []
+        for key in _layers(context, hdf5_io_manager, "neuron_pcas"):
+            pcas = H5Group(hdf5_io_manager._path(dg.AssetKey("neuron_pcas"), key))
+            effects = H5Group(hdf5_io_manager._path(dg.AssetKey("second_order_effects"), key))["effects"]
+            results.append(check_pca(pcas.read("components"), effects, pcas.read("means"), int(pcas.attrs["top_k"])))
+        ok = all(r[0] for r in results)
+        return _result((ok, {"layers_checked": len(results),
+                             "sign_rule_violations": sum(r[1]["sign_rule_violations"] for r in results)}),
+                       "unit components, sign rule")
+
+    @dg.asset_check(asset="sparse_codes", blocking=True, partitions_def=partitions_def,
+                    description="Sparse codes have at most `components` non-zeros per neuron.")
+    def sparse_codes_sparsity(context: dg.AssetCheckExecutionContext, hdf5_io_manager: dg.ResourceParam[HDF5IOManager],
+                              analysis: AnalysisResource):
+        results = []
+        for key in _layers(context, hdf5_io_manager, "sparse_codes"):
+            codes = H5Group(hdf5_io_manager._path(dg.AssetKey("sparse_codes"), key))
+            results.append(check_sparsity(codes.read("indices"), codes.read("values"), analysis.components))
+        ok = all(r[0] for r in results)
+        return _result((ok, {"max_nonzeros": max((r[1]["max_nonzeros"] for r in results), default=0)}),
+                       f"at most {analysis.components} non-zeros")
+
+    return [representation_norms, classifier_unit_columns, fast_path_equals_slow_path, pca_unit_and_sign,
+            sparse_codes_sparsity]

@@ -1,0 +1,200 @@
+"""Datasets as model inputs: labelled text files, image folders in ImageNet layout, npz arrays.
+
+Each split yields batches in the form the family's model takes (a tokenizer's output, or
+``pixel_values``) and keeps labels and a short description of every sample for reports.
+Subsampling is deterministic: every ``stride``-th sample from ``offset`` (the seed's subsampled
+ImageNet uses stride 250 for train and 10 for val).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import dagster as dg
+import numpy as np
+import torch
+
+from .text_datasets import load_text_dataset
+
+__all__ = ["Split", "TextSplit", "ImageFolderSplit", "ArraySplit", "DatasetResource", "image_folder_samples"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class Split:
+    """One subsampled split: ``labels`` ``[n]``, ``describe(i)``, ``batches(loaded, batch_size)``."""
+
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def describe(self, i: int) -> str:
+        raise NotImplementedError
+
+    def batches(self, loaded, batch_size: int, max_length: int = 128) -> Iterator[Any]:
+        raise NotImplementedError
+
+
+@dataclass
+class TextSplit(Split):
+    texts: list[str]
+    labels: np.ndarray
+
+    def describe(self, i: int) -> str:
+        return self.texts[i]
+
+    def batches(self, loaded, batch_size, max_length=128):
+        if loaded.tokenizer is None:
+            raise ValueError(f"model {loaded.source} has no tokenizer; a text dataset needs one")
+        for i in range(0, len(self.texts), batch_size):
+            yield loaded.tokenizer(self.texts[i:i + batch_size], padding=True, truncation=True,
+                                   max_length=max_length, return_tensors="pt")
+
+
+@dataclass
+class ImageFolderSplit(Split):
+    paths: list[Path]
+    labels: np.ndarray
+
+    def describe(self, i: int) -> str:
+        return str(self.paths[i])
+
+    def batches(self, loaded, batch_size, max_length=128):
+        from PIL import Image
+
+        if loaded.image_processor is None:
+            raise ValueError(f"model {loaded.source} has no image processor; an image dataset needs one")
+        for i in range(0, len(self.paths), batch_size):
+            images = [Image.open(p).convert("RGB") for p in self.paths[i:i + batch_size]]
+            yield loaded.image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+
+@dataclass
+class ArraySplit(Split):
+    """Already preprocessed ``pixel_values`` ``[n, 3, H, W]`` (e.g. the reference model's inputs)."""
+
+    pixel_values: np.ndarray
+    labels: np.ndarray
+
+    def describe(self, i: int) -> str:
+        return f"image #{i}"
+
+    def batches(self, loaded, batch_size, max_length=128):
+        for i in range(0, len(self.pixel_values), batch_size):
+            yield torch.from_numpy(np.ascontiguousarray(self.pixel_values[i:i + batch_size]))
+
+
+def image_folder_samples(root: Path, class_ids: Sequence[str] | None = None) -> tuple[list[Path], np.ndarray, list[str]]:
+    """All images under ``root/<class folder>/`` in sorted order with their labels.  With
+    ``class_ids`` (e.g. the 1000 ImageNet WordNet ids) a folder's label is its index there, so
+    ImageNet-R's 200 folders map onto the 1000 ImageNet classes; otherwise the sorted folder names
+    are the classes."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    if not folders:
+        raise ValueError(f"image folder {root} has no class sub-folders (expected ImageNet layout root/<class>/<image>)")
+    names = [f.name for f in folders]
+    if class_ids is not None:
+        index = {c: i for i, c in enumerate(class_ids)}
+        unknown = [n for n in names if n not in index]
+        if unknown:
+            raise ValueError(f"image folder {root} has class folders not among the class ids: {unknown[:5]}")
+        classes = list(class_ids)
+    else:
+        index = {n: i for i, n in enumerate(names)}
+        classes = names
+    paths, labels = [], []
+    for folder in folders:
+        for p in sorted(folder.iterdir()):
+            if p.suffix.lower() in IMAGE_SUFFIXES:
+                paths.append(p)
+                labels.append(index[folder.name])
+    return paths, np.asarray(labels, dtype=np.int64), classes
+
+
+class DatasetResource(dg.ConfigurableResource):
+    """Where the train and val samples come from.
+
+    - ``kind="text"``: CSV / JSONL / Parquet files with ``text_column`` and ``label_column``; class
+      names from ``classes_path`` (a JSON list).
+    - ``kind="image_folder"``: ImageNet layout (``root/<wnid>/<image>``); ``class_index="imagenet"``
+      labels folders by the 1000 ImageNet WordNet ids (ImageNet-R remaps onto them), ``"folders"``
+      by sorted folder names.
+    - ``kind="npz"``: preprocessed arrays in one ``.npz`` (``train_key``, ``val_key``,
+      ``train_labels_key``, ``val_labels_key``), and ``classes_path`` or ``n_classes``.
+    """
+
+    kind: str = "text"
+    train_path: str
+    val_path: str
+    classes_path: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    class_index: str = "imagenet"
+    train_stride: int = 1
+    val_stride: int = 1
+    offset: int = 0
+    limit: int | None = None
+    train_key: str = "train_images"
+    val_key: str = "val_images"
+    train_labels_key: str | None = None
+    val_labels_key: str = "val_labels"
+    n_classes: int | None = None
+
+    def _stride(self, split: str) -> int:
+        stride = self.train_stride if split == "train" else self.val_stride
+        if stride < 1:
+            raise ValueError(f"{split}_stride must be >= 1, got {stride}")
+        return stride
+
+    def classes(self) -> list[str]:
+        if self.classes_path:
+            classes = json.loads(Path(self.classes_path).read_text())
+            if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+                raise ValueError(f"classes_path {self.classes_path} must hold a JSON list of class names")
+            return classes
+        if self.kind == "image_folder":
+            if self.class_index == "imagenet":
+                from ..lens.zero_shot import imagenet_classes
+
+                return imagenet_classes()
+            return image_folder_samples(Path(self.train_path))[2]
+        if self.n_classes:
+            return [f"class {i}" for i in range(self.n_classes)]
+        raise ValueError(f"dataset kind {self.kind!r} needs classes_path (a JSON list of class names)")
+
+    def split(self, split: str) -> Split:
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        path = self.train_path if split == "train" else self.val_path
+        stride = self._stride(split)
+        sl = slice(self.offset, None, stride)
+        if self.kind == "text":
+            ds = load_text_dataset(path, self.text_column, self.label_column, stride=stride, offset=self.offset,
+                                   limit=self.limit, classes=self.classes() if self.classes_path else None)
+            return TextSplit(list(ds.texts), np.asarray(ds.labels))
+        if self.kind == "image_folder":
+            from ..lens.zero_shot import imagenet_wnids
+
+            ids = imagenet_wnids() if self.class_index == "imagenet" else None
+            paths, labels, _ = image_folder_samples(Path(path), ids)
+            paths, labels = paths[sl][: self.limit], labels[sl][: self.limit]
+            return ImageFolderSplit(paths, labels)
+        if self.kind == "npz":
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"{split} npz file {path} does not exist")
+            data = np.load(path)
+            key = self.train_key if split == "train" else self.val_key
+            labels_key = self.train_labels_key if split == "train" else self.val_labels_key
+            if key not in data:
+                raise ValueError(f"{path} has no array {key!r}; it holds {sorted(data.files)}")
+            pv = data[key][sl][: self.limit]
+            labels = data[labels_key][sl][: self.limit] if labels_key and labels_key in data else np.full(len(pv), -1)
+            return ArraySplit(pv, np.asarray(labels, dtype=np.int64))
+        raise ValueError(f"dataset kind={self.kind!r}; choose 'text', 'image_folder' or 'npz'")

@@ -1,0 +1,75 @@
+"""The one model resource shared by every asset, and the analysis settings."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import dagster as dg
+
+from ..lens.loading import LoadedModel, load_model, resolve_device, resolve_source
+
+__all__ = ["ModelResource", "AnalysisResource", "model_layers"]
+
+_CACHE: dict[tuple, LoadedModel] = {}
+_LOCK = threading.Lock()
+
+
+def model_layers(source: str) -> list[str]:
+    """Layer partition keys of a model (every MLP layer that has a later attention block), read
+    from its config alone (no weights)."""
+    from transformers import AutoConfig
+
+    from ..lens.adapters import ADAPTERS
+
+    config = AutoConfig.from_pretrained(resolve_source(source))
+    for adapter in ADAPTERS:
+        n = adapter.layers_in_config(config)
+        if n is not None:
+            return [str(i) for i in range(n - 1)]
+    raise ValueError(f"model {source!r} ({getattr(config, 'model_type', '?')}) is not a supported family")
+
+
+class ModelResource(dg.ConfigurableResource):
+    """A Hugging Face model id or local folder, loaded once per process (family detected from its
+    config).  ``device="auto"`` picks CUDA when available."""
+
+    source: str
+    dtype: str = "float32"
+    device: str = "auto"
+    batch_size: int = 32
+    pooling: str | None = None
+    max_length: int = 128
+
+    def load(self) -> LoadedModel:
+        key = (resolve_source(self.source), self.dtype, str(resolve_device(self.device)), self.pooling)
+        with _LOCK:
+            if key not in _CACHE:
+                _CACHE[key] = load_model(self.source, self.dtype, self.device, self.pooling)
+            return _CACHE[key]
+
+    def describe(self) -> dict[str, Any]:
+        loaded = self.load()
+        return {"model": self.source, "family": loaded.adapter.family, "dtype": self.dtype,
+                "device": str(loaded.adapter.device)}
+
+
+class AnalysisResource(dg.ConfigurableResource):
+    """Settings of the analysis stages.
+
+    ``coefficient``: representation scale; ``convention``: ``"reference"``/``"direct"`` (None: the
+    family's default); ``top_k``: samples per neuron for the PCA; ``components``: non-zeros per sparse
+    code; ``templates_path``: JSON list of prompt templates (``"imagenet"``: the 80 OpenAI templates);
+    ``classifier_path`` / ``text_embeddings_path``: ``file.npz:key`` to use given arrays instead of
+    encoding prompts / descriptions; ``vocabulary_path``: the description file (one a line; None: the
+    tokenizer's whole words); ``report_neurons``: neurons previewed per layer."""
+
+    coefficient: float = 100.0
+    convention: str | None = None
+    top_k: int = 32
+    components: int = 8
+    templates_path: str | None = "imagenet"
+    classifier_path: str | None = None
+    text_embeddings_path: str | None = None
+    vocabulary_path: str | None = None
+    report_neurons: int = 10
