@@ -165,7 +165,9 @@ class _BaseIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         keys = self._keys(context)
         if keys is None:
-            self._write(context, self._path(context.asset_key, None), obj)
+            path = self._path(context.asset_key, None)
+            self._write(context, path, obj)
+            self._record(context, [path])
             return
         if not isinstance(obj, dict):
             if len(keys) != 1:
@@ -174,8 +176,19 @@ class _BaseIOManager(dg.ConfigurableIOManager):
         missing = set(keys) - set(obj)
         if missing:
             raise ValueError(f"no value returned for partitions {sorted(missing)} of {context.asset_key.to_user_string()}")
-        for key in keys:
-            self._write(context, self._path(context.asset_key, key), obj[key])
+        paths = [self._path(context.asset_key, key) for key in keys]
+        for key, path in zip(keys, paths):
+            self._write(context, path, obj[key])
+        self._record(context, paths)
+
+    @staticmethod
+    def _record(context, paths: list[Path]) -> None:
+        """File path(s) and size in the catalog."""
+        context.add_output_metadata({
+            "path": dg.MetadataValue.path(str(paths[0].resolve()) if len(paths) == 1 else str(paths[0].parent.resolve())),
+            "files": ", ".join(p.name for p in paths),
+            "size_bytes": sum(p.stat().st_size for p in paths),
+        })
 
     def load_input(self, context: dg.InputContext):
         key = context.asset_key

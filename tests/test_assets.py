@@ -1,0 +1,339 @@
+"""The Dagster asset graph, in-process with a temporary instance."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+
+import dagster as dg
+import h5py
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import REFERENCE, _need_reference
+from oe_assets.assets.checks import check_fast_equals_slow, check_norms, check_pca, check_sparsity, check_unit_columns
+from oe_assets.definitions import build_definitions
+from oe_assets.lens import SCENARIOS, SecondOrderLens
+from oe_assets.profiles import load_profile
+from oe_assets.resources import model as model_module
+from oe_assets.resources.io_managers import H5Group, H5Payload, HDF5IOManager
+
+warnings.filterwarnings("ignore", category=dg.PreviewWarning if hasattr(dg, "PreviewWarning") else Warning)
+
+INPUTS = ["text_embeddings", "classifier", "train_representations", "val_representations"]
+LAYERED = ["second_order_effects", "val_second_order_effects", "neuron_pcas", "sparse_codes", "ablation_report"]
+
+
+def materialize(defs, selection, instance, **kw):
+    everything = [*defs.assets, *defs.asset_checks]
+    result = dg.materialize(everything, selection=selection, resources=defs.resources, instance=instance,
+                            raise_on_error=kw.pop("raise_on_error", True), **kw)
+    return result
+
+
+def layer_range(first, last):
+    return {"dagster/asset_partition_range_start": str(first), "dagster/asset_partition_range_end": str(last)}
+
+
+def rel(got, expected):
+    return np.abs(np.asarray(got) - expected).max() / np.abs(expected).max()
+
+
+# ---------------------------------------------------------------- the reference CLIP graph
+@pytest.fixture(scope="module")
+def reference_graph(tmp_path_factory):
+    _need_reference()
+    base = tmp_path_factory.mktemp("clip_reference")
+    defs = build_definitions("clip_reference", base_dir=str(base))
+    instance = dg.DagsterInstance.ephemeral()
+    loads = []
+    original = model_module.load_model
+    model_module._CACHE.clear()
+    model_module.load_model = lambda *a, **k: loads.append(a) or original(*a, **k)
+    try:
+        materialize(defs, INPUTS, instance)
+        result = materialize(defs, LAYERED, instance, tags=layer_range(0, 2))
+        materialize(defs, ["layer_summary"], instance)
+    finally:
+        model_module.load_model = original
+    return defs, instance, base, result, loads
+
+
+def test_reference_graph_files_equal_reference_arrays(reference_graph, reference):
+    d, meta = reference
+    _, _, base, _, _ = reference_graph
+    g = lambda *p: H5Group(base.joinpath(*p))  # noqa: E731
+    assert rel(g("train_representations", "all.h5").read("representations"), d["train_representations"]) <= 1e-5
+    np.testing.assert_array_equal(g("classifier", "all.h5").read("classifier"), d["classifier"])
+    np.testing.assert_array_equal(g("text_embeddings", "all.h5").read("embeddings"), d["text_embeddings"])
+    np.testing.assert_array_equal(g("val_representations", "all.h5").read("labels"), d["val_labels"])
+    official = dict(zip(meta["ablation_rows"], range(5)))
+    official["without_significant"], official["without_insignificant"] = 3, 2  # see test_clip_reference
+    for layer in (0, 1, 2):
+        effects = g("second_order_effects", f"{layer}.h5")
+        assert effects.attrs["layer"] == layer and effects.attrs["convention"] == "reference"
+        assert effects.attrs["model"].endswith("model") and effects.attrs["coefficient"] == 100.0
+        assert rel(effects["effects"][:], d[f"train_second_order_layer{layer}"]) <= 1e-5
+        assert rel(g("val_second_order_effects", f"{layer}.h5")["effects"][:], d[f"val_second_order_layer{layer}"]) <= 1e-5
+        pcas = g("neuron_pcas", f"{layer}.h5")
+        assert rel(pcas.read("components"), d[f"pca_layer{layer}"]) <= 1e-5
+        assert rel(pcas.read("norms"), d[f"pca_norms_layer{layer}"]) <= 1e-5
+        assert rel(pcas.read("means"), d[f"neuron_means_layer{layer}"]) <= 1e-5
+        codes = g("sparse_codes", f"{layer}.h5")
+        dense = np.zeros((256, 200))
+        idx, val = codes.read("indices"), codes.read("values")
+        for n in range(256):
+            dense[n, idx[n][idx[n] >= 0]] = val[n][idx[n] >= 0]
+        assert rel(dense, d[f"sparse_codes_layer{layer}"]) <= 1e-4
+        table = pq.read_table(base / "ablation_report" / f"{layer}.parquet").to_pylist()
+        by = {r["scenario"]: r for r in table}
+        for s in SCENARIOS:
+            assert rel(np.array(by[s]["logits"]), d[f"ablation_logits_layer{layer}"][official[s]]) <= 1e-5
+        assert "sparse_reconstruction" in by
+    summary = pq.read_table(base / "layer_summary" / "all.parquet").to_pylist()
+    assert [r["layer"] for r in summary] == [0, 1, 2]
+    assert all(r["baseline"] == 25.0 for r in summary)
+
+
+def test_one_run_over_all_layers_loads_the_model_once(reference_graph):
+    _, instance, _, result, loads = reference_graph
+    assert result.success
+    assert len(loads) == 1  # inputs run + three-layer run + summary run share the process cache
+    mats = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == "second_order_effects"]
+    assert sorted(e.partition for e in mats) == ["0", "1", "2"]
+    checks = {(e.asset_check_key.name, e.passed) for e in result.get_asset_check_evaluations()}
+    assert ("fast_path_equals_slow_path", True) in checks and ("pca_unit_and_sign", True) in checks
+    assert all(passed for _, passed in checks)
+
+
+def test_catalog_metadata(reference_graph):
+    _, instance, base, result, _ = reference_graph
+    md = {e.asset_key.to_user_string(): e.step_materialization_data.materialization.metadata
+          for e in result.get_asset_materialization_events()}
+    effects = md["second_order_effects"]
+    for key in ("effects_shape", "effects_dtype", "rows", "model", "coefficient", "run_time_s", "path", "size_bytes"):
+        assert key in effects, key
+    assert effects["effects_shape"].value == "[48, 256, 32]"
+    assert "| scenario |" in md["ablation_report"]["preview"].value
+    assert "| neuron |" in md["sparse_codes"]["preview"].value
+    spec = instance.get_latest_materialization_event(dg.AssetKey("layer_summary"))
+    assert "data:image/png;base64" in spec.asset_materialization.metadata["plot"].value
+
+
+def test_partition_selection(tmp_path):
+    _need_reference()
+    defs = build_definitions("clip_reference", base_dir=str(tmp_path))
+    instance = dg.DagsterInstance.ephemeral()
+    materialize(defs, INPUTS, instance)
+    materialize(defs, ["second_order_effects", "neuron_pcas"], instance, partition_key="1")
+    assert sorted(p.name for p in (tmp_path / "second_order_effects").iterdir()) == ["1.h5"]
+    assert sorted(p.name for p in (tmp_path / "neuron_pcas").iterdir()) == ["1.h5"]
+    assert instance.get_materialized_partitions(dg.AssetKey("second_order_effects")) == {"1"}
+
+
+# ---------------------------------------------------------------- a tiny BERT graph
+def tiny_bert_folder(root: Path) -> Path:
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    words = ["sports", "music", "goal", "team", "song", "band", "guitar", "match", "the", "a", "is", "about",
+             "this", "text", "played", "loud", "won", "cup", "drums", "score"]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
+    (root / "model").mkdir(parents=True)
+    (root / "model" / "vocab.txt").write_text("\n".join(vocab))
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(root / "model")
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=32)).save_pretrained(root / "model")
+    rows = [("the team won the cup", 0), ("a goal in the match", 0), ("the band played loud", 1),
+            ("guitar and drums song", 1), ("the match score", 0), ("a loud song", 1)]
+    for split in ("train", "val"):
+        with open(root / f"{split}.jsonl", "w") as f:
+            for t, y in rows:
+                f.write(json.dumps({"text": t, "label": y}) + "\n")
+    (root / "classes.json").write_text(json.dumps(["sports", "music"]))
+    (root / "templates.json").write_text(json.dumps(["this text is about {}", "{}"]))
+    (root / "vocab.txt").write_text("\n".join(words))
+    return root
+
+
+@pytest.fixture
+def bert_profile(tmp_path):
+    root = tiny_bert_folder(tmp_path)
+    return {
+        "model": {"source": str(root / "model"), "dtype": "float64", "device": "cpu", "batch_size": 4},
+        "dataset": {"kind": "text", "train_path": str(root / "train.jsonl"), "val_path": str(root / "val.jsonl"),
+                    "classes_path": str(root / "classes.json")},
+        "analysis": {"top_k": 3, "components": 2, "templates_path": str(root / "templates.json"),
+                     "vocabulary_path": str(root / "vocab.txt")},
+        "storage": {"base_dir": str(root / "store")},
+    }
+
+
+def test_tiny_bert_graph(bert_profile, tmp_path):
+    defs = build_definitions(bert_profile)
+    instance = dg.DagsterInstance.ephemeral()
+    materialize(defs, INPUTS, instance)
+    result = materialize(defs, LAYERED, instance, tags=layer_range(0, 1))
+    assert all(e.passed for e in result.get_asset_check_evaluations())
+    materialize(defs, ["layer_summary"], instance)
+    store = Path(bert_profile["storage"]["base_dir"])
+    effects = H5Group(store / "second_order_effects" / "1.h5")
+    assert effects["effects"].shape == (6, 64, 32) and effects.attrs["convention"] == "direct"
+    assert H5Group(store / "classifier" / "all.h5").read("classifier").shape == (32, 2)
+    summary = pq.read_table(store / "layer_summary" / "all.parquet").to_pylist()
+    assert [r["layer"] for r in summary] == [0, 1]
+    # the stored effects are the lens's own
+    lens = SecondOrderLens(model_module._CACHE[next(k for k in model_module._CACHE if k[0] == bert_profile["model"]["source"])].adapter, 1)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(bert_profile["model"]["source"])
+    texts = [json.loads(line)["text"] for line in open(Path(bert_profile["dataset"]["train_path"]))]
+    direct = lens(tok(texts[:4], padding=True, return_tensors="pt")).numpy()
+    np.testing.assert_allclose(effects["effects"][:4], direct, rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------- reruns when the vocabulary changes
+def test_vocabulary_change_reruns_text_embeddings_then_sparse_codes(bert_profile, tmp_path):
+    vocab = Path(bert_profile["analysis"]["vocabulary_path"])
+    defs = build_definitions(bert_profile)
+    instance = dg.DagsterInstance.ephemeral()
+    materialize(defs, INPUTS, instance)
+    materialize(defs, LAYERED, instance, tags=layer_range(0, 1))
+    materialize(defs, ["layer_summary"], instance)
+    observe = defs.resolve_job_def("observe_vocabulary")
+    assert "observe_vocabulary_schedule" in {s.name for s in defs.schedules}
+    assert "vocabulary_automation" in {s.name for s in defs.sensors}
+
+    observe.execute_in_process(instance=instance, resources=defs.resources)
+    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    observe.execute_in_process(instance=instance, resources=defs.resources)  # same content
+    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+    assert tick.total_requested == 0
+
+    vocab.write_text(vocab.read_text() + "\nreferee")
+    observe.execute_in_process(instance=instance, resources=defs.resources)
+    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+    assert {r.key.to_user_string() for r in tick.results if r.true_subset.size} == {"text_embeddings"}
+    materialize(defs, ["text_embeddings"], instance)
+    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+    requested = {r.key.to_user_string(): r.true_subset for r in tick.results if r.true_subset.size}
+    assert requested["sparse_codes"].size == 2  # both materialized layers, in one request
+    assert "ablation_report" in requested
+    assert tick.get_requested_partitions(dg.AssetKey("sparse_codes")) == {"0", "1"}
+
+
+# ---------------------------------------------------------------- checks fed broken data
+def test_checks_fail_on_broken_data():
+    rng = np.random.default_rng(0)
+    reps = rng.normal(size=(5, 4))
+    assert not check_norms(reps, 100.0)[0]
+    assert check_norms(100 * reps / np.linalg.norm(reps, axis=1, keepdims=True), 100.0)[0]
+    W = rng.normal(size=(4, 3))
+    assert not check_unit_columns(W)[0] and check_unit_columns(W / np.linalg.norm(W, axis=0))[0]
+    effects = rng.normal(size=(30, 3, 4)) + np.array([3.0, 0, 0, 0])
+    from oe_assets.lens import neuron_pca
+
+    pca = neuron_pca(effects, 10)
+    assert check_pca(pca.components, effects, pca.means, 10)[0]
+    assert not check_pca(-pca.components, effects, pca.means, 10)[0]
+    assert not check_pca(2 * pca.components, effects, pca.means, 10)[0]
+    assert check_sparsity(np.zeros((2, 3), int), np.ones((2, 3)), 3)[0]
+    assert not check_sparsity(np.zeros((2, 4), int), np.ones((2, 4)), 3)[0]
+
+
+def test_blocking_check_fails_in_dagster_on_a_broken_classifier(tmp_path):
+    _need_reference()
+    d = np.load(REFERENCE / "expected.npz")
+    np.savez(tmp_path / "broken.npz", classifier=2 * d["classifier"])
+    prof = load_profile("clip_reference")
+    prof["analysis"]["classifier_path"] = f"{tmp_path / 'broken.npz'}:classifier"
+    defs = build_definitions(prof, base_dir=str(tmp_path / "store"))
+    result = materialize(defs, ["classifier"], dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    evaluations = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
+    assert evaluations == {"classifier_unit_columns": False}
+
+
+def test_fast_equals_slow_check_catches_a_corrupted_file(reference_model, reference):
+    d, _ = reference
+    lens = SecondOrderLens(reference_model, 1)
+    batch = torch.from_numpy(d["train_images"][:2])
+    good = lens(batch).numpy()
+    assert check_fast_equals_slow(lens, batch, good, 1e-8)[0]
+    bad = good.copy()
+    bad[0, 3, 1] += 0.01
+    assert not check_fast_equals_slow(lens, batch, bad, 1e-8)[0]
+
+
+# ---------------------------------------------------------------- atomic writes
+def test_io_manager_writes_atomically_and_records_attributes(tmp_path):
+    io = HDF5IOManager(base_dir=str(tmp_path))
+    ctx = dg.build_output_context(asset_key=dg.AssetKey("thing"))
+    io.handle_output(ctx, H5Payload({"x": np.arange(6.0).reshape(2, 3), "names": ["a", "b"]},
+                                    {"model": "m", "layer": 3, "shape": [2, 3]}))
+    group = H5Group(tmp_path / "thing" / "all.h5")
+    assert group.read("names") == ["a", "b"] and group.attrs["layer"] == 3 and group.attrs["shape"] == [2, 3]
+    assert not list((tmp_path / "thing").glob("*.partial-*"))
+    with pytest.raises(TypeError, match="cannot store"):
+        io.handle_output(ctx, {"not": "a payload"})
+
+
+def test_failed_materialization_leaves_no_file(tmp_path, monkeypatch):
+    _need_reference()
+    defs = build_definitions("clip_reference", base_dir=str(tmp_path))
+    instance = dg.DagsterInstance.ephemeral()
+    materialize(defs, INPUTS, instance)
+    calls = {"n": 0}
+    original = SecondOrderLens.__call__
+
+    def failing(self, inputs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("killed mid-stream")
+        return original(self, inputs)
+
+    monkeypatch.setattr(SecondOrderLens, "__call__", failing)
+    result = materialize(defs, ["second_order_effects"], instance, partition_key="0", raise_on_error=False)
+    assert not result.success
+    folder = tmp_path / "second_order_effects"
+    assert not (folder / "0.h5").exists()
+    assert not list(folder.glob("*")) if folder.exists() else True
+
+
+KILLED_WRITER = textwrap.dedent("""
+    import sys, time, numpy as np, dagster as dg
+    from oe_assets.resources.io_managers import HDF5IOManager, StagedH5
+    import h5py
+    io = HDF5IOManager(base_dir=sys.argv[1])
+    path = io.stage(dg.AssetKey("second_order_effects"), "0")
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("effects", shape=(100, 8, 4), dtype="f4")
+        for i in range(100):
+            ds[i] = i
+            f.flush()
+            if i == 3:
+                print("writing", flush=True)
+            time.sleep(0.05)
+    io.handle_output(dg.build_output_context(asset_key=dg.AssetKey("second_order_effects"), partition_key="0"),
+                     StagedH5(path))
+""")
+
+
+def test_killed_run_leaves_nothing_that_loads_as_complete(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    folder = tmp_path / "second_order_effects"
+    assert not (folder / "0.h5").exists()
+    assert [p.name for p in folder.iterdir()][0].startswith("0.h5.partial-")
+    io = HDF5IOManager(base_dir=str(tmp_path))
+    ctx = dg.build_input_context(asset_key=dg.AssetKey("second_order_effects"))
+    with pytest.raises(FileNotFoundError, match="no materialized file"):
+        io.load_input(ctx)
