@@ -17,7 +17,7 @@ from .assets.effects import build_effect_assets
 from .assets.inputs import classifier, text_embeddings, train_representations, val_representations, vocabulary
 from .profiles import load_profile
 from .resources.datasets import DatasetResource
-from .resources.io_managers import HDF5IOManager, ParquetIOManager
+from .resources.io_managers import HDF5IOManager, HTMLIOManager, ParquetIOManager
 from .resources.model import AnalysisResource, ModelResource, model_layers
 
 #: the job the schedule runs: observe the vocabulary file (its data version is the content hash)
@@ -48,6 +48,7 @@ def build_definitions(profile: str | dict | None = None, base_dir: str | None = 
             "analysis": AnalysisResource(**cfg.get("analysis", {})),
             "hdf5_io_manager": HDF5IOManager(base_dir=storage),
             "parquet_io_manager": ParquetIOManager(base_dir=storage),
+            "html_io_manager": HTMLIOManager(base_dir=storage),
         },
     )
 

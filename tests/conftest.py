@@ -33,7 +33,7 @@ def reference_model():
     return CLIPVisionModelWithProjection.from_pretrained(REFERENCE / "model", dtype=torch.float64).eval()
 
 
-def tiny_clip_vision(seed=0, layers=4, dtype=torch.float64, attn="eager", with_text=False):
+def tiny_clip_vision(seed=0, layers=4, dtype=torch.float64, attn="sdpa", with_text=False):
     """A random CLIP model built from config classes (no download)."""
     from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 

@@ -28,7 +28,8 @@ from oe_assets.resources.io_managers import H5Group, H5Payload, HDF5IOManager
 warnings.filterwarnings("ignore", category=dg.PreviewWarning if hasattr(dg, "PreviewWarning") else Warning)
 
 INPUTS = ["text_embeddings", "classifier", "train_representations", "val_representations"]
-LAYERED = ["second_order_effects", "val_second_order_effects", "neuron_pcas", "sparse_codes", "ablation_report"]
+LAYERED = ["second_order_effects", "val_second_order_effects", "neuron_pcas", "sparse_codes", "ablation_report",
+           "neuron_report"]
 
 
 def materialize(defs, selection, instance, **kw):
@@ -337,3 +338,21 @@ def test_killed_run_leaves_nothing_that_loads_as_complete(tmp_path):
     ctx = dg.build_input_context(asset_key=dg.AssetKey("second_order_effects"))
     with pytest.raises(FileNotFoundError, match="no materialized file"):
         io.load_input(ctx)
+
+
+def test_neuron_report_and_catalog_plots(reference_graph):
+    _, instance, base, result, _ = reference_graph
+    page = (base / "neuron_report" / "1.html").read_text()
+    assert page.count("<section class='neuron'") == 10 and "<script" not in page
+    assert page.count("data:image/png;base64,") >= 10  # image thumbnails of the top inputs
+    pcas = H5Group(base / "neuron_pcas" / "1.h5")
+    thresholds = pcas.read("norms")[:, 0]
+    top = int(np.argmax(thresholds))
+    assert page.index(f"id='neuron-{top}'") < page.index("<section class='neuron'", page.index(f"id='neuron-{top}'") + 1)
+    md = {e.asset_key.to_user_string(): e.step_materialization_data.materialization.metadata
+          for e in result.get_asset_materialization_events()}
+    assert md["neuron_report"]["report"].value.endswith(".html")
+    for key in ("significance", "explained_variance"):
+        assert "data:image/png;base64," in md["neuron_pcas"][key].value
+    explained = pcas.read("explained")
+    assert ((explained > 0) & (explained <= 1)).all()

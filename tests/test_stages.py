@@ -106,3 +106,14 @@ def test_batched_omp_equals_sklearn(reference):
     assert ((a != 0) == (b != 0)).all()
     np.testing.assert_allclose(a, b, atol=1e-10)
     assert (np.count_nonzero(a, axis=1) == 12).all()
+
+
+def test_pca_explained_variance():
+    rng = np.random.default_rng(3)
+    effects = rng.normal(size=(30, 4, 5))
+    pca = neuron_pca(effects, 8)
+    for n in range(4):
+        c = effects[:, n] - effects[:, n].mean(0)
+        rows = c[np.argsort(np.linalg.norm(c, axis=1))[-8:]]
+        s = np.linalg.svd(rows, compute_uv=False)
+        assert np.isclose(pca.explained[n], s[0] ** 2 / (s ** 2).sum())

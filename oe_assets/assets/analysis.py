@@ -1,15 +1,15 @@
 """Per-layer analysis: PCA bases, sparse codes, ablation reports, and the cross-layer summary."""
 
 
-import base64
-import io
-
 import numpy as np
 import pyarrow as pa
 
 import dagster as dg
 
 from ..lens import SCENARIOS, ablate, neuron_pca, normalize_dictionary, sparse_decompose, top_descriptions
+from ..plots import accuracy_against_layer, explained_variance_profile, markdown_image, significance_histogram
+from ..reports import NeuronSection, render_report
+from ..resources.datasets import DatasetResource
 from ..resources.io_managers import H5Payload
 from ..resources.model import AnalysisResource, ModelResource
 from .common import CODE_VERSION, md_table, timer
@@ -54,7 +54,7 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
               "rule), norms [neurons, top_k] (ascending; norms[:, 0] is the significance threshold), "
               "means [neurons, d_out].  Reads the effects neuron block by neuron block.", **layered)
     def neuron_pcas(context: dg.AssetExecutionContext, analysis: AnalysisResource, second_order_effects: dict):
-        out, meta = {}, {}
+        out, meta, thresholds, explained = {}, {}, {}, {}
         with timer(meta):
             for key in context.partition_keys:
                 effects = second_order_effects[key]["effects"]
@@ -64,9 +64,15 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
                 meta["preview"] = dg.MetadataValue.md(md_table(
                     [{"neuron": int(n), "threshold": float(pca.thresholds[n]), "max norm": float(pca.norms[n, -1])}
                      for n in order]))
-                out[key] = H5Payload({"components": pca.components, "norms": pca.norms, "means": pca.means},
+                thresholds[key], explained[key] = pca.thresholds, pca.explained
+                out[key] = H5Payload({"components": pca.components, "norms": pca.norms, "means": pca.means,
+                                      "explained": pca.explained},
                                      {"layer": int(key), "top_k": analysis.top_k, "code_version": CODE_VERSION,
                                       **second_order_effects[key].attrs})
+        meta["significance"] = dg.MetadataValue.md(markdown_image(significance_histogram(thresholds),
+                                                                   "neuron significance per layer"))
+        meta["explained_variance"] = dg.MetadataValue.md(markdown_image(explained_variance_profile(explained),
+                                                                        "variance explained by each PC"))
         context.add_output_metadata({**meta, "components_shape": str(list(pca.components.shape)),
                                      "norms_shape": str(list(pca.norms.shape)), "rows": pca.components.shape[0],
                                      "top_k": analysis.top_k, "layers": ", ".join(context.partition_keys)})
@@ -144,30 +150,45 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
         context.add_output_metadata({
             "rows": len(rows), "layers": ", ".join(str(r["layer"]) for r in rows),
             "preview": dg.MetadataValue.md(md_table(rows)),
-            "plot": dg.MetadataValue.md(f"![accuracy against layer](data:image/png;base64,{plot_png(rows)})"),
+            "plot": dg.MetadataValue.md(markdown_image(accuracy_against_layer(rows, ALL_SCENARIOS),
+                                                       "accuracy against layer")),
         })
         return table
 
-    return [neuron_pcas, sparse_codes, ablation_report, layer_summary]
+    @dg.asset(group_name="reports", io_manager_key="html_io_manager", kinds={"html"},
+              automation_condition=dg.AutomationCondition.eager(),
+              description="A static HTML report per layer: the most significant neurons (first "
+              "`report_neurons`), each with its top sparse-code descriptions and its top inputs by "
+              "second-order effect norm (image thumbnails or sentences).  Offline, no scripts.", **layered)
+    def neuron_report(context: dg.AssetExecutionContext, analysis: AnalysisResource, dataset: DatasetResource,
+                      neuron_pcas: dict, sparse_codes: dict, second_order_effects: dict, text_embeddings):
+        texts = text_embeddings.read("texts")
+        train = dataset.split("train")
+        out, meta = {}, {}
+        with timer(meta):
+            for key in context.partition_keys:
+                pcas, codes = neuron_pcas[key], sparse_codes[key]
+                thresholds = pcas.read("norms")[:, 0]
+                explained = pcas.read("explained")
+                chosen = np.argsort(-thresholds)[: analysis.report_neurons]
+                idx, val = codes.read("indices"), codes.read("values")
+                effects = second_order_effects[key]["effects"]
+                block = np.asarray(effects[:, np.sort(chosen), :])  # [samples, chosen, d]: only these neurons
+                norms = dict(zip(np.sort(chosen), np.linalg.norm(block, axis=-1).T))
+                sections = []
+                for n in chosen:
+                    top = np.argsort(-norms[n])[:6]
+                    sections.append(NeuronSection(
+                        neuron=int(n), threshold=float(thresholds[n]), explained=float(explained[n]),
+                        descriptions=[(texts[i], float(v)) for i, v in zip(idx[n], val[n]) if i >= 0],
+                        inputs=[{"norm": float(norms[n][s]), "label": int(train.labels[s]), "text": train.describe(int(s)),
+                                 "thumbnail": train.thumbnail(int(s))} for s in top]))
+                attrs = second_order_effects[key].attrs
+                out[key] = render_report(
+                    f"Layer {key}: the {len(sections)} most significant neurons",
+                    f"model {attrs.get('model')}, convention {attrs.get('convention')}, coefficient "
+                    f"{attrs.get('coefficient')}; neurons ordered by significance (top-k norm threshold)", sections)
+        context.add_output_metadata({**meta, "neurons": len(chosen), "layers": ", ".join(context.partition_keys)})
+        return out
 
-
-def plot_png(rows: list[dict]) -> str:
-    """Accuracy against layer for every scenario, as base64 PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    layers = [r["layer"] for r in rows]
-    for s in ALL_SCENARIOS:
-        ax.plot(layers, [r[s] for r in rows], marker="o", label=s)
-    ax.set_xlabel("MLP layer")
-    ax.set_ylabel("val top-1 accuracy (%)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return [neuron_pcas, sparse_codes, ablation_report, layer_summary, neuron_report]

@@ -37,7 +37,7 @@ def stream_effects(context, split: str, model: ModelResource, analysis: Analysis
                 with h5py.File(path, "w") as f:
                     ds = f.create_dataset("effects", shape=shape, dtype=dtype,
                                           chunks=(min(shape[0], 64), min(shape[1], 64), shape[2]),
-                                          compression="gzip", compression_opts=1)
+                                          **hdf5_io_manager.compression())
                     start = 0
                     for batch in data.batches(loaded, model.batch_size, model.max_length):
                         effects = lens(batch).cpu().numpy()

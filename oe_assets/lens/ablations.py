@@ -76,10 +76,11 @@ def ablate(
             "mean_ablate_all": base,
             "without_significant": base + np.einsum("bn,bnd->bd", ~significant, D),
             "without_insignificant": base + np.einsum("bn,bnd->bd", significant, D),
-            "projected_to_pc": base + np.einsum("bnd,nd,ne->be", D, pcs, pcs),
+            # (D[n] . pc_n) first, then the sum of pc_n scaled: never a 4-index contraction
+            "projected_to_pc": base + np.einsum("bnd,nd->bn", D, pcs) @ pcs,
         }
         if rhat is not None:
-            X["sparse_reconstruction"] = base + np.einsum("bnd,nd,ne->be", D, rhat, rhat)
+            X["sparse_reconstruction"] = base + np.einsum("bnd,nd->bn", D, rhat) @ rhat
         for k in names:
             out[k][s0:s1] = X[k] @ W
     return AblationResult(out, {k: top1_accuracy(out[k], labels) for k in names})

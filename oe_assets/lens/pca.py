@@ -13,11 +13,14 @@ __all__ = ["NeuronPCA", "neuron_pca"]
 @dataclass(frozen=True)
 class NeuronPCA:
     """``components`` ``[neurons, d_out]`` (unit rows), ``norms`` ``[neurons, top_k]`` (ascending:
-    ``norms[n, 0]`` is neuron ``n``'s significance threshold), ``means`` ``[neurons, d_out]``."""
+    ``norms[n, 0]`` is neuron ``n``'s significance threshold), ``means`` ``[neurons, d_out]``,
+    ``explained`` ``[neurons]``: the share of the top-``k`` rows' variance along the PC,
+    ``s_0^2 / sum_i s_i^2``."""
 
     components: np.ndarray
     norms: np.ndarray
     means: np.ndarray
+    explained: np.ndarray | None = None
 
     @property
     def thresholds(self) -> np.ndarray:
@@ -25,7 +28,8 @@ class NeuronPCA:
 
 
 def neuron_pca(
-    effects, top_k: int, block_size: int = 256, progress: Callable[[int, int], None] | None = None
+    effects, top_k: int, block_size: int | None = None, progress: Callable[[int, int], None] | None = None,
+    block_bytes: int = 256 * 2**20,
 ) -> NeuronPCA:
     """Per neuron ``n`` of ``effects`` ``[samples, neurons, d_out]`` (a numpy array, a torch tensor
     or an h5py dataset, read ``block_size`` neurons at a time):
@@ -34,18 +38,22 @@ def neuron_pca(
     2. keep the ``top_k`` rows of ``X`` with the largest L2 norms (``norms[n]``, ascending);
     3. ``components[n]`` = first right singular vector of those rows, negated unless more than
        ``top_k // 2`` of them project positively on it.
-    Computed in float64."""
+    Computed in float64.  ``block_size`` defaults to as many neurons as fit ``block_bytes`` of
+    float64 samples, so memory stays bounded whatever the number of samples."""
     shape = tuple(getattr(effects, "shape", ()))
     if len(shape) != 3:
         raise ValueError(f"effects must be [samples, neurons, d_out], got shape {shape}")
     S, N, d = shape
     if not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= S:
         raise ValueError(f"top_k={top_k!r} must be an integer in 1..{S} (the number of samples)")
+    if block_size is None:
+        block_size = max(1, min(N, block_bytes // max(1, S * d * 8)))
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     components = np.empty((N, d))
     norms = np.empty((N, top_k))
     means = np.empty((N, d))
+    explained = np.empty(N)
     for n0 in range(0, N, block_size):
         n1 = min(N, n0 + block_size)
         block = effects[:, n0:n1, :]
@@ -56,11 +64,12 @@ def neuron_pca(
         row_norms = np.linalg.norm(centred, axis=-1)  # [nb, S]
         top = np.argsort(row_norms, axis=1, kind="stable")[:, S - top_k:]  # ascending norms
         rows = np.take_along_axis(centred, top[:, :, None], axis=1)  # [nb, k, d]
-        _, _, vt = np.linalg.svd(rows, full_matrices=False)
+        _, sv, vt = np.linalg.svd(rows, full_matrices=False)
+        explained[n0:n1] = sv[:, 0] ** 2 / np.maximum((sv ** 2).sum(axis=1), 1e-300)
         pc = vt[:, 0, :]  # [nb, d]
         positive = (np.einsum("nkd,nd->nk", rows, pc) > 0).sum(axis=1)
         pc = np.where((positive > top_k // 2)[:, None], pc, -pc)
         components[n0:n1], norms[n0:n1], means[n0:n1] = pc, np.take_along_axis(row_norms, top, 1), mean
         if progress is not None:
             progress(n1, N)
-    return NeuronPCA(components, norms, means)
+    return NeuronPCA(components, norms, means, explained)

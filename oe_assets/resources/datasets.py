@@ -35,6 +35,10 @@ class Split:
     def describe(self, i: int) -> str:
         raise NotImplementedError
 
+    def thumbnail(self, i: int, size: int = 96) -> bytes | None:
+        """PNG bytes of sample ``i`` for reports (images), or None (text)."""
+        return None
+
     def batches(self, loaded, batch_size: int, max_length: int = 128) -> Iterator[Any]:
         raise NotImplementedError
 
@@ -63,6 +67,13 @@ class ImageFolderSplit(Split):
     def describe(self, i: int) -> str:
         return str(self.paths[i])
 
+    def thumbnail(self, i: int, size: int = 96) -> bytes | None:
+        from PIL import Image
+
+        img = Image.open(self.paths[i]).convert("RGB")
+        img.thumbnail((size, size))
+        return _png(img)
+
     def batches(self, loaded, batch_size, max_length=128):
         from PIL import Image
 
@@ -83,9 +94,25 @@ class ArraySplit(Split):
     def describe(self, i: int) -> str:
         return f"image #{i}"
 
+    def thumbnail(self, i: int, size: int = 96) -> bytes | None:
+        from PIL import Image
+
+        x = np.asarray(self.pixel_values[i], dtype=np.float64).transpose(1, 2, 0)  # preprocessed: rescale
+        x = (255 * (x - x.min()) / max(float(np.ptp(x)), 1e-12)).astype(np.uint8)
+        img = Image.fromarray(x).resize((size, size), Image.NEAREST)
+        return _png(img)
+
     def batches(self, loaded, batch_size, max_length=128):
         for i in range(0, len(self.pixel_values), batch_size):
             yield torch.from_numpy(np.ascontiguousarray(self.pixel_values[i:i + batch_size]))
+
+
+def _png(img) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def image_folder_samples(root: Path, class_ids: Sequence[str] | None = None) -> tuple[list[Path], np.ndarray, list[str]]:
@@ -127,7 +154,8 @@ class DatasetResource(dg.ConfigurableResource):
       labels folders by the 1000 ImageNet WordNet ids (ImageNet-R remaps onto them), ``"folders"``
       by sorted folder names.
     - ``kind="npz"``: preprocessed arrays in one ``.npz`` (``train_key``, ``val_key``,
-      ``train_labels_key``, ``val_labels_key``), and ``classes_path`` or ``n_classes``.
+      ``train_labels_key``, ``val_labels_key``), and ``classes_path`` or ``n_classes``; a ``.npy``
+      path is memory-mapped (unlabelled).
     """
 
     kind: str = "text"
@@ -189,6 +217,9 @@ class DatasetResource(dg.ConfigurableResource):
         if self.kind == "npz":
             if not Path(path).is_file():
                 raise FileNotFoundError(f"{split} npz file {path} does not exist")
+            if str(path).endswith(".npy"):  # one memory-mapped array, no labels
+                pv = np.load(path, mmap_mode="r")[sl][: self.limit]
+                return ArraySplit(pv, np.full(len(pv), -1, dtype=np.int64))
             data = np.load(path)
             key = self.train_key if split == "train" else self.val_key
             labels_key = self.train_labels_key if split == "train" else self.val_labels_key

@@ -31,7 +31,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["H5Payload", "StagedH5", "H5Group", "LazyH5Array", "HDF5IOManager", "ParquetIOManager", "atomic_path"]
+__all__ = ["H5Payload", "StagedH5", "H5Group", "LazyH5Array", "HDF5IOManager", "HTMLIOManager", "ParquetIOManager",
+           "atomic_path"]
 
 
 @contextlib.contextmanager
@@ -181,8 +182,7 @@ class _BaseIOManager(dg.ConfigurableIOManager):
             self._write(context, path, obj[key])
         self._record(context, paths)
 
-    @staticmethod
-    def _record(context, paths: list[Path]) -> None:
+    def _record(self, context, paths: list[Path]) -> None:
         """File path(s) and size in the catalog."""
         context.add_output_metadata({
             "path": dg.MetadataValue.path(str(paths[0].resolve()) if len(paths) == 1 else str(paths[0].parent.resolve())),
@@ -215,9 +215,21 @@ class _BaseIOManager(dg.ConfigurableIOManager):
 
 
 class HDF5IOManager(_BaseIOManager):
-    """Arrays in HDF5, one file per asset partition, chunked and gzip-compressed, with attributes."""
+    """Arrays in HDF5, one file per asset partition, chunked and compressed, with attributes.
+    ``effects_compression``: filter of the large streamed effect tensors (``"lzf"``: fast; ``"gzip"``;
+    ``"none"``)."""
 
     suffix: str = ".h5"
+    effects_compression: str = "lzf"
+
+    def compression(self) -> dict:
+        if self.effects_compression in ("none", "", None):
+            return {}
+        if self.effects_compression == "gzip":
+            return {"compression": "gzip", "compression_opts": 1}
+        if self.effects_compression == "lzf":
+            return {"compression": "lzf"}
+        raise ValueError(f"effects_compression={self.effects_compression!r}; choose 'lzf', 'gzip' or 'none'")
 
     def stage(self, asset_key: dg.AssetKey, partition: str | None) -> Path:
         """A fresh staging path beside the asset's final file, for streaming writes."""
@@ -253,3 +265,26 @@ class ParquetIOManager(_BaseIOManager):
 
     def _read(self, path: Path) -> pa.Table:
         return pq.read_table(path)
+
+
+class HTMLIOManager(_BaseIOManager):
+    """Static HTML reports (a ``str`` per partition), written atomically."""
+
+    suffix: str = ".html"
+
+    def _write(self, context, path: Path, obj) -> None:
+        if not isinstance(obj, str):
+            raise TypeError(f"HTMLIOManager stores HTML text, got {type(obj).__name__}")
+        with atomic_path(path) as tmp:
+            tmp.write_text(obj, encoding="utf-8")
+
+    def _record(self, context, paths: list[Path]) -> None:
+        super()._record(context, paths)
+        context.add_output_metadata({
+            "report": dg.MetadataValue.path(str(paths[-1].resolve())),
+            "report_url": dg.MetadataValue.url(paths[-1].resolve().as_uri()),
+            "reports": dg.MetadataValue.md("\n".join(f"- [{p.name}]({p.resolve().as_uri()})" for p in paths)),
+        })
+
+    def _read(self, path: Path) -> str:
+        return path.read_text(encoding="utf-8")
