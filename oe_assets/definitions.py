@@ -14,7 +14,9 @@ import dagster as dg
 from .assets.analysis import build_analysis_assets
 from .assets.checks import build_checks
 from .assets.effects import build_effect_assets
-from .assets.inputs import classifier, text_embeddings, train_representations, val_representations, vocabulary
+from .assets.inputs import (
+    classifier, model_asset, text_embeddings, train_representations, val_representations, vocabulary,
+)
 from .profiles import load_profile
 from .resources.datasets import DatasetResource
 from .resources.io_managers import HDF5IOManager, HTMLIOManager, ParquetIOManager
@@ -30,7 +32,7 @@ def build_definitions(profile: str | dict | None = None, base_dir: str | None = 
     model = ModelResource(**cfg["model"])
     layers = dg.StaticPartitionsDefinition(model_layers(model.source))
     storage = base_dir or cfg["storage"].get("base_dir", "data/materialized")
-    assets = [vocabulary, text_embeddings, classifier, train_representations, val_representations,
+    assets = [model_asset, vocabulary, text_embeddings, classifier, train_representations, val_representations,
               *build_effect_assets(layers), *build_analysis_assets(layers)]
     return dg.Definitions(
         assets=assets,

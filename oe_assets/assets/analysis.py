@@ -12,7 +12,7 @@ from ..reports import NeuronSection, render_report
 from ..resources.datasets import DatasetResource
 from ..resources.io_managers import H5Payload
 from ..resources.model import AnalysisResource, ModelResource
-from .common import CODE_VERSION, md_table, timer
+from .common import CODE_VERSION, EAGER, md_table, timer
 
 ABLATION_SCHEMA = pa.schema([
     ("layer", pa.int64()), ("scenario", pa.string()), ("accuracy", pa.float64()), ("samples", pa.int64()),
@@ -79,7 +79,7 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
         return out
 
     @dg.asset(group_name="analysis", io_manager_key="hdf5_io_manager", kinds={"scikitlearn", "hdf5"},
-              automation_condition=dg.AutomationCondition.eager(),
+              automation_condition=EAGER,
               description="Sparse codes of each neuron's PC over the normalised text dictionary (OMP, "
               "`components` non-zeros): indices and values [neurons, components].", **layered)
     def sparse_codes(context: dg.AssetExecutionContext, analysis: AnalysisResource, neuron_pcas: dict,
@@ -109,7 +109,7 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
         return out
 
     @dg.asset(group_name="analysis", io_manager_key="parquet_io_manager", kinds={"numpy", "parquet"},
-              automation_condition=dg.AutomationCondition.eager(),
+              automation_condition=EAGER,
               metadata={"dagster/column_schema": table_schema(ABLATION_SCHEMA)},
               description="Val accuracy and logits under the five ablation scenarios and the sparse-code "
               "reconstruction.", **layered)
@@ -136,7 +136,7 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
         return out
 
     @dg.asset(group_name="analysis", io_manager_key="parquet_io_manager", kinds={"parquet", "matplotlib"},
-              code_version=CODE_VERSION, automation_condition=dg.AutomationCondition.eager(),
+              code_version=CODE_VERSION, automation_condition=EAGER,
               ins={"ablation_report": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
               metadata={"dagster/column_schema": table_schema(SUMMARY_SCHEMA)},
               description="Every materialized layer's ablation and reconstruction accuracies in one table, "
@@ -156,7 +156,7 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
         return table
 
     @dg.asset(group_name="reports", io_manager_key="html_io_manager", kinds={"html"},
-              automation_condition=dg.AutomationCondition.eager(),
+              automation_condition=EAGER,
               description="A static HTML report per layer: the most significant neurons (first "
               "`report_neurons`), each with its top sparse-code descriptions and its top inputs by "
               "second-order effect norm (image thumbnails or sentences).  Offline, no scripts.", **layered)

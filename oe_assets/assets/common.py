@@ -51,3 +51,7 @@ def discard(path: Path) -> None:
         Path(path).unlink()
     except FileNotFoundError:
         pass
+
+
+#: eager, but the external `model` node (never materialized) does not count as a missing dependency
+EAGER = dg.AutomationCondition.eager().ignore(dg.AssetSelection.keys("model"))

@@ -67,13 +67,13 @@ def build_effect_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asse
                   kinds={"pytorch", "hdf5"}, code_version=CODE_VERSION, pool="gpu",
                   backfill_policy=dg.BackfillPolicy.single_run())
 
-    @dg.asset(deps=["train_representations"], description="Per-neuron second-order effects [train samples, "
+    @dg.asset(deps=["train_representations", "model"], description="Per-neuron second-order effects [train samples, "
               "neurons, d_out] of one MLP layer through every later attention head (fast path).", **common)
     def second_order_effects(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource,
                              dataset: DatasetResource, hdf5_io_manager: dg.ResourceParam[HDF5IOManager]):
         return stream_effects(context, "train", model, analysis, dataset, hdf5_io_manager)
 
-    @dg.asset(deps=["val_representations"], description="Per-neuron second-order effects [val samples, "
+    @dg.asset(deps=["val_representations", "model"], description="Per-neuron second-order effects [val samples, "
               "neurons, d_out] of one MLP layer, for the ablations.", **common)
     def val_second_order_effects(context: dg.AssetExecutionContext, model: ModelResource,
                                  analysis: AnalysisResource, dataset: DatasetResource,

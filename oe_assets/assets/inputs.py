@@ -13,7 +13,7 @@ from ..lens.zero_shot import imagenet_templates
 from ..resources.datasets import DatasetResource
 from ..resources.io_managers import H5Payload
 from ..resources.model import AnalysisResource, ModelResource
-from .common import CODE_VERSION, array_metadata, md_table, timer
+from .common import CODE_VERSION, EAGER, array_metadata, md_table, timer
 
 
 def read_descriptions(analysis: AnalysisResource, model: ModelResource) -> list[str]:
@@ -32,6 +32,14 @@ def load_npz_array(spec: str) -> np.ndarray:
     if key not in data:
         raise ValueError(f"{path} has no array {key!r}; it holds {sorted(data.files)}")
     return data[key]
+
+
+#: the model as a node of the lineage graph: every asset that runs it depends on it
+model_asset = dg.AssetSpec(
+    "model", group_name="inputs", kinds={"huggingface"},
+    description="The Hugging Face model of the profile (ModelResource: hub id or local folder); an "
+    "external asset so that lineage runs from the model and the vocabulary to layer_summary.",
+)
 
 
 @dg.observable_source_asset(
@@ -54,8 +62,8 @@ def _model_meta(model: ModelResource, analysis: AnalysisResource) -> dict:
 
 
 @dg.asset(
-    group_name="inputs", deps=[vocabulary], io_manager_key="hdf5_io_manager", kinds={"pytorch", "hdf5"},
-    code_version=CODE_VERSION, pool="gpu", automation_condition=dg.AutomationCondition.eager(),
+    group_name="inputs", deps=[vocabulary, model_asset], io_manager_key="hdf5_io_manager", kinds={"pytorch", "hdf5"},
+    code_version=CODE_VERSION, pool="gpu", automation_condition=EAGER,
     description="Embeddings [descriptions, d_out] of the vocabulary, encoded by the model's text side "
     "(or given as file.npz:key).",
 )
@@ -81,7 +89,7 @@ def text_embeddings(context: dg.AssetExecutionContext, model: ModelResource, ana
 
 @dg.asset(
     group_name="inputs", io_manager_key="hdf5_io_manager", kinds={"pytorch", "hdf5"}, code_version=CODE_VERSION,
-    pool="gpu",
+    pool="gpu", deps=[model_asset],
     description="Zero-shot classifier [d_out, classes]: class names x templates through the model's text "
     "side, normalised per prompt, averaged per class, unit columns (causal LMs: label unembeddings).",
 )
@@ -130,7 +138,7 @@ def _representations(context, split: str, model: ModelResource, analysis: Analys
 
 
 @dg.asset(group_name="inputs", io_manager_key="hdf5_io_manager", kinds={"pytorch", "hdf5"},
-          code_version=CODE_VERSION, pool="gpu",
+          code_version=CODE_VERSION, pool="gpu", deps=[model_asset],
           description="coefficient * r / |r| of every train sample, with labels and inputs.")
 def train_representations(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource,
                           dataset: DatasetResource):
@@ -138,7 +146,7 @@ def train_representations(context: dg.AssetExecutionContext, model: ModelResourc
 
 
 @dg.asset(group_name="inputs", io_manager_key="hdf5_io_manager", kinds={"pytorch", "hdf5"},
-          code_version=CODE_VERSION, pool="gpu",
+          code_version=CODE_VERSION, pool="gpu", deps=[model_asset],
           description="coefficient * r / |r| of every val sample, with labels and inputs.")
 def val_representations(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource,
                         dataset: DatasetResource):

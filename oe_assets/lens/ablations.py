@@ -63,7 +63,8 @@ def ablate(
     names = list(SCENARIOS) + (["sparse_reconstruction"] if rhat is not None else [])
     out = {k: np.empty((S, classifier.shape[1])) for k in names}
     W = np.asarray(classifier, dtype=np.float64)
-    step = 256
+    # samples per block: about 128 MiB of float64 effects at a time (several copies live at once)
+    step = max(1, (128 * 2**20) // max(1, 8 * int(np.prod(effects.shape[1:]))))
     for s0 in range(0, S, step):
         s1 = min(S, s0 + step)
         E = np.asarray(effects[s0:s1], dtype=np.float64)

@@ -28,11 +28,20 @@ def image_batches(pixel_values: torch.Tensor | np.ndarray, batch_size: int = 16)
 
 class Progress:
     """Counts samples; reports ``done/total``, samples per second and time left to ``log`` (a
-    callable taking one string), or draws a progress bar on a terminal when ``log`` is None."""
+    callable taking one string, e.g. a Dagster run log), or, when ``log`` is None, draws a progress
+    bar in a notebook or terminal (``tqdm.auto``; a plain bar on a terminal without tqdm)."""
 
     def __init__(self, total: int, label: str = "", log: Callable[[str], None] | None = None, every: float = 5.0):
         self.total, self.label, self.log, self.every = total, label, log, every
         self.done, self.start, self.last = 0, time.perf_counter(), 0.0
+        self._bar = None
+        if log is None:
+            try:
+                from tqdm.auto import tqdm
+
+                self._bar = tqdm(total=total, desc=label, unit="sample", leave=False)
+            except ImportError:
+                pass
 
     def update(self, n: int) -> None:
         self.done += n
@@ -44,6 +53,10 @@ class Progress:
             if finished or now - self.last >= self.every:
                 self.last = now
                 self.log(f"{self.label} {self.done}/{self.total} samples, {rate:.1f} samples/s, {left:.0f} s left")
+        elif self._bar is not None:
+            self._bar.update(n)
+            if finished:
+                self._bar.close()
         elif sys.stderr.isatty():
             width = 30
             filled = int(width * self.done / max(self.total, 1))
