@@ -44,7 +44,7 @@ def render_report(title: str, subtitle: str, sections: list[NeuronSection]) -> s
                 body = f"<img alt='input' src='data:image/png;base64,{base64.b64encode(item['thumbnail']).decode()}'><br>"
             body += esc(item["text"])
             parts.append(f"<div class='input'>{body}<div class='meta'>effect norm {item['norm']:.4g}, "
-                         f"label {item['label']}</div></div>")
+                         f"label {esc(str(item['label']))}</div></div>")
         parts.append("</div></section>")
     parts.append("</body></html>")
     return "".join(parts)

@@ -164,6 +164,8 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
                       neuron_pcas: dict, sparse_codes: dict, second_order_effects: dict, text_embeddings):
         texts = text_embeddings.read("texts")
         train = dataset.split("train")
+        classes = dataset.classes()
+        label = lambda y: classes[y] if 0 <= y < len(classes) else str(y)  # noqa: E731
         out, meta = {}, {}
         with timer(meta):
             for key in context.partition_keys:
@@ -181,7 +183,7 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
                     sections.append(NeuronSection(
                         neuron=int(n), threshold=float(thresholds[n]), explained=float(explained[n]),
                         descriptions=[(texts[i], float(v)) for i, v in zip(idx[n], val[n]) if i >= 0],
-                        inputs=[{"norm": float(norms[n][s]), "label": int(train.labels[s]), "text": train.describe(int(s)),
+                        inputs=[{"norm": float(norms[n][s]), "label": label(int(train.labels[s])), "text": train.describe(int(s)),
                                  "thumbnail": train.thumbnail(int(s))} for s in top]))
                 attrs = second_order_effects[key].attrs
                 out[key] = render_report(

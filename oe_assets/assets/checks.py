@@ -68,21 +68,27 @@ def _result(ok_meta: tuple[bool, dict], what: str) -> dg.AssetCheckResult:
 def _layers(context, io: HDF5IOManager, key: str) -> list[str]:
     keys = list(context.partition_keys) if context.has_partition_key or context.has_partition_key_range else []
     if not keys:  # not run over partitions: every materialized layer
-        folder = io._path(dg.AssetKey(key), "x").parent
+        folder = io.path_for(key, "x").parent
         keys = sorted((p.name[:-3] for p in folder.glob("*.h5")), key=int) if folder.exists() else []
     return keys
+
+
+def _per_layer(context, io: HDF5IOManager, key: str, check) -> tuple[bool, list[dict]]:
+    """Run ``check(layer, group)`` on every layer file of asset ``key`` the check covers."""
+    results = [check(layer, H5Group(io.path_for(key, layer))) for layer in _layers(context, io, key)]
+    return all(ok for ok, _ in results), [meta for _, meta in results]
 
 
 def build_checks(partitions_def) -> list:
     @dg.asset_check(asset="train_representations", blocking=True,
                     description="Every representation has norm equal to the coefficient.")
     def representation_norms(hdf5_io_manager: dg.ResourceParam[HDF5IOManager], analysis: AnalysisResource):
-        reps = H5Group(hdf5_io_manager._path(dg.AssetKey("train_representations"), None)).read("representations")
+        reps = H5Group(hdf5_io_manager.path_for("train_representations")).read("representations")
         return _result(check_norms(reps, analysis.coefficient), "norms equal the coefficient")
 
     @dg.asset_check(asset="classifier", blocking=True, description="Classifier columns have unit norm.")
     def classifier_unit_columns(hdf5_io_manager: dg.ResourceParam[HDF5IOManager], model: ModelResource):
-        W = H5Group(hdf5_io_manager._path(dg.AssetKey("classifier"), None)).read("classifier")
+        W = H5Group(hdf5_io_manager.path_for("classifier")).read("classifier")
         if not model.load().adapter.unit_classifier:  # causal LMs: label unembeddings are raw logit directions
             return dg.AssetCheckResult(passed=True, description="causal-LM classifier: raw unembedding rows")
         return _result(check_unit_columns(W), "unit columns")
@@ -98,7 +104,7 @@ def build_checks(partitions_def) -> list:
         results = []
         for key in _layers(context, hdf5_io_manager, "second_order_effects"):
             lens = SecondOrderLens(loaded.adapter, int(key), analysis.coefficient, analysis.convention)
-            stored = H5Group(hdf5_io_manager._path(dg.AssetKey("second_order_effects"), key))["effects"][:2]
+            stored = H5Group(hdf5_io_manager.path_for("second_order_effects", key))["effects"][:2]
             rtol = 1e-8 if loaded.adapter.dtype == torch.float64 else 1e-3
             results.append(check_fast_equals_slow(lens, batch, stored, rtol))
         ok = all(r[0] for r in results)
@@ -109,26 +115,22 @@ def build_checks(partitions_def) -> list:
                     description="PCA components are unit norm and follow the sign rule.")
     def pca_unit_and_sign(context: dg.AssetCheckExecutionContext, hdf5_io_manager: dg.ResourceParam[HDF5IOManager],
                           analysis: AnalysisResource):
-        results = []
-        for key in _layers(context, hdf5_io_manager, "neuron_pcas"):
-            pcas = H5Group(hdf5_io_manager._path(dg.AssetKey("neuron_pcas"), key))
-            effects = H5Group(hdf5_io_manager._path(dg.AssetKey("second_order_effects"), key))["effects"]
-            results.append(check_pca(pcas.read("components"), effects, pcas.read("means"), int(pcas.attrs["top_k"])))
-        ok = all(r[0] for r in results)
-        return _result((ok, {"layers_checked": len(results),
-                             "sign_rule_violations": sum(r[1]["sign_rule_violations"] for r in results)}),
+        def check(layer, pcas):
+            effects = H5Group(hdf5_io_manager.path_for("second_order_effects", layer))["effects"]
+            return check_pca(pcas.read("components"), effects, pcas.read("means"), int(pcas.attrs["top_k"]))
+
+        ok, metas = _per_layer(context, hdf5_io_manager, "neuron_pcas", check)
+        return _result((ok, {"layers_checked": len(metas),
+                             "sign_rule_violations": sum(m["sign_rule_violations"] for m in metas)}),
                        "unit components, sign rule")
 
     @dg.asset_check(asset="sparse_codes", blocking=True, partitions_def=partitions_def,
                     description="Sparse codes have at most `components` non-zeros per neuron.")
     def sparse_codes_sparsity(context: dg.AssetCheckExecutionContext, hdf5_io_manager: dg.ResourceParam[HDF5IOManager],
                               analysis: AnalysisResource):
-        results = []
-        for key in _layers(context, hdf5_io_manager, "sparse_codes"):
-            codes = H5Group(hdf5_io_manager._path(dg.AssetKey("sparse_codes"), key))
-            results.append(check_sparsity(codes.read("indices"), codes.read("values"), analysis.components))
-        ok = all(r[0] for r in results)
-        return _result((ok, {"max_nonzeros": max((r[1]["max_nonzeros"] for r in results), default=0)}),
+        ok, metas = _per_layer(context, hdf5_io_manager, "sparse_codes", lambda layer, codes: check_sparsity(
+            codes.read("indices"), codes.read("values"), analysis.components))
+        return _result((ok, {"max_nonzeros": max((m["max_nonzeros"] for m in metas), default=0)}),
                        f"at most {analysis.components} non-zeros")
 
     return [representation_norms, classifier_unit_columns, fast_path_equals_slow_path, pca_unit_and_sign,

@@ -156,8 +156,12 @@ class _BaseIOManager(dg.ConfigurableIOManager):
     base_dir: str = "data/materialized"
     suffix: str = ""
 
-    def _path(self, asset_key: dg.AssetKey, partition: str | None) -> Path:
+    def path_for(self, asset_key: dg.AssetKey | str, partition: str | None = None) -> Path:
+        """Where an asset (partition) lives: ``<base_dir>/<key path>/<partition or 'all'><suffix>``."""
+        asset_key = dg.AssetKey(asset_key) if isinstance(asset_key, str) else asset_key
         return Path(self.base_dir).joinpath(*asset_key.path) / f"{partition if partition is not None else 'all'}{self.suffix}"
+
+    _path = path_for
 
     @staticmethod
     def _keys(context) -> list[str] | None:
