@@ -36,7 +36,9 @@ def stream_effects(context, split: str, model: ModelResource, analysis: Analysis
                 progress = Progress(len(data), f"layer {layer} {split} effects", log=context.log.info)
                 with h5py.File(path, "w") as f:
                     ds = f.create_dataset("effects", shape=shape, dtype=dtype,
-                                          chunks=(min(shape[0], 64), min(shape[1], 64), shape[2]),
+                                          # one batch of samples per chunk: each batch write fills whole
+                                          # chunks (no read-modify-write of compressed chunks)
+                                          chunks=(min(shape[0], model.batch_size), min(shape[1], 64), shape[2]),
                                           **hdf5_io_manager.compression())
                     start = 0
                     for batch in data.batches(loaded, model.batch_size, model.max_length):
