@@ -356,3 +356,44 @@ def test_neuron_report_and_catalog_plots(reference_graph):
         assert "data:image/png;base64," in md["neuron_pcas"][key].value
     explained = pcas.read("explained")
     assert ((explained > 0) & (explained <= 1)).all()
+
+
+def test_metadata_is_per_layer(reference_graph):
+    _, instance, base, result, _ = reference_graph
+    events = {(e.asset_key.to_user_string(), e.partition): e.step_materialization_data.materialization.metadata
+              for e in result.get_asset_materialization_events()}
+    for layer in ("0", "1", "2"):
+        assert events[("neuron_report", layer)]["report"].value.endswith(f"neuron_report/{layer}.html")
+        assert events[("ablation_report", layer)]["layer"].value == int(layer)
+        expected = pq.read_table(base / "ablation_report" / f"{layer}.parquet").to_pylist()
+        preview = events[("ablation_report", layer)]["preview"].value
+        assert f"{expected[4]['accuracy']:.4g}" in preview
+    assert events[("sparse_codes", "0")]["preview"].value != events[("sparse_codes", "2")]["preview"].value
+
+
+def test_missing_upstream_layer_is_named(tmp_path):
+    from oe_assets.assets.analysis import same_vocabulary
+    from oe_assets.resources.datasets import DatasetResource
+
+    io = HDF5IOManager(base_dir=str(tmp_path))
+    layers = dg.StaticPartitionsDefinition(["0", "1"])
+    ctx = dg.build_input_context(asset_key=dg.AssetKey("second_order_effects"), partition_key="1",
+                                 asset_partitions_def=layers)
+    with pytest.raises(FileNotFoundError, match="second_order_effects partition 1"):
+        io.load_input(ctx)
+    io.handle_output(dg.build_output_context(asset_key=dg.AssetKey("a"), partition_key="0"), H5Payload(
+        {"x": np.zeros(2)}, {"vocabulary_version": "v1"}))
+    io.handle_output(dg.build_output_context(asset_key=dg.AssetKey("b")), H5Payload(
+        {"x": np.zeros(2)}, {"vocabulary_version": "v2"}))
+    with pytest.raises(ValueError, match="computed on vocabulary v1 but text_embeddings is now v2"):
+        same_vocabulary(H5Group(tmp_path / "b" / "all.h5"), H5Group(tmp_path / "a" / "0.h5"), "0")
+    np.savez(tmp_path / "x.npz", train_images=np.zeros((3, 3, 4, 4)))
+    empty = DatasetResource(kind="npz", train_path=str(tmp_path / "x.npz"), val_path=str(tmp_path / "x.npz"),
+                            offset=5, n_classes=2)
+    with pytest.raises(ValueError, match="train split of .*x.npz is empty after subsampling"):
+        empty.split("train")
+
+
+def test_sparsity_check_sees_the_coder_output():
+    assert check_sparsity(np.zeros((2, 3), int), np.ones((2, 3)), 3, coder_nonzeros=3)[0]
+    assert not check_sparsity(np.zeros((2, 3), int), np.ones((2, 3)), 3, coder_nonzeros=5)[0]

@@ -95,3 +95,31 @@ def test_language_model_errors():
         SecondOrderLens(gpt, 0)({"input_ids": torch.ones(2, 3, dtype=torch.long), "attention_mask": torch.ones(2, 4)})
     with pytest.raises(ValueError, match="no tokens"):
         SecondOrderLens(gpt, 0)({"input_ids": torch.ones(2, 3, dtype=torch.long), "attention_mask": torch.zeros(2, 3)})
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_recomputed_attention_equals_the_models_own(family):
+    """The capture recomputes attention from the attention input; it must equal what the model's
+    eager attention returns at real (non-padding) query tokens."""
+    model = build(family, seed=13, attn="eager")
+    batch = padded_batch(seed=14)
+    cap = get_adapter(model).capture(batch, 0)
+    body = model.transformer if family == "gpt2" else model
+    with torch.no_grad():
+        out = body(**batch, output_attentions=True)
+    mask = batch["attention_mask"].bool()
+    for j in (1, 2, 3):
+        ours, theirs = cap.attention[j], out.attentions[j]
+        for b in range(3):
+            real = mask[b]
+            assert rel(ours[b][:, real][:, :, real], theirs[b][:, real][:, :, real].double()) <= 1e-6
+
+
+def test_gpt2_left_padding_matches_right_padding():
+    model = tiny_gpt2(seed=15)
+    right = padded_batch(seed=16, lengths=(9, 5))
+    ids, mask = right["input_ids"].clone(), right["attention_mask"].clone()
+    ids[1] = torch.cat([ids[1, 5:], ids[1, :5]])  # move the padding to the left
+    mask[1] = torch.cat([mask[1, 5:], mask[1, :5]])
+    lens = SecondOrderLens(model, 1)
+    assert rel(lens({"input_ids": ids, "attention_mask": mask})[1], lens(right)[1]) <= 1e-10

@@ -109,3 +109,15 @@ def test_load_model_from_local_folders(tmp_path):
     with pytest.raises(ValueError, match="dtype='float8'"):
         load_model(str(tmp_path / "gpt"), dtype="float8", device="cpu")
     assert resolve_device("auto").type in ("cpu", "cuda")
+
+
+def test_tokenizer_without_pad_token_is_given_one(tmp_path):
+    tok = tiny_bpe_tokenizer()
+    tok.pad_token = None
+    model = tiny_gpt2(seed=2, dtype=torch.float32)
+    model.save_pretrained(tmp_path / "gpt")
+    tok.save_pretrained(tmp_path / "gpt")
+    lm = load_model(str(tmp_path / "gpt"), device="cpu")
+    assert lm.tokenizer.pad_token == lm.tokenizer.eos_token and lm.tokenizer.padding_side == "right"
+    batch = lm.tokenizer(["the cat sat on the mat", "a dog"], padding=True, return_tensors="pt")
+    assert batch["input_ids"].shape[0] == 2

@@ -10,7 +10,7 @@ from ..lens import SCENARIOS, ablate, neuron_pca, normalize_dictionary, sparse_d
 from ..plots import accuracy_against_layer, explained_variance_profile, markdown_image, significance_histogram
 from ..reports import NeuronSection, render_report
 from ..resources.datasets import DatasetResource
-from ..resources.io_managers import H5Payload
+from ..resources.io_managers import H5Payload, HTMLIOManager
 from ..resources.model import AnalysisResource, ModelResource
 from .common import CODE_VERSION, EAGER, md_table, timer
 
@@ -45,6 +45,19 @@ def dense_codes(indices: np.ndarray, values: np.ndarray, n_descriptions: int) ->
     return out
 
 
+def layer_meta(context, key: str, **metadata) -> None:
+    """Metadata of one layer partition (a step may cover several layers)."""
+    context.add_asset_metadata({"layer": int(key), **metadata}, partition_key=key)
+
+
+def same_vocabulary(text_embeddings, codes, key: str) -> None:
+    """Sparse-code indices point into the vocabulary they were computed on: refuse a mismatch."""
+    a, b = text_embeddings.attrs.get("vocabulary_version"), codes.attrs.get("vocabulary_version")
+    if a != b:
+        raise ValueError(f"sparse_codes layer {key} was computed on vocabulary {b} but text_embeddings is now "
+                         f"{a}; re-materialize sparse_codes (the vocabulary automation does this)")
+
+
 def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     layered = dict(partitions_def=partitions_def, code_version=CODE_VERSION,
                    backfill_policy=dg.BackfillPolicy.single_run())
@@ -61,9 +74,9 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
                 pca = neuron_pca(effects, analysis.top_k,
                                  progress=lambda done, total: context.log.debug(f"layer {key}: PCA {done}/{total} neurons"))
                 order = np.argsort(-pca.thresholds)[: analysis.report_neurons]
-                meta["preview"] = dg.MetadataValue.md(md_table(
+                layer_meta(context, key, preview=dg.MetadataValue.md(md_table(
                     [{"neuron": int(n), "threshold": float(pca.thresholds[n]), "max norm": float(pca.norms[n, -1])}
-                     for n in order]))
+                     for n in order])))
                 thresholds[key], explained[key] = pca.thresholds, pca.explained
                 out[key] = H5Payload({"components": pca.components, "norms": pca.norms, "means": pca.means,
                                       "explained": pca.explained},
@@ -92,16 +105,18 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
                 pcas = neuron_pcas[key]
                 codes = sparse_decompose(pcas.read("components"), emb, analysis.components,
                                          coefficient=analysis.coefficient)
+                max_nonzeros = np.count_nonzero(codes.codes, axis=1).max()
                 idx, val = sparse_arrays(codes.codes, analysis.components)
                 thresholds = pcas.read("norms")[:, 0]
                 top = np.argsort(-thresholds)[: analysis.report_neurons]
                 rows = [r for r in top_descriptions(codes.codes[top], texts, k=5)]
                 for r in rows:
                     r["neuron"] = int(top[r["neuron"]])
-                meta["preview"] = dg.MetadataValue.md(md_table(rows, ["neuron", "rank", "coefficient", "text"]))
+                layer_meta(context, key, max_nonzeros=int(max_nonzeros),
+                           preview=dg.MetadataValue.md(md_table(rows, ["neuron", "rank", "coefficient", "text"])))
                 out[key] = H5Payload({"indices": idx, "values": val},
                                      {"layer": int(key), "components": analysis.components,
-                                      "descriptions": len(texts), "vocabulary_version":
+                                      "max_nonzeros": int(max_nonzeros), "descriptions": len(texts), "vocabulary_version":
                                       text_embeddings.attrs.get("vocabulary_version"), "code_version": CODE_VERSION})
         context.add_output_metadata({**meta, "indices_shape": str(list(idx.shape)), "rows": idx.shape[0],
                                      "components": analysis.components, "descriptions": len(texts),
@@ -123,14 +138,15 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
         with timer(meta):
             for key in context.partition_keys:
                 pcas, codes = neuron_pcas[key], sparse_codes[key]
+                same_vocabulary(text_embeddings, codes, key)
                 dense = dense_codes(codes.read("indices"), codes.read("values"), dictionary.shape[0])
                 res = ablate(reps, val_second_order_effects[key]["effects"], W, labels, pcas.read("means"),
                              pcas.read("norms")[:, 0], pcas.read("components"), reconstructions=dense @ dictionary)
                 out[key] = pa.Table.from_pylist(
                     [{"layer": int(key), "scenario": s, "accuracy": res.accuracy[s], "samples": len(labels),
                       "logits": res.logits[s].tolist()} for s in ALL_SCENARIOS], schema=ABLATION_SCHEMA)
-                meta["preview"] = dg.MetadataValue.md(md_table(
-                    [{"scenario": s, "accuracy %": res.accuracy[s]} for s in ALL_SCENARIOS]))
+                layer_meta(context, key, preview=dg.MetadataValue.md(md_table(
+                    [{"scenario": s, "accuracy %": res.accuracy[s]} for s in ALL_SCENARIOS])))
         context.add_output_metadata({**meta, "rows": len(ALL_SCENARIOS), "samples": len(labels),
                                      "layers": ", ".join(context.partition_keys)})
         return out
@@ -161,7 +177,8 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
               "`report_neurons`), each with its top sparse-code descriptions and its top inputs by "
               "second-order effect norm (image thumbnails or sentences).  Offline, no scripts.", **layered)
     def neuron_report(context: dg.AssetExecutionContext, analysis: AnalysisResource, dataset: DatasetResource,
-                      neuron_pcas: dict, sparse_codes: dict, second_order_effects: dict, text_embeddings):
+                      html_io_manager: dg.ResourceParam[HTMLIOManager], neuron_pcas: dict, sparse_codes: dict,
+                      second_order_effects: dict, text_embeddings):
         texts = text_embeddings.read("texts")
         train = dataset.split("train")
         classes = dataset.classes()
@@ -170,6 +187,7 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
         with timer(meta):
             for key in context.partition_keys:
                 pcas, codes = neuron_pcas[key], sparse_codes[key]
+                same_vocabulary(text_embeddings, codes, key)
                 thresholds = pcas.read("norms")[:, 0]
                 explained = pcas.read("explained")
                 chosen = np.argsort(-thresholds)[: analysis.report_neurons]
@@ -186,6 +204,9 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
                         inputs=[{"norm": float(norms[n][s]), "label": label(int(train.labels[s])), "text": train.describe(int(s)),
                                  "thumbnail": train.thumbnail(int(s))} for s in top]))
                 attrs = second_order_effects[key].attrs
+                path = html_io_manager.path_for(context.asset_key, key).resolve()
+                layer_meta(context, key, report=dg.MetadataValue.path(str(path)),
+                           report_url=dg.MetadataValue.url(path.as_uri()))
                 out[key] = render_report(
                     f"Layer {key}: the {len(sections)} most significant neurons",
                     f"model {attrs.get('model')}, convention {attrs.get('convention')}, coefficient "

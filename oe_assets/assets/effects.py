@@ -23,43 +23,48 @@ def stream_effects(context, split: str, model: ModelResource, analysis: Analysis
     loaded = model.load()
     data = dataset.split(split)
     out: dict[str, StagedH5] = {}
-    for key in context.partition_keys:
-        layer = int(key)
-        meta: dict = {}
-        path = hdf5_io_manager.stage(context.asset_key, key)
-        try:
+    # bfloat16 has no numpy dtype: such models store float32 effects
+    torch_store = torch.float32 if loaded.adapter.dtype == torch.bfloat16 else loaded.adapter.dtype
+    dtype = np.dtype(str(torch_store).replace("torch.", ""))
+    try:
+        for key in context.partition_keys:
+            layer = int(key)
+            meta: dict = {}
+            path = hdf5_io_manager.stage(context.asset_key, key)
+            out[key] = StagedH5(path)
             with timer(meta), torch.no_grad():
                 lens = SecondOrderLens(loaded.adapter, layer, coefficient=analysis.coefficient,
                                        convention=analysis.convention)
-                dtype = np.dtype(str(loaded.adapter.dtype).replace("torch.", ""))
                 shape = (len(data), lens.n_neurons, lens.d_out)
                 progress = Progress(len(data), f"layer {layer} {split} effects", log=context.log.info)
                 with h5py.File(path, "w") as f:
+                    # one batch of samples per chunk (each batch write fills whole chunks: no
+                    # read-modify-write of compressed chunks), 16 neurons wide for the PCA's blocks
                     ds = f.create_dataset("effects", shape=shape, dtype=dtype,
-                                          # one batch of samples per chunk: each batch write fills whole
-                                          # chunks (no read-modify-write of compressed chunks)
-                                          chunks=(min(shape[0], model.batch_size), min(shape[1], 64), shape[2]),
+                                          chunks=(min(shape[0], model.batch_size), min(shape[1], 16), shape[2]),
                                           **hdf5_io_manager.compression())
                     start = 0
                     for batch in data.batches(loaded, model.batch_size, model.max_length):
-                        effects = lens(batch).cpu().numpy()
+                        effects = lens(batch).to(torch_store).cpu().numpy()
                         ds[start:start + len(effects)] = effects
                         start += len(effects)
                         progress.update(len(effects))
                     f.create_dataset("labels", data=data.labels)
                     if start != len(data):
                         raise RuntimeError(f"wrote {start} of {len(data)} samples")
-        except BaseException:
-            discard(path)
-            raise
-        context.log.info(f"layer {layer}: effects {shape} in {meta['run_time_s'].value:.1f} s")
-        out[key] = StagedH5(path, {"model": model.source, "layer": layer, "coefficient": analysis.coefficient,
-                                   "convention": lens.convention, "split": split, "shape": list(shape),
-                                   "code_version": CODE_VERSION})
+            context.log.info(f"layer {layer}: effects {shape} in {meta['run_time_s'].value:.1f} s")
+            context.add_asset_metadata({"layer": layer, "run_time_s": meta["run_time_s"]}, partition_key=key)
+            out[key] = StagedH5(path, {"model": model.source, "layer": layer, "coefficient": analysis.coefficient,
+                                       "convention": lens.convention, "split": split, "shape": list(shape),
+                                       "code_version": CODE_VERSION})
+    except BaseException:
+        for staged in out.values():  # every layer of the step, not only the one that failed
+            discard(staged.path)
+        raise
     context.add_output_metadata({
         "effects_shape": str(list(shape)), "effects_dtype": str(dtype), "rows": shape[0], "model": model.source,
         "layers": ", ".join(context.partition_keys), "coefficient": analysis.coefficient,
-        "convention": lens.convention, **meta,
+        "convention": lens.convention,
     })
     return out
 

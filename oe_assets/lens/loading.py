@@ -94,7 +94,7 @@ def load_model(
         raise ValueError(f"cannot load a model config from {name_or_path!r}: {err}") from err
     model_type = getattr(config, "model_type", "")
     for adapter_cls in ADAPTERS:
-        model_cls = adapter_cls.model_class(model_type)
+        model_cls = adapter_cls.model_class(model_type, getattr(config, "architectures", None))
         if model_cls is not None:
             break
     else:
@@ -112,4 +112,9 @@ def load_model(
         except Exception:  # noqa: BLE001 - a vision tower has no tokenizer, a text model no processor
             return None
 
-    return LoadedModel(source, model, adapter, optional(AutoTokenizer), optional(AutoImageProcessor))
+    tokenizer = optional(AutoTokenizer)
+    if tokenizer is not None:
+        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has none; padded positions are masked anyway
+        tokenizer.padding_side = "right"  # the readout and position handling expect right padding
+    return LoadedModel(source, model, adapter, tokenizer, optional(AutoImageProcessor))

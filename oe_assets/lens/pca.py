@@ -48,6 +48,9 @@ def neuron_pca(
         raise ValueError(f"top_k={top_k!r} must be an integer in 1..{S} (the number of samples)")
     if block_size is None:
         block_size = max(1, min(N, block_bytes // max(1, S * d * 8)))
+        chunks = getattr(effects, "chunks", None)
+        if chunks:  # whole HDF5 chunks per block: each chunk is decompressed once
+            block_size = max(chunks[1], block_size // chunks[1] * chunks[1])
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     components = np.empty((N, d))

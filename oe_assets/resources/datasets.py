@@ -198,6 +198,15 @@ class DatasetResource(dg.ConfigurableResource):
         raise ValueError(f"dataset kind {self.kind!r} needs classes_path (a JSON list of class names)")
 
     def split(self, split: str) -> Split:
+        """The subsampled split; raises naming the file when nothing is left."""
+        data = self._split(split)
+        if len(data) == 0:
+            path = self.train_path if split == "train" else self.val_path
+            raise ValueError(f"{split} split of {path} is empty after subsampling (offset={self.offset}, "
+                             f"stride={self._stride(split)}, limit={self.limit})")
+        return data
+
+    def _split(self, split: str) -> Split:
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         path = self.train_path if split == "train" else self.val_path
@@ -210,7 +219,9 @@ class DatasetResource(dg.ConfigurableResource):
         if self.kind == "image_folder":
             from ..lens.zero_shot import imagenet_wnids
 
-            ids = imagenet_wnids() if self.class_index == "imagenet" else None
+            # "folders": both splits label by the train split's folders, so val labels cannot shift
+            ids = imagenet_wnids() if self.class_index == "imagenet" else \
+                sorted(p.name for p in Path(self.train_path).iterdir() if p.is_dir())
             paths, labels, _ = image_folder_samples(Path(path), ids)
             paths, labels = paths[sl][: self.limit], labels[sl][: self.limit]
             return ImageFolderSplit(paths, labels)

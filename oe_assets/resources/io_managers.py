@@ -42,10 +42,21 @@ def atomic_path(target: Path) -> Iterator[Path]:
     tmp = target.with_name(f"{target.name}.partial-{uuid.uuid4().hex[:8]}")
     try:
         yield tmp
+        _fsync(tmp)
         os.replace(tmp, target)
+        _fsync(target.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file (or a folder's entries) to disk, so a renamed file is never a truncated one."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -72,7 +83,7 @@ class LazyH5Array:
         self.path, self.name = Path(path), name
         with h5py.File(self.path, "r") as f:
             ds = f[name]
-            self.shape, self.dtype = tuple(ds.shape), ds.dtype
+            self.shape, self.dtype, self.chunks = tuple(ds.shape), ds.dtype, ds.chunks
 
     def __getitem__(self, index):
         with h5py.File(self.path, "r") as f:
@@ -182,8 +193,14 @@ class _BaseIOManager(dg.ConfigurableIOManager):
         if missing:
             raise ValueError(f"no value returned for partitions {sorted(missing)} of {context.asset_key.to_user_string()}")
         paths = [self._path(context.asset_key, key) for key in keys]
-        for key, path in zip(keys, paths):
-            self._write(context, path, obj[key])
+        try:
+            for key, path in zip(keys, paths):
+                self._write(context, path, obj[key])
+        except BaseException:
+            for value in obj.values():  # staged files not moved into place
+                if isinstance(value, StagedH5) and Path(value.path).exists():
+                    Path(value.path).unlink()
+            raise
         self._record(context, paths)
 
     def _record(self, context, paths: list[Path]) -> None:
@@ -198,12 +215,25 @@ class _BaseIOManager(dg.ConfigurableIOManager):
         key = context.asset_key
         if not context.has_asset_partitions:
             return self._read(self._require(self._path(key, None), key))
+        # a layer step needs its own layers; an unpartitioned reader (layer_summary) takes what exists
+        strict = self._step_is_partitioned(context)
         out = {}
         for p in context.asset_partition_keys:
             path = self._path(key, p)
             if path.exists():
                 out[p] = self._read(path)
+            elif strict:
+                raise FileNotFoundError(f"asset {key.to_user_string()} partition {p} has no materialized file at "
+                                        f"{path}; materialize it first")
         return out
+
+    @staticmethod
+    def _step_is_partitioned(context) -> bool:
+        try:
+            step = context.step_context
+            return bool(step.has_partition_key or step.has_partition_key_range)
+        except Exception:  # a context built outside a run (tests): its own partition key
+            return context.has_partition_key
 
     @staticmethod
     def _require(path: Path, key: dg.AssetKey) -> Path:
@@ -245,7 +275,9 @@ class HDF5IOManager(_BaseIOManager):
         if isinstance(obj, StagedH5):
             with h5py.File(obj.path, "a") as f:
                 _write_attrs(f, obj.attrs)
+            _fsync(obj.path)
             os.replace(obj.path, path)
+            _fsync(path.parent)
         elif isinstance(obj, H5Payload):
             write_h5(path, obj)
         else:
@@ -285,8 +317,6 @@ class HTMLIOManager(_BaseIOManager):
     def _record(self, context, paths: list[Path]) -> None:
         super()._record(context, paths)
         context.add_output_metadata({
-            "report": dg.MetadataValue.path(str(paths[-1].resolve())),
-            "report_url": dg.MetadataValue.url(paths[-1].resolve().as_uri()),
             "reports": dg.MetadataValue.md("\n".join(f"- [{p.name}]({p.resolve().as_uri()})" for p in paths)),
         })
 

@@ -118,7 +118,7 @@ class ModelAdapter(ABC):
         self.pooling = pooling
 
     @classmethod
-    def model_class(cls, model_type: str):
+    def model_class(cls, model_type: str, architectures=None):
         """The ``transformers`` class to load a checkpoint of ``model_type`` with, or None."""
         return None
 

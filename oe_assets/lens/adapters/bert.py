@@ -28,7 +28,7 @@ class BertAdapter(TextAdapter):
     model_types = ("bert",)
 
     @classmethod
-    def model_class(cls, model_type: str):
+    def model_class(cls, model_type: str, architectures=None):
         import transformers
 
         return transformers.BertModel if model_type in cls.model_types else None

@@ -25,9 +25,11 @@ class CLIPVisionAdapter(ModelAdapter):
     model_types = ("clip", "clip_vision_model")
 
     @classmethod
-    def model_class(cls, model_type: str):
+    def model_class(cls, model_type: str, architectures=None):
         import transformers
 
+        if model_type == "clip_vision_model" and "CLIPVisionModel" in (architectures or []):
+            return transformers.CLIPVisionModel  # no projection: never a randomly initialised one
         return {"clip": transformers.CLIPModel,
                 "clip_vision_model": transformers.CLIPVisionModelWithProjection}.get(model_type)
 

@@ -25,7 +25,7 @@ class GPT2Adapter(TextAdapter):
     unit_classifier = False
 
     @classmethod
-    def model_class(cls, model_type: str):
+    def model_class(cls, model_type: str, architectures=None):
         import transformers
 
         return transformers.GPT2LMHeadModel if model_type in cls.model_types else None
@@ -88,8 +88,10 @@ class GPT2Adapter(TextAdapter):
         return (mask * (positions + 1)).argmax(dim=1)  # last position holding a real token
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        # positions count real tokens only, so left padding does not shift them
+        positions = (inputs["attention_mask"].cumsum(1) - 1).clamp(min=0)
         hidden = self.body(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                           use_cache=False).last_hidden_state  # after ln_f
+                           position_ids=positions, use_cache=False).last_hidden_state  # after ln_f
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), self.last_positions(inputs)]
 
     def readout(self, inputs: Mapping[str, torch.Tensor]):
