@@ -164,9 +164,9 @@ def tiny_bert_folder(root: Path) -> Path:
     return root
 
 
-@pytest.fixture
-def bert_profile(tmp_path):
-    root = tiny_bert_folder(tmp_path)
+def tiny_bert_profile(root: Path) -> dict:
+    """A profile over the files of :func:`tiny_bert_folder` (written first)."""
+    tiny_bert_folder(root)
     return {
         "model": {"source": str(root / "model"), "dtype": "float64", "device": "cpu", "batch_size": 4},
         "dataset": {"kind": "text", "train_path": str(root / "train.jsonl"), "val_path": str(root / "val.jsonl"),
@@ -175,6 +175,11 @@ def bert_profile(tmp_path):
                      "vocabulary_path": str(root / "vocab.txt")},
         "storage": {"base_dir": str(root / "store")},
     }
+
+
+@pytest.fixture
+def bert_profile(tmp_path):
+    return tiny_bert_profile(tmp_path)
 
 
 def test_tiny_bert_graph(bert_profile, tmp_path):

@@ -72,17 +72,9 @@ def _free_port() -> int:
 
 
 def _write_profile(root: Path) -> Path:
-    from test_assets import tiny_bert_folder
+    from test_assets import tiny_bert_profile
 
-    tiny_bert_folder(root)
-    profile = {
-        "model": {"source": str(root / "model"), "dtype": "float64", "device": "cpu", "batch_size": 4},
-        "dataset": {"kind": "text", "train_path": str(root / "train.jsonl"), "val_path": str(root / "val.jsonl"),
-                    "classes_path": str(root / "classes.json")},
-        "analysis": {"top_k": 3, "components": 2, "templates_path": str(root / "templates.json"),
-                     "vocabulary_path": str(root / "vocab.txt")},
-        "storage": {"base_dir": str(root / "store")},
-    }
+    profile = tiny_bert_profile(root)
     path = root / "profile.yaml"
     path.write_text(yaml.safe_dump(profile))
     return path
