@@ -11,7 +11,7 @@ from ..plots import accuracy_against_layer, explained_variance_profile, markdown
 from ..reports import NeuronSection, render_report
 from ..resources.datasets import DatasetResource
 from ..resources.io_managers import H5Payload, HTMLIOManager
-from ..resources.model import AnalysisResource, ModelResource
+from ..resources.model import AnalysisResource
 from .common import CODE_VERSION, EAGER, md_table, timer
 
 ABLATION_SCHEMA = pa.schema([

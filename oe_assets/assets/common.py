@@ -5,17 +5,13 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import dagster as dg
 import numpy as np
 
 #: bumped when an asset's computation changes meaning; recorded as code_version and in file attrs
 CODE_VERSION = "1"
-
-
-def layer_partitions(layers: Iterable[str]) -> dg.StaticPartitionsDefinition:
-    return dg.StaticPartitionsDefinition(list(layers))
 
 
 def md_table(rows: list[dict], columns: list[str] | None = None, floatfmt: str = "{:.4g}") -> str:
@@ -39,10 +35,6 @@ def timer(metadata: dict):
     t0 = time.perf_counter()
     yield
     metadata["run_time_s"] = dg.MetadataValue.float(round(time.perf_counter() - t0, 3))
-
-
-def partition_keys(context) -> list[str]:
-    return list(context.partition_keys) if context.has_partition_key or context.has_partition_key_range else []
 
 
 def discard(path: Path) -> None:

@@ -126,7 +126,7 @@ class SecondOrderLens:
                 self.M[:, i * H + h, :] = (left[h] @ (right[h] @ W_out)).T
             if conv == "reference":
                 (ln_in,), (ln_out,) = blk.ln_in, blk.ln_out
-                g_in, beta_in = a.layer_norm(ln_in).weight, a.layer_norm(ln_in).bias
+                beta_in = a.layer_norm(ln_in).bias  # its weight is already in L_in
                 g_f, beta_f = a.layer_norm(ln_out).weight, a.layer_norm(ln_out).bias
                 proj = (lambda x: x) if P is None else (lambda x: x @ P)
                 c = (1 + 2 * blk.index) * N

@@ -172,7 +172,6 @@ class _BaseIOManager(dg.ConfigurableIOManager):
         asset_key = dg.AssetKey(asset_key) if isinstance(asset_key, str) else asset_key
         return Path(self.base_dir).joinpath(*asset_key.path) / f"{partition if partition is not None else 'all'}{self.suffix}"
 
-    _path = path_for
 
     @staticmethod
     def _keys(context) -> list[str] | None:
@@ -181,7 +180,7 @@ class _BaseIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         keys = self._keys(context)
         if keys is None:
-            path = self._path(context.asset_key, None)
+            path = self.path_for(context.asset_key, None)
             self._write(context, path, obj)
             self._record(context, [path])
             return
@@ -192,7 +191,7 @@ class _BaseIOManager(dg.ConfigurableIOManager):
         missing = set(keys) - set(obj)
         if missing:
             raise ValueError(f"no value returned for partitions {sorted(missing)} of {context.asset_key.to_user_string()}")
-        paths = [self._path(context.asset_key, key) for key in keys]
+        paths = [self.path_for(context.asset_key, key) for key in keys]
         try:
             for key, path in zip(keys, paths):
                 self._write(context, path, obj[key])
@@ -214,12 +213,12 @@ class _BaseIOManager(dg.ConfigurableIOManager):
     def load_input(self, context: dg.InputContext):
         key = context.asset_key
         if not context.has_asset_partitions:
-            return self._read(self._require(self._path(key, None), key))
+            return self._read(self._require(self.path_for(key, None), key))
         # a layer step needs its own layers; an unpartitioned reader (layer_summary) takes what exists
         strict = self._step_is_partitioned(context)
         out = {}
         for p in context.asset_partition_keys:
-            path = self._path(key, p)
+            path = self.path_for(key, p)
             if path.exists():
                 out[p] = self._read(path)
             elif strict:
@@ -267,7 +266,7 @@ class HDF5IOManager(_BaseIOManager):
 
     def stage(self, asset_key: dg.AssetKey, partition: str | None) -> Path:
         """A fresh staging path beside the asset's final file, for streaming writes."""
-        final = self._path(asset_key, partition)
+        final = self.path_for(asset_key, partition)
         final.parent.mkdir(parents=True, exist_ok=True)
         return final.with_name(f"{final.name}.partial-{uuid.uuid4().hex[:8]}")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 import dagster as dg
 
@@ -48,10 +47,6 @@ class ModelResource(dg.ConfigurableResource):
                 _CACHE[key] = load_model(self.source, self.dtype, self.device, self.pooling)
             return _CACHE[key]
 
-    def describe(self) -> dict[str, Any]:
-        loaded = self.load()
-        return {"model": self.source, "family": loaded.adapter.family, "dtype": self.dtype,
-                "device": str(loaded.adapter.device)}
 
 
 class AnalysisResource(dg.ConfigurableResource):

@@ -10,7 +10,7 @@ output projection), and knows the family's representation (pooling, projection).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
 import torch
@@ -174,8 +174,10 @@ class ModelAdapter(ABC):
     @abstractmethod
     def attention_weights(self, block: int) -> AttentionWeights: ...
 
-    @abstractmethod
-    def layer_norm(self, name: str) -> LayerNormParams: ...
+    def layer_norm(self, name: str) -> LayerNormParams:
+        """Weight, bias and eps of the LayerNorm module ``name`` (a name the adapter listed)."""
+        ln = self.model.get_submodule(name)
+        return LayerNormParams(ln.weight, ln.bias, ln.eps)
 
     def projection(self) -> torch.Tensor | None:
         """``P [d_model, d_out]`` applied after the final LayerNorm and pooling, or None."""

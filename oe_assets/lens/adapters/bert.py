@@ -13,7 +13,7 @@ from typing import Mapping
 
 import torch
 
-from .base import AttentionWeights, LayerNormParams
+from .base import AttentionWeights
 from .text import TextAdapter
 
 
@@ -80,10 +80,6 @@ class BertAdapter(TextAdapter):
         W_v, b_v = split(att.self.value)
         W_o = att.output.dense.weight.view(D, H, dh).permute(1, 0, 2)
         return AttentionWeights(W_q, b_q, W_k, b_k, W_v, b_v, W_o, att.output.dense.bias, dh ** -0.5)
-
-    def layer_norm(self, name: str) -> LayerNormParams:
-        ln = self.model.get_submodule(name)
-        return LayerNormParams(ln.weight, ln.bias, ln.eps)
 
     def _stream_norms(self, k: int) -> list[str]:
         p = f"{self.prefix}encoder.layer.{k}"

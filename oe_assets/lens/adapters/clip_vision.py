@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .base import AttentionWeights, LayerNormParams, ModelAdapter
+from .base import AttentionWeights, ModelAdapter
 
 
 class CLIPVisionAdapter(ModelAdapter):
@@ -73,10 +73,6 @@ class CLIPVisionAdapter(ModelAdapter):
         W_v, b_v = split(attn.v_proj)
         W_o = attn.out_proj.weight.view(D, H, dh).permute(1, 0, 2)
         return AttentionWeights(W_q, b_q, W_k, b_k, W_v, b_v, W_o, attn.out_proj.bias, attn.scale)
-
-    def layer_norm(self, name: str) -> LayerNormParams:
-        ln = self.model.get_submodule(name)
-        return LayerNormParams(ln.weight, ln.bias, ln.eps)
 
     def projection(self):
         proj = getattr(self.model, "visual_projection", None)

@@ -11,7 +11,7 @@ from typing import Mapping
 
 import torch
 
-from .base import AttentionWeights, LayerNormParams
+from .base import AttentionWeights
 from .text import TextAdapter
 
 
@@ -68,10 +68,6 @@ class GPT2Adapter(TextAdapter):
         (W_q, b_q), (W_k, b_k), (W_v, b_v) = split(0), split(1), split(2)
         W_o = attn.c_proj.weight.view(H, dh, D).permute(0, 2, 1)  # [H, D, dh]
         return AttentionWeights(W_q, b_q, W_k, b_k, W_v, b_v, W_o, attn.c_proj.bias, float(attn.scaling))
-
-    def layer_norm(self, name: str) -> LayerNormParams:
-        ln = self.model.get_submodule(name)
-        return LayerNormParams(ln.weight, ln.bias, ln.eps)
 
     def layer_norms_before_head(self, mlp_layer: int, block: int) -> list[str]:
         return [f"{self.prefix}h.{block}.ln_1"]
