@@ -1,15 +1,15 @@
-"""Running a lens over a dataset batch by batch, into memory or into an array-like sink."""
+"""Running lenses over a dataset batch by batch: one forward pass per batch for every layer."""
 
 from __future__ import annotations
 
-import sys
 import time
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-import numpy as np
 import torch
 
-__all__ = ["text_batches", "image_batches", "iter_effects", "collect_effects", "Progress"]
+from .factorized import FactorizedEffects
+
+__all__ = ["text_batches", "iter_factorized", "collect_factorized", "Progress"]
 
 
 def text_batches(tokenizer, texts: Sequence[str], batch_size: int = 32, max_length: int = 128) -> Iterator[dict]:
@@ -19,29 +19,19 @@ def text_batches(tokenizer, texts: Sequence[str], batch_size: int = 32, max_leng
                         return_tensors="pt")
 
 
-def image_batches(pixel_values: torch.Tensor | np.ndarray, batch_size: int = 16) -> Iterator[torch.Tensor]:
-    """Consecutive slices of an image tensor ``[samples, 3, H, W]``."""
-    pv = torch.as_tensor(pixel_values)
-    for i in range(0, pv.shape[0], batch_size):
-        yield pv[i:i + batch_size]
-
-
 class Progress:
     """Counts samples; reports ``done/total``, samples per second and time left to ``log`` (a
     callable taking one string, e.g. a Dagster run log), or, when ``log`` is None, draws a progress
-    bar in a notebook or terminal (``tqdm.auto``; a plain bar on a terminal without tqdm)."""
+    bar in a notebook or terminal (``tqdm.auto``)."""
 
     def __init__(self, total: int, label: str = "", log: Callable[[str], None] | None = None, every: float = 5.0):
         self.total, self.label, self.log, self.every = total, label, log, every
         self.done, self.start, self.last = 0, time.perf_counter(), 0.0
         self._bar = None
         if log is None:
-            try:
-                from tqdm.auto import tqdm
+            from tqdm.auto import tqdm
 
-                self._bar = tqdm(total=total, desc=label, unit="sample", leave=False)
-            except ImportError:
-                pass
+            self._bar = tqdm(total=total, desc=label, unit="sample", leave=False)
 
     def update(self, n: int) -> None:
         self.done += n
@@ -53,41 +43,46 @@ class Progress:
             if finished or now - self.last >= self.every:
                 self.last = now
                 self.log(f"{self.label} {self.done}/{self.total} samples, {rate:.1f} samples/s, {left:.0f} s left")
-        elif self._bar is not None:
+        else:
             self._bar.update(n)
             if finished:
                 self._bar.close()
-        elif sys.stderr.isatty():
-            width = 30
-            filled = int(width * self.done / max(self.total, 1))
-            sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
-                             f"{rate:.1f}/s {left:.0f}s left" + ("\n" if finished else ""))
-            sys.stderr.flush()
 
 
-def iter_effects(lens, batches: Iterable[Any]) -> Iterator[tuple[int, np.ndarray, torch.Tensor]]:
-    """Yield ``(start, effects [batch, neurons, d_out] as numpy, representation [batch, d_out])``."""
+def iter_factorized(lenses: Mapping[int, Any], batches: Iterable[Any],
+                    progress: Progress | None = None) -> Iterator[tuple[slice, dict[int, FactorizedEffects]]]:
+    """One data pass for several layers: per batch, one forward pass with hooks for every layer of
+    ``lenses`` (``{mlp_layer: SecondOrderLens}`` over one model), then each layer's factorized
+    effects from that single capture.  Yields ``(samples, {layer: FactorizedEffects})``."""
+    if not lenses:
+        raise ValueError("lenses is empty")
+    adapter = next(iter(lenses.values())).adapter
+    if any(lens.adapter is not adapter for lens in lenses.values()):
+        raise ValueError("the lenses of one data pass must share one model adapter")
     start = 0
     for batch in batches:
-        cap = lens.capture(batch)
-        effects = lens.from_capture(cap).cpu().numpy()
-        yield start, effects, cap.representation.cpu()
-        start += effects.shape[0]
-
-
-def collect_effects(lens, batches: Iterable[Any], n_samples: int, out=None, progress: Progress | None = None):
-    """Write every batch's effects into ``out`` (``[n_samples, neurons, d_out]``; a numpy array or an
-    h5py dataset; allocated as float32 numpy when None) and return it."""
-    if out is None:
-        out = np.empty((n_samples, lens.n_neurons, lens.d_out), dtype=np.float32)
-    end = 0
-    for start, effects, _ in iter_effects(lens, batches):
-        end = start + effects.shape[0]
-        if end > n_samples:
-            raise ValueError(f"the batches hold more than n_samples={n_samples} samples")
-        out[start:end] = effects
+        caps = adapter.capture_layers(batch, list(lenses))
+        out = {layer: lens.factorized_from_capture(caps[layer]) for layer, lens in lenses.items()}
+        n = int(next(iter(out.values())).alpha.shape[0])
+        yield slice(start, start + n), out
+        start += n
         if progress is not None:
-            progress.update(effects.shape[0])
-    if end != n_samples:
-        raise ValueError(f"the batches held {end} samples, not n_samples={n_samples}")
-    return out
+            progress.update(n)
+
+
+def collect_factorized(lenses: Mapping[int, Any], batches: Iterable[Any],
+                       progress: Progress | None = None) -> dict[int, FactorizedEffects]:
+    """Every batch's factorized effects, concatenated in memory: ``{layer: FactorizedEffects}``
+    (``alpha`` ``[samples, J*H, neurons]`` on the CPU; a notebook-sized dataset)."""
+    parts: dict[int, list[FactorizedEffects]] = {layer: [] for layer in lenses}
+    for _, out in iter_factorized(lenses, batches, progress):
+        for layer, fe in out.items():
+            parts[layer].append(fe)
+    result = {}
+    for layer, fes in parts.items():
+        if not fes:
+            raise ValueError("the batches held no samples")
+        const = None if fes[0].const is None else torch.cat([f.const.cpu() for f in fes])
+        result[layer] = FactorizedEffects(torch.cat([f.alpha.cpu() for f in fes]), torch.cat([f.scale.cpu() for f in fes]),
+                                          lenses[layer].factors, const)
+    return result

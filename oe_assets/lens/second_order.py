@@ -4,16 +4,20 @@ For MLP layer ``l`` and every later block ``j > l`` and head ``h``, a neuron ``n
 ``a[b,t,n] W_out[:, n]`` into the stream at token ``t``; the path to the representation is linear
 once LayerNorm statistics and attention probabilities are frozen at their forward-pass values, so
 
-    effect[b, n] = coefficient / |r[b]| * ( sum_{j,h} alpha[b, jh, n] M[jh, n] + const[b] )
+    effect[b, n] = coefficient / |r[b]| * ( sum_{j,h} alpha[b, jh, n] M[n, jh] + const[b] )
 
     alpha[b, jh, n] = sum_t Atil[b, jh, t] a[b, t, n]                  [batch, J*H, neurons]
     Atil[b, jh, t]  = s_in_j[b, t] * sum_q w[b, q] s_out_j[b, q] A_jh[b, q, t]
-    M[jh, n]        = P^T L_out_j W_O[h] W_V[h] L_in_j W_out[:, n]     [J*H, neurons, d_out]
+    M[n, jh]        = P^T L_out_j W_O[h] W_V[h] L_in_j W_out[:, n]     [neurons, J*H, d_out]
+                    = left[jh] @ right[jh, :, n]     left [J*H, d_out, d_head], right [J*H, d_head, neurons]
 
 with ``w`` the readout pooling over query tokens, ``s_in`` / ``s_out`` the products of ``1/sigma``
 of the frozen LayerNorms before / after the head, ``L_in`` / ``L_out`` their linear parts and ``P``
-the output projection.  ``M`` is computed once per model and layer; per batch the work is two
-batched matrix products and never a ``[batch, tokens, neurons, d_model]`` tensor.
+the output projection.  The per-head factors ``left``/``right`` are computed once per model and
+layer; per batch the work is one batched matrix product for ``alpha`` (never a ``[batch, tokens,
+neurons, d_model]`` tensor).  :meth:`SecondOrderLens.factorized` returns the effects in that form
+(:class:`oe_assets.lens.factorized.FactorizedEffects`: ``alpha``, ``scale = coefficient / |r|``,
+``const`` and the factors); ``lens(inputs)`` densifies it.
 
 Conventions (what the LayerNorm means and the biases contribute):
 
@@ -41,6 +45,7 @@ from typing import Any
 import torch
 
 from .adapters import Capture, ModelAdapter, get_adapter
+from .factorized import FactorizedEffects, HeadFactors
 
 __all__ = ["SecondOrderLens", "second_order_effects", "layer_norm_map", "CONVENTIONS"]
 
@@ -62,6 +67,23 @@ def layer_norm_map(adapter: ModelAdapter, names: list[str], convention: str) -> 
 
 
 @dataclass
+class _ReferenceShares:
+    """One later block's constant terms in the reference convention (module docstring), each
+    ``[heads, d_out]`` or ``[d_out]``: the shares of the MLP output bias, of the pre-head LayerNorm
+    mean, of the value bias and pre-head LayerNorm beta, of the head output bias, and the final
+    LayerNorm's gain and bias; ``c`` and ``c_final`` are the share denominators ``c_j``, ``c_fj``."""
+
+    out_bias_share: torch.Tensor
+    mean_share: torch.Tensor
+    value_bias: torch.Tensor
+    head_bias: torch.Tensor
+    final_gain: torch.Tensor
+    final_bias: torch.Tensor
+    c: int
+    c_final: int
+
+
+@dataclass
 class _Block:
     index: int
     ln_in: list[str]
@@ -71,7 +93,9 @@ class _Block:
 class SecondOrderLens:
     """Second-order effects of one MLP layer's neurons, built once per model and layer.
 
-    ``lens(inputs)`` returns ``[batch, neurons, d_out]`` (see the module docstring for the formula).
+    ``lens(inputs)`` returns ``[batch, neurons, d_out]`` (see the module docstring for the formula);
+    ``lens.factorized(inputs)`` the same effects unmaterialized.  ``dense_cache_bytes``: the dense
+    directions ``M`` are kept for later batches when they fit (792 MiB at ViT-B/32 layer 0).
     ``inputs`` is what the family's model takes: ``pixel_values`` ``[batch, 3, H, W]`` for CLIP, a
     tokenizer's output (``input_ids``, ``attention_mask``) for language models.
     """
@@ -83,7 +107,9 @@ class SecondOrderLens:
         coefficient: float = 100.0,
         convention: str | None = None,
         pooling: str | None = None,
+        dense_cache_bytes: int = 2 * 2**30,
     ):
+        self.dense_cache_bytes = dense_cache_bytes
         self.adapter = get_adapter(model, pooling)
         a = self.adapter
         a.check_layer(mlp_layer)
@@ -111,32 +137,32 @@ class SecondOrderLens:
         H, N = a.n_heads, a.d_mlp
         W_out, b_out = a.mlp_out_weights(self.mlp_layer)
         P = a.projection()
-        d_out = a.d_out
-        self.M = torch.empty(N, len(self.blocks) * H, d_out, dtype=a.dtype, device=a.device)
+        lefts, rights = [], []
         self._const = []
-        for i, blk in enumerate(self.blocks):
+        for blk in self.blocks:
             w = a.attention_weights(blk.index)
             L_in = layer_norm_map(a, blk.ln_in, conv)
             L_out = layer_norm_map(a, blk.ln_out, conv)
             left = torch.einsum("ed,hdk->hek", L_out, w.W_o)  # [H, D, dh]
             if P is not None:
                 left = torch.einsum("de,hdk->hek", P, left)  # [H, d_out, dh]
-            right = torch.einsum("hkd,de->hke", w.W_v, L_in)  # [H, dh, D]
-            for h in range(H):
-                self.M[:, i * H + h, :] = (left[h] @ (right[h] @ W_out)).T
+            value_in = torch.einsum("hkd,de->hke", w.W_v, L_in)  # [H, dh, D]: W_V[h] L_in
+            lefts.append(left)
+            rights.append(value_in @ W_out)  # [H, dh, N]
             if conv == "reference":
                 (ln_in,), (ln_out,) = blk.ln_in, blk.ln_out
                 beta_in = a.layer_norm(ln_in).bias  # its weight is already in L_in
                 g_f, beta_f = a.layer_norm(ln_out).weight, a.layer_norm(ln_out).bias
                 proj = (lambda x: x) if P is None else (lambda x: x @ P)
-                c = (1 + 2 * blk.index) * N
-                c_f = (1 + 2 * blk.index) * (1 + 2 * a.n_layers) * H * N
-                self._const.append(dict(
-                    K1=torch.einsum("hek,hk->he", left, right @ (b_out / N)),
-                    K2=torch.einsum("hek,hk->he", left, right @ torch.ones_like(b_out)),
-                    K3=torch.einsum("hek,hk->e", left, torch.einsum("hkd,d->hk", w.W_v, beta_in) + w.b_v),
-                    K4=proj(g_f * w.b_o), Kg=proj(g_f), Kb=proj(beta_f), c=c, c_f=c_f,
+                self._const.append(_ReferenceShares(
+                    out_bias_share=torch.einsum("hek,hk->he", left, value_in @ (b_out / N)),
+                    mean_share=torch.einsum("hek,hk->he", left, value_in @ torch.ones_like(b_out)),
+                    value_bias=torch.einsum("hek,hk->e", left, torch.einsum("hkd,d->hk", w.W_v, beta_in) + w.b_v),
+                    head_bias=proj(g_f * w.b_o), final_gain=proj(g_f), final_bias=proj(beta_f),
+                    c=(1 + 2 * blk.index) * N, c_final=(1 + 2 * blk.index) * (1 + 2 * a.n_layers) * H * N,
                 ))
+        # the dense M [neurons, J*H, d_out] is kept for the per-batch dense output only while it is small
+        self.factors = HeadFactors(torch.cat(lefts), torch.cat(rights), cache_bytes=self.dense_cache_bytes)
 
     # ------------------------------------------------------------------ per batch
     def capture(self, inputs: Any) -> Capture:
@@ -146,42 +172,47 @@ class SecondOrderLens:
     def __call__(self, inputs: Any) -> torch.Tensor:
         return self.from_capture(self.capture(inputs))
 
+    def factorized(self, inputs: Any) -> FactorizedEffects:
+        """The effects of ``inputs`` in factorized form (no dense ``[batch, neurons, d_out]``)."""
+        return self.factorized_from_capture(self.capture(inputs))
+
     @torch.no_grad()
     def from_capture(self, cap: Capture) -> torch.Tensor:
-        """``[batch, neurons, d_out]`` effects from a :class:`Capture` of this layer."""
-        Atil, const = [], None
-        S0 = S3 = None
+        """``[batch, neurons, d_out]`` dense effects from a :class:`Capture` of this layer."""
+        return self.factorized_from_capture(cap, dtype=self.adapter.dtype).dense()
+
+    @torch.no_grad()
+    def factorized_from_capture(self, cap: Capture, dtype: torch.dtype | None = None) -> FactorizedEffects:
+        """:class:`FactorizedEffects` of a :class:`Capture` of this layer: ``alpha [batch, J*H,
+        neurons]``, ``scale [batch]``, ``const [batch, d_out]`` (reference convention) and the
+        layer's :class:`HeadFactors`; computed in ``dtype`` (default float64) when densified."""
+        path_weights, const = [], None
+        readout_total = cap.readout.sum(-1)  # sum_q w
         for i, blk in enumerate(self.blocks):
-            s_out = cap.ln_scale(blk.ln_out, "queries") * cap.readout  # [B, Q]
+            s_out = cap.ln_scale(blk.ln_out, "queries") * cap.readout  # [B, Q]: w / sigma_f
             s_in = cap.ln_scale(blk.ln_in, "keys")  # [B, T]
             At = torch.einsum("bhqt,bq->bht", cap.attention[blk.index], s_out) * s_in[:, None, :]
-            Atil.append(At)
+            path_weights.append(At)
             if self.convention == "reference":
                 k = self._const[i]
                 mu_in = cap.ln_mean[blk.ln_in[0]]
                 mu_f = cap.at(cap.ln_mean[blk.ln_out[0]], "queries")
-                S0 = s_out.sum(-1)  # sum_q w / sigma_f
-                S3 = (s_out * mu_f).sum(-1)  # sum_q w mu_f / sigma_f
-                Sw = cap.readout.sum(-1)
-                S1 = At.sum(-1)  # [B, H]
-                S2 = (At * mu_in[:, None, :]).sum(-1)
+                w_over_sigma_f = s_out.sum(-1)  # sum_q w / sigma_f
+                w_mu_over_sigma_f = (s_out * mu_f).sum(-1)  # sum_q w mu_f / sigma_f
+                attn_mass = At.sum(-1)  # [B, H]: sum_t Atil
+                attn_mean_in = (At * mu_in[:, None, :]).sum(-1)  # [B, H]: sum_t Atil mu_in
                 H = At.shape[1]
                 term = (
-                    S1 @ k["K1"] - S2 @ k["K2"] / k["c"]
-                    + S0[:, None] * (k["K3"] + k["K4"]) / k["c"]
-                    + H * (Sw[:, None] * k["Kb"] - S3[:, None] * k["Kg"]) / k["c_f"]
+                    attn_mass @ k.out_bias_share - attn_mean_in @ k.mean_share / k.c
+                    + w_over_sigma_f[:, None] * (k.value_bias + k.head_bias) / k.c
+                    + H * (readout_total[:, None] * k.final_bias - w_mu_over_sigma_f[:, None] * k.final_gain) / k.c_final
                 )
                 const = term if const is None else const + term
-        Atil = torch.cat(Atil, dim=1)  # [B, J*H, T]
+        Atil = torch.cat(path_weights, dim=1)  # [B, J*H, T]
         alpha = torch.bmm(Atil, cap.activations)  # [B, J*H, N]
-        # contiguous [N, B, J*H]: batched GEMM over neurons runs ~4x faster than on the strided view
-        alpha = alpha.permute(2, 0, 1).contiguous()
-        out = torch.bmm(alpha, self.M).permute(1, 0, 2)  # [B, N, d_out] (view)
-        if const is not None:
-            out.add_(const[:, None, :])
         scale = self.coefficient / cap.representation.norm(dim=-1)
-        out.mul_(scale[:, None, None])
-        return out.contiguous()
+        return FactorizedEffects(alpha, scale, self.factors, const, dtype=dtype or torch.float64,
+                                 device=alpha.device)
 
     @property
     def n_neurons(self) -> int:

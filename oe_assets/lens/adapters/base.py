@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 
@@ -239,24 +239,33 @@ class ModelAdapter(ABC):
         return zero_shot_classifier(self.text_encoder(tokenizer), classnames, templates)
 
     # ---- capture --------------------------------------------------------------------------
-    def capture(self, inputs: Any, mlp_layer: int, layer_norms: list[str] | None = None) -> Capture:
-        """One forward pass with hooks; see :class:`Capture`.  ``layer_norms`` defaults to every
-        LayerNorm on the layer's paths."""
-        blocks = self.later_blocks(mlp_layer)
+    def capture(self, inputs: Any, mlp_layer: int) -> Capture:
+        """One forward pass with hooks; see :class:`Capture`."""
+        return self.capture_layers(inputs, [mlp_layer])[mlp_layer]
+
+    def capture_layers(self, inputs: Any, mlp_layers: Sequence[int]) -> dict[int, Capture]:
+        """One forward pass with hooks for several MLP layers at once: ``{layer: Capture}``.  The
+        captures share the attention probabilities and LayerNorm statistics (of every block and
+        LayerNorm on any of the layers' paths); each has its own layer's activations."""
+        layers = sorted(set(mlp_layers))
+        if not layers:
+            raise ValueError("mlp_layers is empty")
+        for layer in layers:
+            self.check_layer(layer)
+        blocks = self.later_blocks(layers[0])  # a superset of every other layer's later blocks
         inputs = self.prepare_inputs(inputs)
-        if layer_norms is None:
-            layer_norms = sorted(
-                {n for j in blocks for n in self.layer_norms_before_head(mlp_layer, j)}
-                | {n for j in blocks for n in self.layer_norms_after_head(j)}
-            )
+        layer_norms = sorted(
+            {n for layer in layers for j in self.later_blocks(layer) for n in self.layer_norms_before_head(layer, j)}
+            | {n for j in blocks for n in self.layer_norms_after_head(j)}
+        )
         query_positions, readout = self.readout(inputs)
         bias = self.attention_bias(inputs)
         if bias is not None:
             bias = bias[:, query_positions, :]
-        store: dict[str, Any] = {"attention": {}, "mean": {}, "std": {}}
+        store: dict[str, Any] = {"activations": {}, "attention": {}, "mean": {}, "std": {}}
 
         def record_activation(name, index, module, args, kwargs):
-            store["activations"] = args[0] if args else kwargs["input"]
+            store["activations"][index[0]] = args[0] if args else kwargs["input"]
 
         def record_attention(name, index, module, args, kwargs):
             x = args[0] if args else kwargs["hidden_states"]
@@ -273,21 +282,25 @@ class ModelAdapter(ABC):
             store["mean"][name], store["std"][name] = mean, std
 
         with torch.no_grad(), HookRegistry(self.model) as hooks:
-            hooks.add_pre(self.mlp_out_pattern, record_activation, indices=[mlp_layer])
+            hooks.add_pre(self.mlp_out_pattern, record_activation, indices=layers)
             hooks.add_pre(self.attention_pattern, record_attention, indices=blocks)
             for name in layer_norms:
                 hooks.add_pre(name, record_layer_norm)
             representation = self.forward(inputs)
             hooks.check_all_fired()
-        return Capture(
-            activations=store["activations"],
-            attention=store["attention"],
-            ln_mean=store["mean"],
-            ln_std=store["std"],
-            query_positions=query_positions,
-            readout=readout.to(representation.dtype),
-            representation=representation,
-        )
+        readout = readout.to(representation.dtype)
+        return {
+            layer: Capture(
+                activations=store["activations"][layer],
+                attention=store["attention"],
+                ln_mean=store["mean"],
+                ln_std=store["std"],
+                query_positions=query_positions,
+                readout=readout,
+                representation=representation,
+            )
+            for layer in layers
+        }
 
 
 def attention_probabilities(
