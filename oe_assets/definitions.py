@@ -48,7 +48,8 @@ def build_definitions(profile: str | dict | None = None, base_dir: str | None = 
             "model": model,
             "dataset": DatasetResource(**cfg["dataset"]),
             "analysis": AnalysisResource(**cfg.get("analysis", {})),
-            "hdf5_io_manager": HDF5IOManager(base_dir=storage),
+            "hdf5_io_manager": HDF5IOManager(base_dir=storage, **{k: cfg["storage"][k] for k in
+                                                                  ("effects_compression", "alpha_dtype") if k in cfg["storage"]}),
             "parquet_io_manager": ParquetIOManager(base_dir=storage),
             "html_io_manager": HTMLIOManager(base_dir=storage),
         },

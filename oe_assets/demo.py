@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .lens import SecondOrderLens, ablate, neuron_pca, project_texts, representations, sparse_decompose
-from .lens.batching import Progress, collect_effects, text_batches
+from .lens.batching import Progress, collect_factorized, text_batches
 from .lens.loading import MINILM_ID, load_model
 from .lens.vocabulary import load_vocabulary, tokenizer_vocabulary
 from .resources.text_datasets import demo_templates, load_demo_corpus
@@ -38,16 +38,18 @@ def run_demo(layers=None, top_k=32, components=8, vocabulary=None, batch_size=32
     log(f"model {model_id} ({adapter.family}, pooling {adapter.pooling}); train {len(train)}, val {len(val)}, "
         f"{len(train.classes)} classes; vocabulary {len(words)} words")
     layers = list(range(adapter.n_layers - 1)) if layers is None else layers
+    lenses = {layer: SecondOrderLens(adapter, layer, coefficient=coefficient) for layer in layers}
+    # one data pass per split for every layer; the effects stay factorized in memory
+    t0 = time.perf_counter()
+    train_effects = collect_factorized(lenses, text_batches(tok, train.texts, batch_size),
+                                       Progress(len(train), "train effects"))
+    val_effects = collect_factorized(lenses, text_batches(tok, val.texts, batch_size), Progress(len(val), "val effects"))
+    log(f"effects of every layer, train and val: {time.perf_counter() - t0:.1f} s")
     rows, top_words = [], {}
     for layer in layers:
         t0 = time.perf_counter()
-        lens = SecondOrderLens(adapter, layer, coefficient=coefficient)
-        tr = collect_effects(lens, text_batches(tok, train.texts, batch_size), len(train),
-                             progress=Progress(len(train), f"layer {layer} train"))
-        pca = neuron_pca(tr, top_k)
-        del tr
-        va = collect_effects(lens, text_batches(tok, val.texts, batch_size), len(val),
-                             progress=Progress(len(val), f"layer {layer} val"))
+        pca = neuron_pca(train_effects[layer], top_k)
+        va = val_effects[layer]
         codes = sparse_decompose(pca.components, word_emb, components)
         res = ablate(val_rep, va, classifier, val.labels, pca.means, pca.thresholds, pca.components,
                      reconstructions=codes.reconstruct())

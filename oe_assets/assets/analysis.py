@@ -10,8 +10,8 @@ from ..lens import SCENARIOS, ablate, neuron_pca, normalize_dictionary, sparse_d
 from ..plots import accuracy_against_layer, explained_variance_profile, markdown_image, significance_histogram
 from ..reports import NeuronSection, render_report
 from ..resources.datasets import DatasetResource
-from ..resources.io_managers import H5Payload, HTMLIOManager
-from ..resources.model import AnalysisResource
+from ..resources.io_managers import H5Payload, HTMLIOManager, open_effects
+from ..resources.model import AnalysisResource, ModelResource
 from .common import CODE_VERSION, EAGER, md_table, timer
 
 ABLATION_SCHEMA = pa.schema([
@@ -66,11 +66,12 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
               description="Rank-1 PCA of each neuron's effects: components [neurons, d_out] (unit, sign "
               "rule), norms [neurons, top_k] (ascending; norms[:, 0] is the significance threshold), "
               "means [neurons, d_out].  Reads the effects neuron block by neuron block.", **layered)
-    def neuron_pcas(context: dg.AssetExecutionContext, analysis: AnalysisResource, second_order_effects: dict):
+    def neuron_pcas(context: dg.AssetExecutionContext, analysis: AnalysisResource, model: ModelResource,
+                    second_order_effects: dict):
         out, meta, thresholds, explained = {}, {}, {}, {}
         with timer(meta):
             for key in context.partition_keys:
-                effects = second_order_effects[key]["effects"]
+                effects = open_effects(second_order_effects[key], device=model.compute_device())
                 pca = neuron_pca(effects, analysis.top_k,
                                  progress=lambda done, total: context.log.debug(f"layer {key}: PCA {done}/{total} neurons"))
                 order = np.argsort(-pca.thresholds)[: analysis.report_neurons]
@@ -128,8 +129,9 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
               metadata={"dagster/column_schema": table_schema(ABLATION_SCHEMA)},
               description="Val accuracy and logits under the five ablation scenarios and the sparse-code "
               "reconstruction.", **layered)
-    def ablation_report(context: dg.AssetExecutionContext, val_representations, val_second_order_effects: dict,
-                        classifier, neuron_pcas: dict, sparse_codes: dict, text_embeddings):
+    def ablation_report(context: dg.AssetExecutionContext, model: ModelResource, val_representations,
+                        val_second_order_effects: dict, classifier, neuron_pcas: dict, sparse_codes: dict,
+                        text_embeddings):
         reps, labels = val_representations.read("representations"), val_representations.read("labels")
         W = classifier.read("classifier")
         coefficient = float(val_representations.attrs.get("coefficient", 100.0))
@@ -140,7 +142,8 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
                 pcas, codes = neuron_pcas[key], sparse_codes[key]
                 same_vocabulary(text_embeddings, codes, key)
                 dense = dense_codes(codes.read("indices"), codes.read("values"), dictionary.shape[0])
-                res = ablate(reps, val_second_order_effects[key]["effects"], W, labels, pcas.read("means"),
+                effects = open_effects(val_second_order_effects[key], device=model.compute_device())
+                res = ablate(reps, effects, W, labels, pcas.read("means"),
                              pcas.read("norms")[:, 0], pcas.read("components"), reconstructions=dense @ dictionary)
                 out[key] = pa.Table.from_pylist(
                     [{"layer": int(key), "scenario": s, "accuracy": res.accuracy[s], "samples": len(labels),
@@ -176,7 +179,8 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
               description="A static HTML report per layer: the most significant neurons (first "
               "`report_neurons`), each with its top sparse-code descriptions and its top inputs by "
               "second-order effect norm (image thumbnails or sentences).  Offline, no scripts.", **layered)
-    def neuron_report(context: dg.AssetExecutionContext, analysis: AnalysisResource, dataset: DatasetResource,
+    def neuron_report(context: dg.AssetExecutionContext, analysis: AnalysisResource, model: ModelResource,
+                      dataset: DatasetResource,
                       html_io_manager: dg.ResourceParam[HTMLIOManager], neuron_pcas: dict, sparse_codes: dict,
                       second_order_effects: dict, text_embeddings):
         texts = text_embeddings.read("texts")
@@ -192,9 +196,8 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
                 explained = pcas.read("explained")
                 chosen = np.argsort(-thresholds)[: analysis.report_neurons]
                 idx, val = codes.read("indices"), codes.read("values")
-                effects = second_order_effects[key]["effects"]
-                block = np.asarray(effects[:, np.sort(chosen), :])  # [samples, chosen, d]: only these neurons
-                norms = dict(zip(np.sort(chosen), np.linalg.norm(block, axis=-1).T))
+                effects = open_effects(second_order_effects[key], device=model.compute_device())
+                norms = dict(zip(np.sort(chosen), effects.norms(neurons=np.sort(chosen)).T))  # only these neurons
                 sections = []
                 for n in chosen:
                     top = np.argsort(-norms[n])[:6]

@@ -32,7 +32,7 @@ __all__ = ["ALPHA_DTYPES", "FactorizedEffectsWriter", "open_factorized", "LAYOUT
 
 LAYOUT = "factorized"
 #: storage dtypes of ``alpha``
-ALPHA_DTYPES = ("float32", "float16", "bfloat16")
+ALPHA_DTYPES = ("float32", "float16", "bfloat16", "float64")
 #: neurons per chunk of ``alpha``
 NEURON_CHUNK = 64
 

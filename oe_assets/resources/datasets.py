@@ -8,7 +8,9 @@ ImageNet uses stride 250 for train and 10 for val).
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -24,10 +26,39 @@ __all__ = ["Split", "TextSplit", "ImageFolderSplit", "ArraySplit", "DatasetResou
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
+def default_workers() -> int:
+    """Input-pipeline workers when none are configured: one core is left to the main process."""
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+class _Items(torch.utils.data.Dataset):
+    """Sample ``i`` of a split as ``load(i)`` (run in the DataLoader's workers)."""
+
+    def __init__(self, n: int, load):
+        self.n, self.load = n, load
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return self.load(i)
+
+
 class Split:
-    """One subsampled split: ``labels`` ``[n]``, ``describe(i)``, ``batches(loaded, batch_size)``."""
+    """One subsampled split: ``labels`` ``[n]``, ``describe(i)``, ``batches(loaded, batch_size)``.
+
+    ``batches`` runs the split through a ``torch.utils.data.DataLoader``: ``num_workers`` worker
+    processes decode and preprocess (images) or tokenize (text) the next batches while the model
+    runs the current one; memory is pinned when the model is on CUDA."""
 
     labels: np.ndarray
+    num_workers: int = 0
+
+    def _loader(self, loaded, batch_size: int, load, collate, workers: int):
+        return torch.utils.data.DataLoader(
+            _Items(len(self), load), batch_size=batch_size, shuffle=False, num_workers=workers,
+            collate_fn=collate, pin_memory=loaded.model is not None and next(loaded.model.parameters()).is_cuda,
+            persistent_workers=False, prefetch_factor=4 if workers else None)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -47,6 +78,7 @@ class Split:
 class TextSplit(Split):
     texts: list[str]
     labels: np.ndarray
+    num_workers: int = 0
 
     def describe(self, i: int) -> str:
         return self.texts[i]
@@ -54,15 +86,28 @@ class TextSplit(Split):
     def batches(self, loaded, batch_size, max_length=128):
         if loaded.tokenizer is None:
             raise ValueError(f"model {loaded.source} has no tokenizer; a text dataset needs one")
-        for i in range(0, len(self.texts), batch_size):
-            yield loaded.tokenizer(self.texts[i:i + batch_size], padding=True, truncation=True,
-                                   max_length=max_length, return_tensors="pt")
+        # one worker tokenizes ahead of the model (a fast tokenizer is already multi-threaded)
+        return self._loader(loaded, batch_size, self.texts.__getitem__,
+                            _Tokenize(loaded.tokenizer, max_length), min(1, self.num_workers))
+
+
+@dataclass
+class _Tokenize:
+    """The collate step of text batches: right-padded, truncated tokenizer output."""
+
+    tokenizer: Any
+    max_length: int
+
+    def __call__(self, texts):
+        return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                              return_tensors="pt")
 
 
 @dataclass
 class ImageFolderSplit(Split):
     paths: list[Path]
     labels: np.ndarray
+    num_workers: int = 0
 
     def describe(self, i: int) -> str:
         return str(self.paths[i])
@@ -75,13 +120,24 @@ class ImageFolderSplit(Split):
         return _png(img)
 
     def batches(self, loaded, batch_size, max_length=128):
-        from PIL import Image
-
         if loaded.image_processor is None:
             raise ValueError(f"model {loaded.source} has no image processor; an image dataset needs one")
-        for i in range(0, len(self.paths), batch_size):
-            images = [Image.open(p).convert("RGB") for p in self.paths[i:i + batch_size]]
-            yield loaded.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        return self._loader(loaded, batch_size, _DecodeImage(self.paths, loaded.image_processor),
+                            torch.stack, self.num_workers)
+
+
+@dataclass
+class _DecodeImage:
+    """Decode and preprocess one image file: ``pixel_values`` ``[3, H, W]`` (in a worker)."""
+
+    paths: list[Path]
+    image_processor: Any
+
+    def __call__(self, i: int) -> torch.Tensor:
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as img:
+            return self.image_processor(images=[img.convert("RGB")], return_tensors="pt")["pixel_values"][0]
 
 
 @dataclass
@@ -119,7 +175,14 @@ def image_folder_samples(root: Path, class_ids: Sequence[str] | None = None) -> 
     """All images under ``root/<class folder>/`` in sorted order with their labels.  With
     ``class_ids`` (e.g. the 1000 ImageNet WordNet ids) a folder's label is its index there, so
     ImageNet-R's 200 folders map onto the 1000 ImageNet classes; otherwise the sorted folder names
-    are the classes."""
+    are the classes.  A tree is listed once per process (1.28M files take a while): later calls
+    reuse the listing."""
+    paths, labels, classes = _list_image_folder(str(Path(root).resolve()), None if class_ids is None else tuple(class_ids))
+    return list(paths), labels.copy(), list(classes)
+
+
+@functools.lru_cache(maxsize=8)
+def _list_image_folder(root: str, class_ids: tuple[str, ...] | None):
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
@@ -138,11 +201,11 @@ def image_folder_samples(root: Path, class_ids: Sequence[str] | None = None) -> 
         classes = names
     paths, labels = [], []
     for folder in folders:
-        for p in sorted(folder.iterdir()):
-            if p.suffix.lower() in IMAGE_SUFFIXES:
-                paths.append(p)
-                labels.append(index[folder.name])
-    return paths, np.asarray(labels, dtype=np.int64), classes
+        with os.scandir(folder) as entries:  # no stat per file
+            names = sorted(e.name for e in entries if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES)
+        paths += [folder / n for n in names]
+        labels += [index[folder.name]] * len(names)
+    return tuple(paths), np.asarray(labels, dtype=np.int64), tuple(classes)
 
 
 class DatasetResource(dg.ConfigurableResource):
@@ -156,6 +219,9 @@ class DatasetResource(dg.ConfigurableResource):
     - ``kind="npz"``: preprocessed arrays in one ``.npz`` (``train_key``, ``val_key``,
       ``train_labels_key``, ``val_labels_key``), and ``classes_path`` or ``n_classes``; a ``.npy``
       path is memory-mapped (unlabelled).
+
+    ``num_workers``: DataLoader workers that decode images / tokenize text ahead of the model
+    (None: the CPU count less one, at most 8).
     """
 
     kind: str = "text"
@@ -174,6 +240,13 @@ class DatasetResource(dg.ConfigurableResource):
     train_labels_key: str | None = None
     val_labels_key: str = "val_labels"
     n_classes: int | None = None
+    num_workers: int | None = None
+
+    def workers(self) -> int:
+        n = default_workers() if self.num_workers is None else self.num_workers
+        if n < 0:
+            raise ValueError(f"num_workers must be >= 0, got {n}")
+        return n
 
     def _stride(self, split: str) -> int:
         stride = self.train_stride if split == "train" else self.val_stride
@@ -215,7 +288,7 @@ class DatasetResource(dg.ConfigurableResource):
         if self.kind == "text":
             ds = load_text_dataset(path, self.text_column, self.label_column, stride=stride, offset=self.offset,
                                    limit=self.limit, classes=self.classes() if self.classes_path else None)
-            return TextSplit(list(ds.texts), np.asarray(ds.labels))
+            return TextSplit(list(ds.texts), np.asarray(ds.labels), self.workers())
         if self.kind == "image_folder":
             from ..lens.zero_shot import imagenet_wnids
 
@@ -224,7 +297,7 @@ class DatasetResource(dg.ConfigurableResource):
                 sorted(p.name for p in Path(self.train_path).iterdir() if p.is_dir())
             paths, labels, _ = image_folder_samples(Path(path), ids)
             paths, labels = paths[sl][: self.limit], labels[sl][: self.limit]
-            return ImageFolderSplit(paths, labels)
+            return ImageFolderSplit(paths, labels, self.workers())
         if self.kind == "npz":
             if not Path(path).is_file():
                 raise FileNotFoundError(f"{split} npz file {path} does not exist")

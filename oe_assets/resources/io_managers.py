@@ -249,11 +249,14 @@ class _BaseIOManager(dg.ConfigurableIOManager):
 
 class HDF5IOManager(_BaseIOManager):
     """Arrays in HDF5, one file per asset partition, chunked and compressed, with attributes.
-    ``effects_compression``: filter of the large streamed effect tensors (``"lzf"``: fast; ``"gzip"``;
-    ``"none"``)."""
+    ``effects_compression``: filter of the large streamed effect files (``"none"``: the default, as
+    path weights barely compress and the filter costs CPU time on the data pass; ``"lzf"``;
+    ``"gzip"``).  ``alpha_dtype``: storage dtype of the effects' path weights (``"float32"``;
+    ``"float16"`` / ``"bfloat16"`` halve the files, see the README for their error)."""
 
     suffix: str = ".h5"
-    effects_compression: str = "lzf"
+    effects_compression: str = "none"
+    alpha_dtype: str = "float32"
 
     def compression(self) -> dict:
         if self.effects_compression in ("none", "", None):
@@ -285,6 +288,16 @@ class HDF5IOManager(_BaseIOManager):
 
     def _read(self, path: Path) -> H5Group:
         return H5Group(path)
+
+
+def open_effects(group: H5Group, dtype=None, device=None):
+    """The factorized effects of a loaded effects asset partition (:func:`open_factorized`; refuses
+    a file of the earlier dense layout, naming it)."""
+    import torch
+
+    from ..lens.effects_file import open_factorized
+
+    return open_factorized(group.path, dtype=dtype or torch.float64, device=device)
 
 
 class ParquetIOManager(_BaseIOManager):

@@ -40,6 +40,10 @@ class ModelResource(dg.ConfigurableResource):
     pooling: str | None = None
     max_length: int = 128
 
+    def compute_device(self):
+        """The device the model runs on, without loading it (the analysis stages compute there)."""
+        return resolve_device(self.device)
+
     def load(self) -> LoadedModel:
         key = (resolve_source(self.source), self.dtype, str(resolve_device(self.device)), self.pooling)
         with _LOCK:
