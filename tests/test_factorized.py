@@ -167,3 +167,10 @@ def test_shapes_are_checked():
         FactorizedEffects(torch.ones(2, 3, 4), torch.ones(2), factors, const=torch.ones(2, 4))
     with pytest.raises(ValueError, match="per-head factors"):
         HeadFactors(torch.ones(3, 5, 2), torch.ones(2, 2, 4))
+
+
+def test_slow_path_on_a_neuron_subset_equals_its_columns(case):
+    lens, _, dense, batch = case
+    idx = [3, 40, 7]
+    sub = slow_second_order_effects(lens.adapter, batch, lens.mlp_layer, convention=lens.convention, neurons=idx)
+    assert rel(sub.numpy(), dense[:, idx]) <= 1e-12

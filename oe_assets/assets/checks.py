@@ -55,13 +55,18 @@ def check_sparsity(indices: np.ndarray, values: np.ndarray, components: int,
 STORED_RTOL = {"float64": 0.0, "float32": 1e-5, "float16": 1e-2, "bfloat16": 5e-2}
 
 
-def check_fast_equals_slow(lens: SecondOrderLens, batch, stored: np.ndarray, rtol: float,
-                           file_rtol: float | None = None) -> tuple[bool, dict]:
+def check_fast_equals_slow(lens: SecondOrderLens, batch, stored, rtol: float,
+                           file_rtol: float | None = None, neurons=None) -> tuple[bool, dict]:
     """The fast path equals the literal slow path on ``batch`` to ``rtol``, and the stored file
-    (densified) to ``file_rtol`` (default ``rtol``)."""
+    (``stored``: effects of the batch's samples, dense or factorized) to ``file_rtol`` (default
+    ``rtol``); over ``neurons`` (indices; None: every neuron)."""
+    idx = np.arange(lens.n_neurons) if neurons is None else np.asarray(neurons)
     with torch.no_grad():
-        fast = lens(batch).double()
-        slow = slow_second_order_effects(lens.adapter, batch, lens.mlp_layer, lens.coefficient, lens.convention)
+        fast = lens.factorized(batch)[:, idx, :]
+        slow = slow_second_order_effects(lens.adapter, batch, lens.mlp_layer, lens.coefficient, lens.convention,
+                                         neurons=torch.as_tensor(idx))
+    fast = torch.from_numpy(fast)
+    stored = np.asarray(stored[:, idx, :])
     slow = slow.double()
     scale = float(slow.abs().max())
     err_fast = float((fast - slow).abs().max()) / scale
@@ -116,10 +121,12 @@ def build_checks(partitions_def) -> list:
         for key in _layers(context, hdf5_io_manager, "second_order_effects"):
             lens = SecondOrderLens(loaded.adapter, int(key), analysis.coefficient, analysis.convention)
             group = H5Group(hdf5_io_manager.path_for("second_order_effects", key))
-            stored = open_effects(group)[:2]
+            stored = open_effects(group)[:2]  # the check's two samples
             rtol = 1e-8 if loaded.adapter.dtype == torch.float64 else 1e-3
             file_rtol = max(rtol, STORED_RTOL[group.attrs.get("alpha_dtype", "float32")])
-            results.append(check_fast_equals_slow(lens, batch, stored, rtol, file_rtol))
+            # 32 neurons spread over the layer: the slow path's per-neuron token tensors are the cost
+            neurons = np.unique(np.linspace(0, lens.n_neurons - 1, 32).astype(int))
+            results.append(check_fast_equals_slow(lens, batch, stored, rtol, file_rtol, neurons))
         ok = all(r[0] for r in results)
         worst = {k: max(r[1][k] for r in results) for k in ("fast_vs_slow", "file_vs_slow")} if results else {}
         return _result((ok, worst), f"fast = slow on 2 samples, layers {_layers(context, hdf5_io_manager, 'second_order_effects')}")

@@ -54,10 +54,12 @@ def slow_path_contributions(
 
 
 @torch.no_grad()
-def _slow_reference(adapter: ModelAdapter, cap: Capture, mlp_layer: int, coefficient: float) -> torch.Tensor:
-    a = cap.activations
+def _slow_reference(adapter: ModelAdapter, cap: Capture, mlp_layer: int, coefficient: float,
+                    neurons: torch.Tensor) -> torch.Tensor:
+    a = cap.activations[..., neurons]
     W2, b2 = adapter.mlp_out_weights(mlp_layer)
-    N, L, H = adapter.d_mlp, adapter.n_layers, adapter.n_heads
+    W2 = W2[:, neurons]
+    N, L, H = adapter.d_mlp, adapter.n_layers, adapter.n_heads  # N: every neuron shares the biases
     total = None
     for j in adapter.later_blocks(mlp_layer):
         (ln_in,), (ln_f,) = adapter.layer_norms_before_head(mlp_layer, j), adapter.layer_norms_after_head(j)
@@ -89,16 +91,20 @@ def slow_second_order_effects(
     convention: str | None = None,
     pooling: str | None = None,
     capture: Capture | None = None,
+    neurons=None,
 ) -> torch.Tensor:
     """Per-head literal second-order effects ``[batch, neurons, d_out]`` (same conventions as
-    :class:`oe_assets.lens.SecondOrderLens`)."""
+    :class:`oe_assets.lens.SecondOrderLens`); with ``neurons`` (indices), of those neurons only
+    ``[batch, len(neurons), d_out]`` (the per-neuron token tensors are the slow part)."""
     adapter = get_adapter(model, pooling)
     convention = convention or adapter.default_convention
     if convention not in adapter.conventions:
         raise ValueError(f"convention={convention!r} is not available for {adapter.family}")
     cap = capture if capture is not None else adapter.capture(inputs, mlp_layer)
+    neurons = torch.arange(adapter.d_mlp) if neurons is None else torch.as_tensor(neurons, dtype=torch.long)
+    neurons = neurons.to(cap.activations.device)
     if convention == "reference":
-        return _slow_reference(adapter, cap, mlp_layer, coefficient)
+        return _slow_reference(adapter, cap, mlp_layer, coefficient, neurons)
     W_out, _ = adapter.mlp_out_weights(mlp_layer)
-    contributions = cap.activations[..., None] * W_out.T  # [B, T, N, D]
+    contributions = cap.activations[..., neurons, None] * W_out[:, neurons].T  # [B, T, n, D]
     return slow_path_contributions(adapter, cap, mlp_layer, contributions, coefficient)
