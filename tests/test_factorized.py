@@ -174,3 +174,27 @@ def test_slow_path_on_a_neuron_subset_equals_its_columns(case):
     idx = [3, 40, 7]
     sub = slow_second_order_effects(lens.adapter, batch, lens.mlp_layer, convention=lens.convention, neurons=idx)
     assert rel(sub.numpy(), dense[:, idx]) <= 1e-12
+
+
+@pytest.mark.parametrize("convention", ["reference", "direct"])
+@pytest.mark.parametrize("alpha_dtype,bound", [("float32", 1e-5), ("bfloat16", 5e-2)])
+def test_token_form_file_when_tokens_are_fewer_than_paths(tmp_path, convention, alpha_dtype, bound):
+    model = tiny_clip_vision(seed=4, layers=6)  # layer 0: 5 later blocks x 4 heads = 20 paths, 17 tokens
+    lens = SecondOrderLens(model, 0, convention=convention)
+    x = _clip_inputs(n=8, seed=3)
+    dense = slow_second_order_effects(model, x, 0, convention=convention).numpy()
+    T = get_adapter(model).fixed_tokens
+    assert T == 17 < lens.factors.n_paths
+    path = tmp_path / "tokens.h5"
+    with FactorizedEffectsWriter(path, 8, lens.factors, convention == "reference", batch_size=4,
+                                 alpha_dtype=alpha_dtype, n_tokens=T) as writer:
+        for s0 in (0, 4):
+            writer.write(lens.factorized(x[s0:s0 + 4]))
+        writer.close()
+    with h5py.File(path) as f:
+        assert f.attrs["alpha_form"] == "tokens" and "alpha" not in f
+        assert f["activations"].shape == (8, 17, 64) and f["path_weights"].shape == (8, 20, 17)
+    loaded = open_factorized(path)
+    assert rel(loaded[:, :, :], dense) <= bound
+    assert rel(loaded.norms(), np.linalg.norm(dense, axis=-1)) <= bound
+    assert rel(loaded.masked_sum(), dense.sum(1)) <= bound

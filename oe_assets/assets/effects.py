@@ -35,7 +35,8 @@ def stream_effects(context, split: str, model: ModelResource, analysis: Analysis
             staged[key] = StagedH5(path)
             writers[key] = FactorizedEffectsWriter(
                 path, len(data), lens.factors, with_const=lens.convention == "reference", batch_size=model.batch_size,
-                alpha_dtype=hdf5_io_manager.alpha_dtype, compression=hdf5_io_manager.compression())
+                alpha_dtype=hdf5_io_manager.alpha_dtype, compression=hdf5_io_manager.compression(),
+                n_tokens=loaded.adapter.fixed_tokens)
         progress = Progress(len(data), f"layers {', '.join(keys)} {split} effects", log=context.log.info)
         for _, effects in iter_factorized(lenses, data.batches(loaded, model.batch_size, model.max_length), progress):
             for layer, fe in effects.items():

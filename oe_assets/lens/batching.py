@@ -57,8 +57,8 @@ def iter_factorized(lenses: Mapping[int, Any], batches: Iterable[Any],
     if not lenses:
         raise ValueError("lenses is empty")
     adapter = next(iter(lenses.values())).adapter
-    if any(lens.adapter is not adapter for lens in lenses.values()):
-        raise ValueError("the lenses of one data pass must share one model adapter")
+    if any(lens.adapter.model is not adapter.model for lens in lenses.values()):
+        raise ValueError("the lenses of one data pass must look at one model")
     start = 0
     for batch in batches:
         caps = adapter.capture_layers(batch, list(lenses))

@@ -6,6 +6,11 @@ Datasets (see :mod:`.factorized` for the formula):
   16-bit pattern (``uint16``; HDF5 has no bfloat16), when ``attrs["alpha_dtype"]`` says so.  Chunked
   by one sample batch x a neuron block, so every batch write fills whole chunks and a neuron-block
   reader decompresses each chunk once;
+- or, when every input has the same number of tokens and it is smaller than the number of paths
+  (``attrs["alpha_form"] == "tokens"``; CLIP ViT-B/32's 50 tokens against 132 paths at layer 0),
+  ``alpha``'s exact token factors instead: ``path_weights`` ``[samples, paths, tokens]`` and
+  ``activations`` ``[samples, tokens, neurons]``, ``alpha = path_weights @ activations`` formed
+  block by block on reading (2.5x smaller at ViT-B/32 layer 0);
 - ``scale`` ``[samples]`` (``coefficient / |r|``), ``const`` ``[samples, d_out]`` (reference
   convention only), ``labels`` ``[samples]``;
 - ``left`` ``[paths, d_out, d_head]``, ``right`` ``[paths, d_head, neurons]``: the layer's per-head
@@ -58,6 +63,26 @@ class _BFloat16Dataset:
         return torch.from_numpy(raw).view(torch.bfloat16).float().numpy()
 
 
+class _TokenAlpha:
+    """``alpha[samples, :, neurons] = path_weights[samples] @ activations[samples, :, neurons]`` read
+    from the token form (array-likes ``[S, P, T]`` and ``[S, T, N]``), in float64."""
+
+    def __init__(self, path_weights, activations):
+        S, P, _ = path_weights.shape
+        self.path_weights, self.activations = path_weights, activations
+        self.shape = (S, P, activations.shape[2])
+        c = activations.chunks
+        self.chunks = None if c is None else (c[0], P, c[2])
+
+    def __getitem__(self, index):
+        samples, paths, neurons = index
+        if paths != slice(None):
+            raise IndexError("the token form of alpha is read for every path at once")
+        w = torch.as_tensor(np.asarray(self.path_weights[samples]), dtype=torch.float64)
+        a = torch.as_tensor(np.asarray(self.activations[samples, :, neurons]), dtype=torch.float64)
+        return torch.bmm(w, a).numpy()
+
+
 class _LazyDataset:
     """One dataset of a file, opened on every read (picklable; no file handle held open)."""
 
@@ -81,7 +106,7 @@ class FactorizedEffectsWriter:
 
     def __init__(self, path: str | Path, n_samples: int, factors: HeadFactors, with_const: bool,
                  batch_size: int, alpha_dtype: str = "float32", compression: dict | None = None,
-                 factor_dtype: torch.dtype = torch.float32):
+                 factor_dtype: torch.dtype = torch.float32, n_tokens: int | None = None):
         if alpha_dtype not in ALPHA_DTYPES:
             raise ValueError(f"alpha_dtype={alpha_dtype!r}; choose one of {ALPHA_DTYPES}")
         if n_samples < 1:
@@ -91,9 +116,18 @@ class FactorizedEffectsWriter:
         P, N, d = factors.n_paths, factors.n_neurons, factors.d_out
         store = np.uint16 if alpha_dtype == "bfloat16" else np.dtype(alpha_dtype)
         self.file = h5py.File(self.path, "w")
-        self.alpha = self.file.create_dataset(
-            "alpha", shape=(n_samples, P, N), dtype=store,
-            chunks=(min(n_samples, batch_size), P, min(N, NEURON_CHUNK)), **(compression or {}))
+        b = min(n_samples, batch_size)
+        #: the token form when it is smaller: every input has n_tokens tokens and n_tokens < paths
+        self.token_form = n_tokens is not None and n_tokens < P
+        if self.token_form:
+            self.path_weights = self.file.create_dataset("path_weights", shape=(n_samples, P, n_tokens), dtype=store,
+                                                         chunks=(b, P, n_tokens), **(compression or {}))
+            self.activations = self.file.create_dataset(
+                "activations", shape=(n_samples, n_tokens, N), dtype=store,
+                chunks=(b, n_tokens, min(N, NEURON_CHUNK)), **(compression or {}))
+        else:
+            self.alpha = self.file.create_dataset("alpha", shape=(n_samples, P, N), dtype=store,
+                                                  chunks=(b, P, min(N, NEURON_CHUNK)), **(compression or {}))
         self.scale = self.file.create_dataset("scale", shape=(n_samples,), dtype=np.float64)
         self.const = self.file.create_dataset("const", shape=(n_samples, d), dtype=np.float64) if with_const else None
         for name, value in (("left", factors.left), ("right", factors.right)):
@@ -109,7 +143,14 @@ class FactorizedEffectsWriter:
         if (fe.const is None) != (self.const is None):
             raise ValueError(f"{self.path}: a batch {'with' if fe.const is not None else 'without'} const was written "
                              f"to a file {'with' if self.const is not None else 'without'} it")
-        self.alpha[s0:s1] = _encode(torch.as_tensor(fe.alpha), self.alpha_dtype)
+        if self.token_form:
+            if fe.tokens is None:
+                raise ValueError(f"{self.path}: the token form needs the batch's path weights and activations")
+            weights, activations = fe.tokens
+            self.path_weights[s0:s1] = _encode(weights, self.alpha_dtype)
+            self.activations[s0:s1] = _encode(activations, self.alpha_dtype)
+        else:
+            self.alpha[s0:s1] = _encode(torch.as_tensor(fe.alpha), self.alpha_dtype)
         self.scale[s0:s1] = fe.scale.double().cpu().numpy()
         if self.const is not None:
             self.const[s0:s1] = fe.const.double().cpu().numpy()
@@ -123,6 +164,7 @@ class FactorizedEffectsWriter:
                 self.file.create_dataset("labels", data=np.asarray(labels))
             self.file.attrs["layout"] = LAYOUT
             self.file.attrs["alpha_dtype"] = self.alpha_dtype
+            self.file.attrs["alpha_form"] = "tokens" if self.token_form else "alpha"
             for k, v in (attrs or {}).items():
                 self.file.attrs[k] = v
         finally:
@@ -164,11 +206,15 @@ def open_factorized(path: str | Path, dtype: torch.dtype = torch.float64, device
     check_layout(path)
     with h5py.File(path, "r") as f:
         alpha_dtype = f.attrs.get("alpha_dtype", "float32")
+        token_form = f.attrs.get("alpha_form", "alpha") == "tokens"
         scale = f["scale"][()]
         const = f["const"][()] if "const" in f else None
         factors = HeadFactors(torch.from_numpy(f["left"][()]), torch.from_numpy(f["right"][()]))
-    alpha: Any = _LazyDataset(path, "alpha")
-    if alpha_dtype == "bfloat16":
-        alpha = _BFloat16Dataset(alpha)
+
+    def dataset(name):
+        ds = _LazyDataset(path, name)
+        return _BFloat16Dataset(ds) if alpha_dtype == "bfloat16" else ds
+
+    alpha: Any = _TokenAlpha(dataset("path_weights"), dataset("activations")) if token_form else dataset("alpha")
     kwargs = {} if block_bytes is None else {"block_bytes": block_bytes}
     return FactorizedEffects(alpha, scale, factors, const, dtype=dtype, device=device, **kwargs)

@@ -150,7 +150,7 @@ class FactorizedEffects:
     """
 
     def __init__(self, alpha, scale, factors: HeadFactors, const=None, dtype: torch.dtype = torch.float64,
-                 device=None, block_bytes: int = BLOCK_BYTES):
+                 device=None, block_bytes: int = BLOCK_BYTES, tokens: tuple | None = None):
         S, P, N = (int(s) for s in alpha.shape)
         if (P, N) != (factors.n_paths, factors.n_neurons):
             raise ValueError(f"alpha has shape {tuple(alpha.shape)} but the factors have {factors.n_paths} paths "
@@ -160,6 +160,10 @@ class FactorizedEffects:
         if const is not None and tuple(const.shape) != (S, factors.d_out):
             raise ValueError(f"const has shape {tuple(const.shape)}, expected ({S}, {factors.d_out})")
         self.alpha, self.factors = alpha, factors
+        #: optional token form of ``alpha``: ``(path_weights [samples, paths, tokens], activations
+        #: [samples, tokens, neurons])`` with ``alpha = path_weights @ activations`` (smaller to store
+        #: when there are fewer tokens than paths)
+        self.tokens = tokens
         self.dtype, self.device, self.block_bytes = dtype, torch.device(device or "cpu"), block_bytes
         self.scale = _tensor(scale, dtype, self.device)
         self.const = None if const is None else _tensor(const, dtype, self.device)

@@ -212,7 +212,7 @@ class SecondOrderLens:
         alpha = torch.bmm(Atil, cap.activations)  # [B, J*H, N]
         scale = self.coefficient / cap.representation.norm(dim=-1)
         return FactorizedEffects(alpha, scale, self.factors, const, dtype=dtype or torch.float64,
-                                 device=alpha.device)
+                                 device=alpha.device, tokens=(Atil, cap.activations))
 
     @property
     def n_neurons(self) -> int:

@@ -217,6 +217,11 @@ class ModelAdapter(ABC):
     @abstractmethod
     def n_tokens(self, inputs: Mapping[str, torch.Tensor]) -> int: ...
 
+    @property
+    def fixed_tokens(self) -> int | None:
+        """The token count of every input when the family has one (images), else None (text)."""
+        return None
+
     @abstractmethod
     def readout(self, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(query_positions [queries], weights [batch, queries])``: the representation pools the

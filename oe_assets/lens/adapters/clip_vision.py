@@ -107,6 +107,10 @@ class CLIPVisionAdapter(ModelAdapter):
         return clip_text_encoder(self.model, tokenizer, max_length)
 
     def n_tokens(self, inputs: Mapping[str, torch.Tensor]) -> int:
+        return self.fixed_tokens
+
+    @property
+    def fixed_tokens(self) -> int:
         return (self.config.image_size // self.config.patch_size) ** 2 + 1
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
