@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--pca-samples", type=int, default=2000)
+    ap.add_argument("--pca-top-k", type=int, default=100)
     ap.add_argument("--pca-layer", type=int, default=9)
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
@@ -92,40 +93,45 @@ def main() -> None:
                           "extra / forward"], floatfmt=".2f"))
 
     # 2. stored bytes per sample, every layer (two batches written, as a data pass writes them)
-    out = {}
-    writers = {layer: FactorizedEffectsWriter(work / f"bytes_{layer}.h5", 2 * B, lenses[layer].factors,
-                                              with_const=True, batch_size=B) for layer in layers}
-    for _, fes in iter_factorized(lenses, [x, x.flip(0)]):
-        for layer, fe in fes.items():
-            writers[layer].write(fe)
-    for layer, writer in writers.items():
-        writer.close(labels=np.zeros(2 * B, dtype=np.int64))
-        with h5py.File(work / f"bytes_{layer}.h5") as f:
-            per_file = sum(f[n].id.get_storage_size() for n in ("left", "right"))
-        total = (work / f"bytes_{layer}.h5").stat().st_size
-        out[layer] = ((total - per_file) / (2 * B), per_file)
+    T = model.vision_model.config.image_size // 32
+    n_tokens = T * T + 1
+    measured = {}
+    for alpha_dtype in ("float32", "float16"):
+        writers = {layer: FactorizedEffectsWriter(work / f"bytes_{alpha_dtype}_{layer}.h5", 2 * B, lenses[layer].factors,
+                                                  with_const=True, batch_size=B, alpha_dtype=alpha_dtype,
+                                                  n_tokens=n_tokens) for layer in layers}
+        for _, fes in iter_factorized(lenses, [x, x.flip(0)]):
+            for layer, fe in fes.items():
+                writers[layer].write(fe)
+        for layer, writer in writers.items():
+            writer.close(labels=np.zeros(2 * B, dtype=np.int64))
+            path = work / f"bytes_{alpha_dtype}_{layer}.h5"
+            with h5py.File(path) as f:
+                per_file = sum(f[n].id.get_storage_size() for n in ("left", "right"))
+                form = f.attrs["alpha_form"]
+            measured[alpha_dtype, layer] = ((path.stat().st_size - per_file) / (2 * B), per_file, form)
     dense = 3072 * 512 * 4
-    table, sums = [], np.zeros(4)
+    table, sums = [], np.zeros(3)
     for layer in layers:
-        per_sample, per_file = out[layer]
-        gb_dense = dense * (TRAIN + VAL) / 1e9
-        gb_f32 = (per_sample * (TRAIN + VAL) + 2 * per_file) / 1e9
-        gb_f16 = ((per_sample - lenses[layer].factors.n_paths * 3072 * 2) * (TRAIN + VAL) + 2 * per_file) / 1e9
-        sums += [gb_dense, gb_f32, gb_f16, 0]
-        table.append([layer, lenses[layer].factors.n_paths, per_sample / 2**20, dense / per_sample, gb_dense, gb_f32,
-                      gb_f16])
-    table.append(["all 11", "", "", "", sums[0], sums[1], sums[2]])
+        per_sample, per_file, form = measured["float32", layer]
+        per_sample16, per_file16, _ = measured["float16", layer]
+        gb = [dense * (TRAIN + VAL) / 1e9, (per_sample * (TRAIN + VAL) + 2 * per_file) / 1e9,
+              (per_sample16 * (TRAIN + VAL) + 2 * per_file16) / 1e9]
+        sums += gb
+        table.append([layer, lenses[layer].factors.n_paths, form, per_sample / 2**20, dense / per_sample, *gb])
+    table.append(["all 11", "", "", "", "", *sums])
     print(f"\nstored bytes per sample (measured) and the published setting ({TRAIN} train + {VAL} val samples, "
           f"both splits, factors included)")
-    print(tabulate(table, ["layer", "paths", "MiB/sample", "dense / factorized", "dense GB", "factorized GB",
-                           "factorized GB, float16 alpha"], floatfmt=".2f"))
+    print(tabulate(table, ["layer", "paths", "stored as", "MiB/sample", "dense / factorized", "dense GB",
+                           "factorized GB", "factorized GB, float16"], floatfmt=".2f"))
 
     # 4. PCA of many samples: factorized file against the same effects dense in HDF5
     S, layer = args.pca_samples, args.pca_layer
     lens = lenses[layer]
     fpath, dpath = work / "pca_factorized.h5", work / "pca_dense.h5"
     t0 = time.perf_counter()
-    with FactorizedEffectsWriter(fpath, S, lens.factors, with_const=True, batch_size=B) as writer, \
+    with FactorizedEffectsWriter(fpath, S, lens.factors, with_const=True, batch_size=B,
+                                 n_tokens=n_tokens) as writer, \
             h5py.File(dpath, "w") as dense_file:
         ds = dense_file.create_dataset("effects", shape=(S, 3072, 512), dtype=np.float32,
                                        chunks=(B, 16, 512))
@@ -140,13 +146,13 @@ def main() -> None:
     t_write = time.perf_counter() - t0
     t0 = time.perf_counter()
     with h5py.File(dpath) as f:
-        pca_dense = neuron_pca(f["effects"], 100)
+        pca_dense = neuron_pca(f["effects"], args.pca_top_k)
     t_dense = time.perf_counter() - t0
     t0 = time.perf_counter()
-    pca_fact = neuron_pca(open_factorized(fpath), 100)
+    pca_fact = neuron_pca(open_factorized(fpath), args.pca_top_k)
     t_fact = time.perf_counter() - t0
     err = float(np.abs(pca_fact.components - pca_dense.components).max())
-    print(f"\nPCA of {S} samples at layer {layer} (top_k 100), written in {t_write:.0f} s:")
+    print(f"\nPCA of {S} samples at layer {layer} (top_k {args.pca_top_k}), written in {t_write:.0f} s:")
     print(tabulate([["dense HDF5 (float32)", dpath.stat().st_size / 2**30, t_dense],
                     ["factorized (float32 alpha)", fpath.stat().st_size / 2**30, t_fact]],
                    ["effects stored", "GiB", "PCA seconds"], floatfmt=".2f"))
