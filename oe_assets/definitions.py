@@ -20,6 +20,7 @@ from .assets.inputs import (
 from .profiles import load_profile
 from .resources.datasets import DatasetResource
 from .resources.io_managers import HDF5IOManager, HTMLIOManager, ParquetIOManager
+from .resources.store import ArtifactStore
 from .resources.model import AnalysisResource, ModelResource, model_layers
 
 #: the job the schedule runs: observe the vocabulary file (its data version is the content hash)
@@ -31,7 +32,7 @@ def build_definitions(profile: str | dict | None = None, base_dir: str | None = 
     cfg = profile if isinstance(profile, dict) else load_profile(profile or os.environ.get("OE_ASSETS_PROFILE", "demo"))
     model = ModelResource(**cfg["model"])
     layers = dg.StaticPartitionsDefinition(model_layers(model.source))
-    storage = base_dir or cfg["storage"].get("base_dir", "data/materialized")
+    store = ArtifactStore(**{**cfg["storage"], "base_dir": base_dir or cfg["storage"].get("base_dir", "data/materialized")})
     assets = [model_asset, vocabulary, text_embeddings, classifier, train_representations, val_representations,
               *build_effect_assets(layers), *build_analysis_assets(layers)]
     return dg.Definitions(
@@ -48,10 +49,10 @@ def build_definitions(profile: str | dict | None = None, base_dir: str | None = 
             "model": model,
             "dataset": DatasetResource(**cfg["dataset"]),
             "analysis": AnalysisResource(**cfg.get("analysis", {})),
-            "hdf5_io_manager": HDF5IOManager(base_dir=storage, **{k: cfg["storage"][k] for k in
-                                                                  ("effects_compression", "alpha_dtype") if k in cfg["storage"]}),
-            "parquet_io_manager": ParquetIOManager(base_dir=storage),
-            "html_io_manager": HTMLIOManager(base_dir=storage),
+            "store": store,
+            "hdf5_io_manager": HDF5IOManager(store=store),
+            "parquet_io_manager": ParquetIOManager(store=store),
+            "html_io_manager": HTMLIOManager(store=store),
         },
     )
 

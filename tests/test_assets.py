@@ -24,6 +24,7 @@ from oe_assets.lens import SCENARIOS, SecondOrderLens
 from oe_assets.profiles import load_profile
 from oe_assets.resources import model as model_module
 from oe_assets.resources.io_managers import H5Group, H5Payload, HDF5IOManager, open_effects
+from oe_assets.resources.store import ArtifactStore
 
 warnings.filterwarnings("ignore", category=dg.PreviewWarning if hasattr(dg, "PreviewWarning") else Warning)
 
@@ -281,7 +282,7 @@ def test_fast_equals_slow_check_catches_a_corrupted_file(reference_model, refere
 
 # ---------------------------------------------------------------- atomic writes
 def test_io_manager_writes_atomically_and_records_attributes(tmp_path):
-    io = HDF5IOManager(base_dir=str(tmp_path))
+    io = HDF5IOManager(store=ArtifactStore(base_dir=str(tmp_path)))
     ctx = dg.build_output_context(asset_key=dg.AssetKey("thing"))
     io.handle_output(ctx, H5Payload({"x": np.arange(6.0).reshape(2, 3), "names": ["a", "b"]},
                                     {"model": "m", "layer": 3, "shape": [2, 3]}))
@@ -317,9 +318,11 @@ def test_failed_materialization_leaves_no_file(tmp_path, monkeypatch):
 KILLED_WRITER = textwrap.dedent("""
     import sys, time, numpy as np, dagster as dg
     from oe_assets.resources.io_managers import HDF5IOManager, StagedH5
+    from oe_assets.resources.store import ArtifactStore
     import h5py
-    io = HDF5IOManager(base_dir=sys.argv[1])
-    path = io.stage(dg.AssetKey("second_order_effects"), "0")
+    store = ArtifactStore(base_dir=sys.argv[1])
+    io = HDF5IOManager(store=store)
+    path = store.stage(dg.AssetKey("second_order_effects"), "0")
     with h5py.File(path, "w") as f:
         ds = f.create_dataset("effects", shape=(100, 8, 4), dtype="f4")
         for i in range(100):
@@ -341,7 +344,7 @@ def test_killed_run_leaves_nothing_that_loads_as_complete(tmp_path):
     folder = tmp_path / "second_order_effects"
     assert not (folder / "0.h5").exists()
     assert [p.name for p in folder.iterdir()][0].startswith("0.h5.partial-")
-    io = HDF5IOManager(base_dir=str(tmp_path))
+    io = HDF5IOManager(store=ArtifactStore(base_dir=str(tmp_path)))
     ctx = dg.build_input_context(asset_key=dg.AssetKey("second_order_effects"))
     with pytest.raises(FileNotFoundError, match="no materialized file"):
         io.load_input(ctx)
@@ -382,7 +385,7 @@ def test_missing_upstream_layer_is_named(tmp_path):
     from oe_assets.assets.analysis import same_vocabulary
     from oe_assets.resources.datasets import DatasetResource
 
-    io = HDF5IOManager(base_dir=str(tmp_path))
+    io = HDF5IOManager(store=ArtifactStore(base_dir=str(tmp_path)))
     layers = dg.StaticPartitionsDefinition(["0", "1"])
     ctx = dg.build_input_context(asset_key=dg.AssetKey("second_order_effects"), partition_key="1",
                                  asset_partitions_def=layers)

@@ -10,7 +10,7 @@ from ..lens import SCENARIOS, ablate, neuron_pca, normalize_dictionary, sparse_d
 from ..plots import accuracy_against_layer, explained_variance_profile, markdown_image, significance_histogram
 from ..reports import NeuronSection, render_report
 from ..resources.datasets import DatasetResource
-from ..resources.io_managers import H5Payload, HTMLIOManager, open_effects
+from ..resources.store import ArtifactStore, H5Payload, open_effects
 from ..resources.model import AnalysisResource, ModelResource
 from .common import CODE_VERSION, EAGER, md_table, timer
 
@@ -156,7 +156,8 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
 
     @dg.asset(group_name="analysis", io_manager_key="parquet_io_manager", kinds={"parquet", "matplotlib"},
               code_version=CODE_VERSION, automation_condition=EAGER,
-              ins={"ablation_report": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
+              ins={"ablation_report": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(),
+                                                 metadata={"allow_missing_partitions": True})},
               metadata={"dagster/column_schema": table_schema(SUMMARY_SCHEMA)},
               description="Every materialized layer's ablation and reconstruction accuracies in one table, "
               "and a plot of them against layer.")
@@ -181,7 +182,7 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
               "second-order effect norm (image thumbnails or sentences).  Offline, no scripts.", **layered)
     def neuron_report(context: dg.AssetExecutionContext, analysis: AnalysisResource, model: ModelResource,
                       dataset: DatasetResource,
-                      html_io_manager: dg.ResourceParam[HTMLIOManager], neuron_pcas: dict, sparse_codes: dict,
+                      store: ArtifactStore, neuron_pcas: dict, sparse_codes: dict,
                       second_order_effects: dict, text_embeddings):
         texts = text_embeddings.read("texts")
         train = dataset.split("train")
@@ -207,7 +208,7 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
                         inputs=[{"norm": float(norms[n][s]), "label": label(int(train.labels[s])), "text": train.describe(int(s)),
                                  "thumbnail": train.thumbnail(int(s))} for s in top]))
                 attrs = second_order_effects[key].attrs
-                path = html_io_manager.path_for(context.asset_key, key).resolve()
+                path = store.path_for(context.asset_key, key, ".html").resolve()
                 layer_meta(context, key, report=dg.MetadataValue.path(str(path)),
                            report_url=dg.MetadataValue.url(path.as_uri()))
                 out[key] = render_report(

@@ -11,7 +11,7 @@ import dagster as dg
 
 from ..lens import SecondOrderLens, slow_second_order_effects
 from ..resources.datasets import DatasetResource
-from ..resources.io_managers import H5Group, HDF5IOManager, open_effects
+from ..resources.store import ArtifactStore
 from ..resources.model import AnalysisResource, ModelResource
 
 
@@ -81,30 +81,27 @@ def _result(ok_meta: tuple[bool, dict], what: str) -> dg.AssetCheckResult:
                                description=what if ok else f"FAILED: {what}")
 
 
-def _layers(context, io: HDF5IOManager, key: str) -> list[str]:
+def _layers(context, store: ArtifactStore, key: str) -> list[str]:
     keys = list(context.partition_keys) if context.has_partition_key or context.has_partition_key_range else []
-    if not keys:  # not run over partitions: every materialized layer
-        folder = io.path_for(key, "x").parent
-        keys = sorted((p.name[:-3] for p in folder.glob("*.h5")), key=int) if folder.exists() else []
-    return keys
+    return keys or store.partitions(key)  # not run over partitions: every materialized layer
 
 
-def _per_layer(context, io: HDF5IOManager, key: str, check) -> tuple[bool, list[dict]]:
+def _per_layer(context, store: ArtifactStore, key: str, check) -> tuple[bool, list[dict]]:
     """Run ``check(layer, group)`` on every layer file of asset ``key`` the check covers."""
-    results = [check(layer, H5Group(io.path_for(key, layer))) for layer in _layers(context, io, key)]
+    results = [check(layer, store.open_h5(key, layer)) for layer in _layers(context, store, key)]
     return all(ok for ok, _ in results), [meta for _, meta in results]
 
 
 def build_checks(partitions_def) -> list:
     @dg.asset_check(asset="train_representations", blocking=True,
                     description="Every representation has norm equal to the coefficient.")
-    def representation_norms(hdf5_io_manager: dg.ResourceParam[HDF5IOManager], analysis: AnalysisResource):
-        reps = H5Group(hdf5_io_manager.path_for("train_representations")).read("representations")
+    def representation_norms(store: ArtifactStore, analysis: AnalysisResource):
+        reps = store.open_h5("train_representations").read("representations")
         return _result(check_norms(reps, analysis.coefficient), "norms equal the coefficient")
 
     @dg.asset_check(asset="classifier", blocking=True, pool="gpu", description="Classifier columns have unit norm.")
-    def classifier_unit_columns(hdf5_io_manager: dg.ResourceParam[HDF5IOManager], model: ModelResource):
-        W = H5Group(hdf5_io_manager.path_for("classifier")).read("classifier")
+    def classifier_unit_columns(store: ArtifactStore, model: ModelResource):
+        W = store.open_h5("classifier").read("classifier")
         if not model.load().adapter.unit_classifier:  # causal LMs: label unembeddings are raw logit directions
             return dg.AssetCheckResult(passed=True, description="causal-LM classifier: raw unembedding rows")
         return _result(check_unit_columns(W), "unit columns")
@@ -112,16 +109,16 @@ def build_checks(partitions_def) -> list:
     @dg.asset_check(asset="second_order_effects", blocking=True, partitions_def=partitions_def, pool="gpu",
                     description="On the first train samples, the fast path and the stored file equal the "
                     "literal slow path.")
-    def fast_path_equals_slow_path(context: dg.AssetCheckExecutionContext, hdf5_io_manager: dg.ResourceParam[HDF5IOManager],
+    def fast_path_equals_slow_path(context: dg.AssetCheckExecutionContext, store: ArtifactStore,
                                    model: ModelResource, analysis: AnalysisResource, dataset: DatasetResource):
         loaded = model.load()
         split = dataset.split("train")
         batch = next(iter(split.batches(loaded, 2, model.max_length)))
         results = []
-        for key in _layers(context, hdf5_io_manager, "second_order_effects"):
+        for key in _layers(context, store, "second_order_effects"):
             lens = SecondOrderLens(loaded.adapter, int(key), analysis.coefficient, analysis.convention)
-            group = H5Group(hdf5_io_manager.path_for("second_order_effects", key))
-            stored = open_effects(group)[:2]  # the check's two samples
+            group = store.open_h5("second_order_effects", key)
+            stored = store.open_effects("second_order_effects", key)[:2]  # the check's two samples
             rtol = 1e-8 if loaded.adapter.dtype == torch.float64 else 1e-3
             file_rtol = max(rtol, STORED_RTOL[group.attrs.get("alpha_dtype", "float32")])
             # 32 neurons spread over the layer: the slow path's per-neuron token tensors are the cost
@@ -129,26 +126,26 @@ def build_checks(partitions_def) -> list:
             results.append(check_fast_equals_slow(lens, batch, stored, rtol, file_rtol, neurons))
         ok = all(r[0] for r in results)
         worst = {k: max(r[1][k] for r in results) for k in ("fast_vs_slow", "file_vs_slow")} if results else {}
-        return _result((ok, worst), f"fast = slow on 2 samples, layers {_layers(context, hdf5_io_manager, 'second_order_effects')}")
+        return _result((ok, worst), f"fast = slow on 2 samples, layers {_layers(context, store, 'second_order_effects')}")
 
     @dg.asset_check(asset="neuron_pcas", blocking=True, partitions_def=partitions_def,
                     description="PCA components are unit norm and follow the sign rule.")
-    def pca_unit_and_sign(context: dg.AssetCheckExecutionContext, hdf5_io_manager: dg.ResourceParam[HDF5IOManager],
+    def pca_unit_and_sign(context: dg.AssetCheckExecutionContext, store: ArtifactStore,
                           analysis: AnalysisResource):
         def check(layer, pcas):
-            effects = open_effects(H5Group(hdf5_io_manager.path_for("second_order_effects", layer)))
+            effects = store.open_effects("second_order_effects", layer)
             return check_pca(pcas.read("components"), effects, pcas.read("means"), int(pcas.attrs["top_k"]))
 
-        ok, metas = _per_layer(context, hdf5_io_manager, "neuron_pcas", check)
+        ok, metas = _per_layer(context, store, "neuron_pcas", check)
         return _result((ok, {"layers_checked": len(metas),
                              "sign_rule_violations": sum(m["sign_rule_violations"] for m in metas)}),
                        "unit components, sign rule")
 
     @dg.asset_check(asset="sparse_codes", blocking=True, partitions_def=partitions_def,
                     description="Sparse codes have at most `components` non-zeros per neuron.")
-    def sparse_codes_sparsity(context: dg.AssetCheckExecutionContext, hdf5_io_manager: dg.ResourceParam[HDF5IOManager],
+    def sparse_codes_sparsity(context: dg.AssetCheckExecutionContext, store: ArtifactStore,
                               analysis: AnalysisResource):
-        ok, metas = _per_layer(context, hdf5_io_manager, "sparse_codes", lambda layer, codes: check_sparsity(
+        ok, metas = _per_layer(context, store, "sparse_codes", lambda layer, codes: check_sparsity(
             codes.read("indices"), codes.read("values"), analysis.components, int(codes.attrs["max_nonzeros"])))
         return _result((ok, {"max_nonzeros": max((m["max_nonzeros"] for m in metas), default=0)}),
                        f"at most {analysis.components} non-zeros")

@@ -1,10 +1,9 @@
-"""Small helpers shared by the asset modules: metadata, markdown, partitions, staging."""
+"""Small helpers shared by the asset modules: metadata, markdown, timing."""
 
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -35,14 +34,6 @@ def timer(metadata: dict):
     t0 = time.perf_counter()
     yield
     metadata["run_time_s"] = dg.MetadataValue.float(round(time.perf_counter() - t0, 3))
-
-
-def discard(path: Path) -> None:
-    """Remove a staging file left by a failed step (best effort)."""
-    try:
-        Path(path).unlink()
-    except FileNotFoundError:
-        pass
 
 
 #: eager, but the external `model` node (never materialized) does not count as a missing dependency

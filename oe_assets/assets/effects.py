@@ -9,13 +9,13 @@ from ..lens import SecondOrderLens
 from ..lens.batching import Progress, iter_factorized
 from ..lens.effects_file import FactorizedEffectsWriter
 from ..resources.datasets import DatasetResource
-from ..resources.io_managers import HDF5IOManager, StagedH5
 from ..resources.model import AnalysisResource, ModelResource
-from .common import CODE_VERSION, discard
+from ..resources.store import ArtifactStore, StagedH5
+from .common import CODE_VERSION
 
 
 def stream_effects(context, split: str, model: ModelResource, analysis: AnalysisResource, dataset: DatasetResource,
-                   hdf5_io_manager: dg.ResourceParam[HDF5IOManager]) -> dict[str, StagedH5]:
+                   store: ArtifactStore) -> dict[str, StagedH5]:
     """For every layer partition of the step: the factorized effects of the split (``alpha``
     ``[samples, J*H, neurons]``, ``scale``, ``const``, the layer's per-head factors; see
     :mod:`oe_assets.lens.effects_file`) in a staged HDF5 file, written batch by batch.  Each batch is
@@ -31,11 +31,11 @@ def stream_effects(context, split: str, model: ModelResource, analysis: Analysis
     try:
         for key in keys:
             lens = lenses[int(key)]
-            path = hdf5_io_manager.stage(context.asset_key, key)
+            path = store.stage(context.asset_key, key)
             staged[key] = StagedH5(path)
             writers[key] = FactorizedEffectsWriter(
                 path, len(data), lens.factors, with_const=lens.convention == "reference", batch_size=model.batch_size,
-                alpha_dtype=hdf5_io_manager.alpha_dtype, compression=hdf5_io_manager.compression(),
+                alpha_dtype=store.alpha_dtype, compression=store.compression(),
                 n_tokens=loaded.adapter.fixed_tokens)
         progress = Progress(len(data), f"layers {', '.join(keys)} {split} effects", log=context.log.info)
         for _, effects in iter_factorized(lenses, data.batches(loaded, model.batch_size, model.max_length), progress):
@@ -55,12 +55,12 @@ def stream_effects(context, split: str, model: ModelResource, analysis: Analysis
         for writer in writers.values():
             writer.abort()
         for value in staged.values():  # every layer of the step, not only the one that failed
-            discard(value.path)
+            store.discard(value.path)
         raise
     seconds = time.perf_counter() - t0
     context.log.info(f"layers {', '.join(keys)}: {split} effects of {len(data)} samples in one data pass, {seconds:.1f} s")
     context.add_output_metadata({
-        "effects_shape": str(list(shape)), "layout": "factorized", "alpha_dtype": hdf5_io_manager.alpha_dtype,
+        "effects_shape": str(list(shape)), "layout": "factorized", "alpha_dtype": store.alpha_dtype,
         "rows": shape[0], "model": model.source, "layers": ", ".join(keys), "coefficient": analysis.coefficient,
         "convention": lens.convention, "data_passes": 1, "run_time_s": round(seconds, 3),
     })
@@ -76,14 +76,13 @@ def build_effect_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asse
               "neurons, d_out] of one MLP layer through every later attention head (fast path), stored factorized: "
               "alpha [samples, J*H, neurons] and the layer's per-head factors.", **common)
     def second_order_effects(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource,
-                             dataset: DatasetResource, hdf5_io_manager: dg.ResourceParam[HDF5IOManager]):
-        return stream_effects(context, "train", model, analysis, dataset, hdf5_io_manager)
+                             dataset: DatasetResource, store: ArtifactStore):
+        return stream_effects(context, "train", model, analysis, dataset, store)
 
     @dg.asset(deps=["val_representations", "model"], description="Per-neuron second-order effects [val samples, "
               "neurons, d_out] of one MLP layer (factorized), for the ablations.", **common)
     def val_second_order_effects(context: dg.AssetExecutionContext, model: ModelResource,
-                                 analysis: AnalysisResource, dataset: DatasetResource,
-                                 hdf5_io_manager: dg.ResourceParam[HDF5IOManager]):
-        return stream_effects(context, "val", model, analysis, dataset, hdf5_io_manager)
+                                 analysis: AnalysisResource, dataset: DatasetResource, store: ArtifactStore):
+        return stream_effects(context, "val", model, analysis, dataset, store)
 
     return [second_order_effects, val_second_order_effects]
