@@ -68,7 +68,11 @@ class DecoderLMAdapter(CausalLMAdapter):
         import transformers
 
         name = cls.causal_lm_classes.get(model_type)
-        return None if name is None else getattr(transformers, name)
+        if name is None:
+            return None
+        if architectures and all(a.endswith("Model") for a in architectures):
+            name = name.replace("ForCausalLM", "Model")  # a base-model checkpoint has no LM head to load
+        return getattr(transformers, name)
 
     @classmethod
     def layers_in_config(cls, config):
