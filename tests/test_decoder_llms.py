@@ -3,9 +3,14 @@ models saved with ``save_pretrained`` and loaded back by ``load_model``, in floa
 
 import pytest
 import torch
-
 from conftest import DECODER_FAMILIES, padded_batch, tiny_decoder
-from oe_assets.lens import SecondOrderLens, get_adapter, slow_path_contributions, slow_second_order_effects
+
+from oe_assets.lens import (
+    SecondOrderLens,
+    get_adapter,
+    slow_path_contributions,
+    slow_second_order_effects,
+)
 from oe_assets.lens.loading import load_model
 
 LENGTHS = (9, 6, 7)  # the window of 5 (mistral, qwen2) is shorter than the sequences

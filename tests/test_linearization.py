@@ -24,7 +24,14 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from conftest import DECODER_FAMILIES, padded_batch, tiny_bert, tiny_clip_vision, tiny_decoder, tiny_gpt2
+from conftest import (
+    DECODER_FAMILIES,
+    padded_batch,
+    tiny_bert,
+    tiny_clip_vision,
+    tiny_decoder,
+    tiny_gpt2,
+)
 
 from oe_assets.lens import SecondOrderLens, get_adapter
 
