@@ -142,15 +142,15 @@ def tiny_decoder(family, seed=0, layers=4, dtype=torch.float64, attn="sdpa"):
     import transformers
 
     torch.manual_seed(seed)
-    common = dict(vocab_size=60, hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                  bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+    common = {"vocab_size": 60, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": layers,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64,
+              "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "tie_word_embeddings": False}
     extra = {
-        "llama": dict(attention_bias=True, mlp_bias=True),
-        "mistral": dict(sliding_window=5),
-        "qwen2": dict(use_sliding_window=True, sliding_window=5, max_window_layers=2),
-        "qwen3": dict(head_dim=12),
-        "phi3": dict(partial_rotary_factor=0.5),
+        "llama": {"attention_bias": True, "mlp_bias": True},
+        "mistral": {"sliding_window": 5},
+        "qwen2": {"use_sliding_window": True, "sliding_window": 5, "max_window_layers": 2},
+        "qwen3": {"head_dim": 12},
+        "phi3": {"partial_rotary_factor": 0.5},
         "olmo2": {},
     }[family]
     config_cls, model_cls = {
