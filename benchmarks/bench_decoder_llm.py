@@ -111,8 +111,10 @@ def memory(layers: list[int] | None, budget_gb: float) -> None:
     del probe
     gc.collect()
     dense = adapter.d_mlp * adapter.n_heads * adapter.d_out * 4
-    print(f"the lens keeps {per_block / GiB:.2f} GiB per later block (dense directions would be "
-          f"{dense / GiB:.2f} GiB); at layer 0 ({L - 1} later blocks): {per_block * (L - 1) / GiB:.1f} GiB")
+    factors = adapter.n_heads * adapter.d_head * (adapter.d_out + adapter.d_mlp) * 4
+    print(f"the lens keeps {per_block / GiB:.2f} GiB per later block (dense directions: {dense / GiB:.2f} GiB, "
+          f"per-head factors: {factors / GiB:.3f} GiB); at layer 0 ({L - 1} later blocks): "
+          f"{per_block * (L - 1) / GiB:.1f} GiB")
     for layer in layers or [0, L // 2 - 1, L - 3, L - 2]:
         estimate = per_block * (L - 1 - layer)
         if estimate > budget_gb * GiB:
