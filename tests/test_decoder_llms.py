@@ -3,7 +3,7 @@ models saved with ``save_pretrained`` and loaded back by ``load_model``, in floa
 
 import pytest
 import torch
-from conftest import DECODER_FAMILIES, padded_batch, tiny_decoder
+from conftest import DECODER_FAMILIES, decoder_attention, padded_batch, tiny_decoder
 
 from oe_assets.lens import (
     SecondOrderLens,
@@ -33,7 +33,7 @@ def saved(tmp_path_factory):
 
 def loaded(saved, family, attn="sdpa"):
     lm = load_model(str(saved[family]), dtype="float64", device="cpu")
-    lm.model.set_attn_implementation(attn)
+    lm.model.set_attn_implementation(decoder_attention(family, attn))
     return lm
 
 
@@ -41,7 +41,8 @@ def loaded(saved, family, attn="sdpa"):
 def test_load_model_detects_the_family_and_keeps_the_weights(saved, family):
     lm = loaded(saved, family)
     assert type(lm.model).__name__.endswith("ForCausalLM")
-    assert lm.adapter.family == {"phi3": "phi3", "olmo2": "olmo2"}.get(family, "decoder_lm")
+    own = ("phi3", "olmo2", "gemma2", "gemma3")
+    assert lm.adapter.family == (family if family in own else "decoder_lm")
     built = tiny_decoder(family, seed=1)
     for (name, p), (_, q) in zip(built.state_dict().items(), lm.model.state_dict().items()):
         assert torch.equal(p, q), name
@@ -69,6 +70,10 @@ def test_right_and_left_padding_give_the_effects_of_the_sample_alone(saved, fami
         alone = lens({"input_ids": ids[None, :n], "attention_mask": mask[None, :n]})
         left = lens({"input_ids": torch.cat([ids[n:], ids[:n]])[None], "attention_mask": torch.cat([mask[n:], mask[:n]])[None]})
         assert rel(together[i:i + 1], alone) <= 1e-10
+        if decoder_attention(family, "sdpa") == "eager":
+            # transformers' eager attention itself can turn left padding into NaN (a padding
+            # query with no key left), and Gemma 2 only runs eager: right padding only
+            continue
         assert rel(left, alone) <= 1e-10
 
 
@@ -95,9 +100,9 @@ def test_recomputed_attention_equals_the_models_own(saved, family):
             real = mask[b]
             ours, theirs = cap.attention[j][b][:, real][:, :, real], out.attentions[j][b][:, real][:, :, real]
             assert rel(ours, theirs) <= 1e-6, (j, b)
-    if family in ("mistral", "qwen2"):  # the window is really in force at a windowed block
-        assert (cap.attention[3][0, :, 8, :4] == 0).all()
-        assert (cap.attention[1][0, :, 8, :4] == 0).all() == (family == "mistral")
+    windowed = {"mistral": (0, 1, 2, 3), "qwen2": (2, 3), "gemma2": (0, 2), "gemma3": (0, 2)}.get(family, ())
+    for j in (1, 2, 3):  # the window is in force exactly at the windowed blocks
+        assert (cap.attention[j][0, :, 8, :4] == 0).all() == (j in windowed)
 
 
 @pytest.mark.parametrize("family", DECODER_FAMILIES)

@@ -16,8 +16,8 @@ centres, ``*RMSNorm`` does not), the silenced modules by the Hugging Face module
 :func:`test_dropping_any_norm_from_an_adapters_paths_breaks_the_check` runs the mutations: with one
 norm removed from ``layer_norms_before_head`` or ``layer_norms_after_head`` (BERT's intermediate
 ``_stream_norms``, GPT-2's ``ln_1`` / ``ln_f``, CLIP's ``layer_norm1`` / ``post_layernorm``, the
-decoders' ``input_layernorm`` / ``norm``, OLMo 2's ``post_feedforward_layernorm`` /
-``post_attention_layernorm``) the check fails by far more than its bar.
+decoders' ``input_layernorm`` / ``norm``, OLMo 2's and Gemma's post-sublayer norms) the check fails
+by far more than its bar.
 """
 
 from contextlib import contextmanager
@@ -77,12 +77,13 @@ def silence(module):
 
 
 def norms(model):
-    """``(name, module, centred)`` of every norm: LayerNorms centre, RMSNorms do not."""
+    """``(name, module, centred, gain)`` of every norm: LayerNorms centre, RMSNorms do not; Gemma's
+    RMSNorms store their gain minus one."""
     for name, mod in model.named_modules():
         if isinstance(mod, torch.nn.LayerNorm):
-            yield name, mod, True
+            yield name, mod, True, mod.weight
         elif type(mod).__name__.endswith("RMSNorm"):
-            yield name, mod, False
+            yield name, mod, False, 1.0 + mod.weight if type(mod).__name__.startswith("Gemma") else mod.weight
 
 
 @contextmanager
@@ -94,17 +95,17 @@ def linearised(model, frozen=None):
     calls = {"softmax": 0}
     softmax = torch.nn.functional.softmax
     patched = []
-    for name, mod, centred in norms(model):
+    for name, mod, centred, gain in norms(model):
         eps = getattr(mod, "variance_epsilon", None) or mod.eps
 
-        def forward(x, _mod=mod, _name=name, _centred=centred, _eps=eps):
+        def forward(x, _mod=mod, _name=name, _centred=centred, _eps=eps, _gain=gain):
             v = x - x.mean(-1, keepdim=True) if _centred else x
             sigma = torch.sqrt(v.pow(2).mean(-1, keepdim=True) + _eps)
             if frozen is not None:
                 if recording:
                     frozen[_name] = sigma
                 sigma = frozen[_name]
-            out = _mod.weight * v / sigma
+            out = _gain * v / sigma
             return out if getattr(_mod, "bias", None) is None else out + _mod.bias
         mod.forward = forward
         patched.append(mod)
@@ -213,6 +214,10 @@ MUTATIONS = [
     ("olmo2", 0, 2, "layer_norms_before_head", "layers.0.post_feedforward_layernorm"),
     ("olmo2", 0, 2, "layer_norms_after_head", "layers.2.post_attention_layernorm"),
     ("olmo2", 0, 2, "layer_norms_after_head", "model.norm"),
+    ("gemma2", 0, 2, "layer_norms_before_head", "layers.0.post_feedforward_layernorm"),
+    ("gemma2", 0, 2, "layer_norms_before_head", "layers.2.input_layernorm"),
+    ("gemma3", 0, 2, "layer_norms_after_head", "layers.2.post_attention_layernorm"),
+    ("gemma3", 0, 2, "layer_norms_after_head", "model.norm"),
 ]
 
 

@@ -50,7 +50,7 @@ import torch
 from .base import AttentionWeights, LayerNormParams
 from .text import CausalLMAdapter
 
-__all__ = ["DecoderLMAdapter", "Olmo2Adapter", "Phi3Adapter"]
+__all__ = ["DecoderLMAdapter", "Gemma2Adapter", "Gemma3Adapter", "Olmo2Adapter", "Phi3Adapter"]
 
 
 class DecoderLMAdapter(CausalLMAdapter):
@@ -58,21 +58,23 @@ class DecoderLMAdapter(CausalLMAdapter):
     layer_norm_style = "pre"
     conventions = ("direct", "reference")
     default_convention = "direct"
-    #: ``config.model_type`` -> the ``transformers`` class :func:`~oe_assets.lens.loading.load_model` uses
-    causal_lm_classes: ClassVar[dict[str, str]] = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-                         "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+    #: ``config.model_type`` -> the ``transformers`` classes :func:`~oe_assets.lens.loading.load_model`
+    #: uses: (causal LM, base model for a base-model checkpoint)
+    causal_lm_classes: ClassVar[dict[str, tuple[str, str]]] = {
+        "llama": ("LlamaForCausalLM", "LlamaModel"), "mistral": ("MistralForCausalLM", "MistralModel"),
+        "qwen2": ("Qwen2ForCausalLM", "Qwen2Model"), "qwen3": ("Qwen3ForCausalLM", "Qwen3Model"),
+    }
     model_types = tuple(causal_lm_classes)
 
     @classmethod
     def model_class(cls, model_type: str, architectures=None):
         import transformers
 
-        name = cls.causal_lm_classes.get(model_type)
-        if name is None:
+        names = cls.causal_lm_classes.get(model_type)
+        if names is None:
             return None
-        if architectures and all(a.endswith("Model") for a in architectures):
-            name = name.replace("ForCausalLM", "Model")  # a base-model checkpoint has no LM head to load
-        return getattr(transformers, name)
+        base = bool(architectures) and all(a.endswith("Model") for a in architectures)
+        return getattr(transformers, names[base])  # a base-model checkpoint has no LM head to load
 
     @classmethod
     def layers_in_config(cls, config):
@@ -162,6 +164,10 @@ class DecoderLMAdapter(CausalLMAdapter):
             return attn.sliding_window
         return getattr(self.config, "sliding_window", None)
 
+    def rotary(self, attn, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cos, sin)`` ``[batch, tokens, rotary dims]`` from the model's own rotary module."""
+        return self.body.rotary_emb(x, positions)
+
     def _qk_norms(self, attn, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's own q/k norms on ``q [B, H, T, dh]``, ``k [B, H_kv, T, dh]``: per head when
         the norm's width is ``dh`` (Qwen3), over all heads of the projection otherwise (OLMo 2)."""
@@ -187,12 +193,15 @@ class DecoderLMAdapter(CausalLMAdapter):
         k = torch.einsum("btd,hed->bhte", x, W_k) + b_k[None, :, None, :]  # [B, H_kv, T, dh]
         q, k = self._qk_norms(attn, q, k)
         positions = self.positions(inputs)
-        cos, sin = self.body.rotary_emb(x, positions)
+        cos, sin = self.rotary(attn, x, positions)
         # the function the model itself calls (Phi-3's rotates only part of each head)
         rotate = sys.modules[type(attn).__module__].apply_rotary_pos_emb
         q, k = rotate(q, k, cos, sin)
         k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
         scores = torch.einsum("bhqe,bhte->bhqt", q[:, :, query_positions], k) * float(attn.scaling)
+        cap = getattr(attn, "attn_logit_softcapping", None)
+        if cap is not None:  # Gemma 2: scores -> cap * tanh(scores / cap) before the mask
+            scores = torch.tanh(scores / cap) * cap
         if bias is not None:
             scores = scores + bias[:, None]
         window = self.sliding_window(block)
@@ -222,7 +231,7 @@ class Phi3Adapter(DecoderLMAdapter):
     and rotary positions on part of each head (the model's own rotary function handles it)."""
 
     family = "phi3"
-    causal_lm_classes: ClassVar[dict[str, str]] = {"phi3": "Phi3ForCausalLM"}
+    causal_lm_classes: ClassVar[dict[str, tuple[str, str]]] = {"phi3": ("Phi3ForCausalLM", "Phi3Model")}
     model_types = tuple(causal_lm_classes)
 
     def projections(self, block: int):
@@ -248,7 +257,7 @@ class Olmo2Adapter(DecoderLMAdapter):
     family = "olmo2"
     layer_norm_style = "post"
     conventions = ("direct",)
-    causal_lm_classes: ClassVar[dict[str, str]] = {"olmo2": "Olmo2ForCausalLM"}
+    causal_lm_classes: ClassVar[dict[str, tuple[str, str]]] = {"olmo2": ("Olmo2ForCausalLM", "Olmo2Model")}
     model_types = tuple(causal_lm_classes)
 
     def layer_norms_before_head(self, mlp_layer: int, block: int) -> list[str]:
@@ -256,3 +265,49 @@ class Olmo2Adapter(DecoderLMAdapter):
 
     def layer_norms_after_head(self, block: int) -> list[str]:
         return [f"{self.prefix}layers.{block}.post_attention_layernorm", f"{self.prefix}norm"]
+
+
+class Gemma2Adapter(DecoderLMAdapter):
+    """Gemma 2: RMSNorms before *and* after each sublayer, each scaling by ``1 + weight``::
+
+        x = x + post_attention_layernorm(self_attn(input_layernorm(x)))
+        x = x + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(x)))
+
+    so the path of MLP ``l`` to block ``j``'s head crosses ``layers[l].post_feedforward_layernorm``
+    and ``layers[j].input_layernorm`` (key token), then ``layers[j].post_attention_layernorm`` and
+    ``norm`` (query token).  Attention scores are soft-capped (``cap * tanh(s / cap)``) and every
+    other layer has a sliding window; both only shape the probabilities, which the lens freezes.  The
+    classifier reads the logits before Gemma 2's final soft-capping (a monotone map of them).
+    Only ``"direct"``."""
+
+    family = "gemma2"
+    layer_norm_style = "pre+post"
+    conventions = ("direct",)
+    causal_lm_classes: ClassVar[dict[str, tuple[str, str]]] = {"gemma2": ("Gemma2ForCausalLM", "Gemma2Model")}
+    model_types = tuple(causal_lm_classes)
+
+    def layer_norm(self, name: str) -> LayerNormParams:
+        """A Gemma RMSNorm scales by ``1 + weight`` (its weight is stored as the offset from 1)."""
+        norm = self.model.get_submodule(name)
+        return LayerNormParams(1.0 + norm.weight, torch.zeros_like(norm.weight), float(norm.eps), centred=False)
+
+    def layer_norms_before_head(self, mlp_layer: int, block: int) -> list[str]:
+        return [f"{self.prefix}layers.{mlp_layer}.post_feedforward_layernorm",
+                f"{self.prefix}layers.{block}.input_layernorm"]
+
+    def layer_norms_after_head(self, block: int) -> list[str]:
+        return [f"{self.prefix}layers.{block}.post_attention_layernorm", f"{self.prefix}norm"]
+
+
+class Gemma3Adapter(Gemma2Adapter):
+    """Gemma 3 text models (``gemma3_text``: Gemma 3 1B and the text tower layout): Gemma 2's layout
+    with per-head q/k norms and a rotary base per layer type (local sliding layers, global layers)."""
+
+    family = "gemma3"
+    causal_lm_classes: ClassVar[dict[str, tuple[str, str]]] = {
+        "gemma3_text": ("Gemma3ForCausalLM", "Gemma3TextModel"),
+    }
+    model_types = tuple(causal_lm_classes)
+
+    def rotary(self, attn, x, positions):
+        return self.body.rotary_emb(x, positions, attn.layer_type)
