@@ -1,7 +1,8 @@
 """Today's open decoder LLMs with the Llama layout: ``LlamaForCausalLM`` / ``LlamaModel``,
-``MistralForCausalLM``, ``Qwen2ForCausalLM``, ``Qwen3ForCausalLM`` (and their base models), plus two
-layouts that differ in one place each: Phi-3 (fused ``qkv_proj`` and ``gate_up_proj``) and OLMo 2
-(RMSNorms after the sublayers instead of before).
+``MistralForCausalLM``, ``Qwen2ForCausalLM``, ``Qwen3ForCausalLM`` (and their base models), plus
+layouts that differ in few places: Phi-3 (fused ``qkv_proj`` and ``gate_up_proj``), OLMo 2
+(RMSNorms after the sublayers instead of before), Gemma 2 and Gemma 3 text models (``1 + weight``
+RMSNorms before and after the sublayers).
 
 Llama layout, per block ``j`` (``model.layers[j]``)::
 
@@ -35,8 +36,8 @@ Conventions:
       e = sum_q w[b,q] g_f * o / rms_f[b,q]
 
   so for bias-free models (Llama, Mistral, Qwen3) it equals ``"direct"``.  OLMo 2 normalises each
-  sublayer's output before it joins the stream; the published shares have no meaning there and
-  asking for ``"reference"`` is an error.
+  sublayer's output before it joins the stream (Gemma too); the published shares have no meaning
+  there and asking for ``"reference"`` is an error.
 """
 
 from __future__ import annotations
