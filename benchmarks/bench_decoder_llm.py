@@ -11,7 +11,7 @@ MLP layer.  What the lens keeps per layer is measured at the last-but-one layer 
 and scaled by the number of later blocks (it is linear in them, whether it stores dense directions
 or per-head factors); layers whose estimate exceeds ``--budget-gb`` are reported and skipped.
 
-    python benchmarks/bench_decoder_llm.py [--part speed|memory|all] [--layers 0,7,14] [--budget-gb 10]
+    python benchmarks/bench_decoder_llm.py [--part speed|memory|all] [--layers 0,7,14] [--budget-gb 10] [--threads 1]
 """
 
 from __future__ import annotations
@@ -154,8 +154,11 @@ def main() -> None:
     ap.add_argument("--part", choices=("speed", "memory", "all"), default="all")
     ap.add_argument("--layers", type=lambda s: [int(x) for x in s.split(",")], default=None)
     ap.add_argument("--budget-gb", type=float, default=10.0, help="skip layers whose lens would keep more")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.part in ("speed", "all"):
         speed(args.layers)
     if args.part in ("memory", "all"):
