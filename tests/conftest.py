@@ -123,3 +123,60 @@ def tiny_bpe_tokenizer(vocab_size=400):
     tok.train_from_iterator(CORPUS * 5, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
     return fast
+
+
+#: the decoder-LLM families of the tests: each config exercises one more feature
+DECODER_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gemma2", "gemma3")
+
+
+def tiny_decoder(family, seed=0, layers=4, dtype=torch.float64, attn="sdpa"):
+    """A random decoder LLM (no download) with grouped-query attention (4 query heads, 2 key/value
+    heads), random RMSNorm weights (q/k norms too) and random biases, so that no term can hide:
+
+    - llama: biases on q/k/v/o and on ``down_proj`` (``attention_bias``, ``mlp_bias``);
+    - mistral: a sliding window of 5 tokens;
+    - qwen2: q/k/v biases; a sliding window of 5 on layers 2 and 3 only;
+    - qwen3: per-head q/k norms, ``head_dim`` 12 (not ``hidden_size / heads``);
+    - phi3: fused ``qkv_proj`` / ``gate_up_proj``, rotary positions on half of each head;
+    - olmo2: RMSNorms after the sublayers, q/k norms over all heads;
+    - gemma2: ``1 + weight`` RMSNorms before and after the sublayers, soft-capped attention scores,
+      a window of 5 on layers 0 and 2 (eager attention only: its sdpa path cannot soft-cap);
+    - gemma3: as gemma2 without soft-capping, with per-head q/k norms and a rotary base per layer type."""
+    import transformers
+
+    torch.manual_seed(seed)
+    common = {"vocab_size": 60, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": layers,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64,
+              "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "tie_word_embeddings": False}
+    gemma_layers = ["sliding_attention", "full_attention"] * (layers // 2) + ["sliding_attention"] * (layers % 2)
+    extra = {
+        "llama": {"attention_bias": True, "mlp_bias": True},
+        "mistral": {"sliding_window": 5},
+        "qwen2": {"use_sliding_window": True, "sliding_window": 5, "max_window_layers": 2},
+        "qwen3": {"head_dim": 12},
+        "phi3": {"partial_rotary_factor": 0.5},
+        "olmo2": {},
+        "gemma2": {"head_dim": 8, "query_pre_attn_scalar": 10, "attn_logit_softcapping": 3.0,
+                   "final_logit_softcapping": None, "sliding_window": 5, "layer_types": gemma_layers},
+        "gemma3": {"head_dim": 8, "query_pre_attn_scalar": 10, "sliding_window": 5, "layer_types": gemma_layers},
+    }[family]
+    config_cls, model_cls = {
+        "llama": ("LlamaConfig", "LlamaForCausalLM"), "mistral": ("MistralConfig", "MistralForCausalLM"),
+        "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"), "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+        "phi3": ("Phi3Config", "Phi3ForCausalLM"), "olmo2": ("Olmo2Config", "Olmo2ForCausalLM"),
+        "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"), "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
+    }[family]
+    model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**common, **extra))
+    with torch.no_grad():
+        for mod in model.modules():
+            if type(mod).__name__.endswith("RMSNorm"):
+                mod.weight.normal_(1.0, 0.2)
+            elif isinstance(mod, torch.nn.Linear) and mod.bias is not None:
+                mod.bias.normal_(0.0, 0.2)
+    model.set_attn_implementation(decoder_attention(family, attn))
+    return model.to(dtype).eval()
+
+
+def decoder_attention(family, attn):
+    """The attention implementation to run: Gemma 2 has no sdpa path (it soft-caps scores)."""
+    return "eager" if family == "gemma2" else attn

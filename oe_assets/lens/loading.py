@@ -84,7 +84,11 @@ def load_model(
     name_or_path: str, dtype: str | torch.dtype = "float32", device: str = "auto", pooling: str | None = None,
 ) -> LoadedModel:
     """Load ``name_or_path`` (hub id or folder), pick its family's adapter by ``config.model_type``
-    and load the family's model class, its tokenizer and (CLIP) image processor."""
+    and load the family's model class, its tokenizer and (CLIP) image processor.
+
+    Decoder LLMs (``llama``, ``mistral``, ``qwen2``, ``qwen3``, ``phi3``, ``olmo2``) load as their
+    ``...ForCausalLM`` class, or the base class (``LlamaModel``, ...) for a base-model checkpoint;
+    a tokenizer without a pad token pads with its end-of-sequence token."""
     from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
     source = resolve_source(name_or_path)

@@ -54,14 +54,16 @@ CONVENTIONS = ("reference", "direct")
 
 def layer_norm_map(adapter: ModelAdapter, names: list[str], convention: str) -> torch.Tensor:
     """The linear part ``[d_model, d_model]`` of the frozen LayerNorms ``names`` applied in order:
-    ``diag(gamma)`` for the reference convention, ``prod diag(gamma) (I - 11^T/d)`` for direct."""
+    ``diag(gamma)`` for the reference convention, ``prod diag(gamma) (I - 11^T/d)`` for direct
+    (``diag(gamma)`` for an RMSNorm, which does not centre)."""
     D = adapter.d_model
     eye = torch.eye(D, dtype=adapter.dtype, device=adapter.device)
     centre = eye - 1.0 / D
     out = eye
     for name in names:
-        gamma = adapter.layer_norm(name).weight
-        step = torch.diag(gamma) if convention == "reference" else gamma[:, None] * centre
+        p = adapter.layer_norm(name)
+        # an RMSNorm (centred=False) never subtracts a mean: its linear part is diag(gamma) alone
+        step = torch.diag(p.weight) if convention == "reference" or not p.centred else p.weight[:, None] * centre
         out = step @ out
     return out
 

@@ -17,12 +17,13 @@ __all__ = ["slow_second_order_effects", "slow_path_contributions"]
 
 
 def _frozen_layer_norms(x: torch.Tensor, adapter: ModelAdapter, cap: Capture, names: list[str], at: str):
-    """Apply ``v -> gamma * (v - mean(v)) / sigma[b, token]`` for each LayerNorm in ``names``;
-    ``x``: ``[batch, tokens, K, d_model]``."""
+    """Apply ``v -> gamma * (v - mean(v)) / sigma[b, token]`` for each LayerNorm in ``names``
+    (``v -> gamma * v / sigma[b, token]`` for an RMSNorm); ``x``: ``[batch, tokens, K, d_model]``."""
     for name in names:
-        gamma = adapter.layer_norm(name).weight
+        p = adapter.layer_norm(name)
         sigma = cap.at(cap.ln_std[name], at)
-        x = gamma * (x - x.mean(-1, keepdim=True)) / sigma[:, :, None, None]
+        centred = x - x.mean(-1, keepdim=True) if p.centred else x
+        x = p.weight * centred / sigma[:, :, None, None]
     return x
 
 

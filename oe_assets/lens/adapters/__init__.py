@@ -7,10 +7,20 @@ import torch
 from .base import AttentionWeights, Capture, LayerNormParams, ModelAdapter
 from .bert import BertAdapter
 from .clip_vision import CLIPVisionAdapter
+from .decoder import (
+    DecoderLMAdapter,
+    Gemma2Adapter,
+    Gemma3Adapter,
+    Olmo2Adapter,
+    Phi3Adapter,
+)
 from .gpt2 import GPT2Adapter
 
 #: every known family, tried in order
-ADAPTERS: list[type[ModelAdapter]] = [CLIPVisionAdapter, GPT2Adapter, BertAdapter]
+ADAPTERS: list[type[ModelAdapter]] = [
+    CLIPVisionAdapter, GPT2Adapter, BertAdapter, DecoderLMAdapter, Phi3Adapter, Olmo2Adapter, Gemma2Adapter,
+    Gemma3Adapter,
+]
 
 
 def register_adapter(adapter: type[ModelAdapter]) -> type[ModelAdapter]:
@@ -33,6 +43,19 @@ def get_adapter(model: torch.nn.Module | ModelAdapter, pooling: str | None = Non
 
 
 __all__ = [
-    "ADAPTERS", "AttentionWeights", "BertAdapter", "GPT2Adapter", "Capture", "CLIPVisionAdapter", "LayerNormParams",
-    "ModelAdapter", "get_adapter", "register_adapter",
+    "ADAPTERS",
+    "AttentionWeights",
+    "BertAdapter",
+    "CLIPVisionAdapter",
+    "Capture",
+    "DecoderLMAdapter",
+    "GPT2Adapter",
+    "Gemma2Adapter",
+    "Gemma3Adapter",
+    "LayerNormParams",
+    "ModelAdapter",
+    "Olmo2Adapter",
+    "Phi3Adapter",
+    "get_adapter",
+    "register_adapter",
 ]

@@ -42,11 +42,16 @@ class AttentionWeights:
 
 @dataclass(frozen=True)
 class LayerNormParams:
-    """``weight`` and ``bias`` (``[d_model]``) of one LayerNorm, and its ``eps``."""
+    """``weight`` and ``bias`` (``[d_model]``) of one LayerNorm, and its ``eps``.
+
+    ``centred``: True for a LayerNorm, ``y = weight * (x - mean x) / sqrt(var x + eps) + bias``;
+    False for an RMSNorm, ``y = weight * x / sqrt(mean(x^2) + eps)`` (``bias`` zeros): its frozen
+    linear part has no centring, and its recorded mean is 0."""
 
     weight: torch.Tensor
     bias: torch.Tensor
     eps: float
+    centred: bool = True
 
 
 @dataclass
@@ -179,6 +184,15 @@ class ModelAdapter(ABC):
         ln = self.model.get_submodule(name)
         return LayerNormParams(ln.weight, ln.bias, ln.eps)
 
+    def attention_probabilities(
+        self, x: torch.Tensor, block: int, query_positions: torch.Tensor, bias: torch.Tensor | None,
+        inputs: Mapping[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """Block ``block``'s attention probabilities ``[batch, heads, queries, tokens]`` recomputed from
+        its input ``x`` ``[batch, tokens, d_model]``; ``bias`` is :meth:`attention_bias` at the query
+        rows.  Families with rotary positions, q/k norms or per-layer windows override this."""
+        return attention_probabilities(x, self.attention_weights(block), query_positions, bias)
+
     def projection(self) -> torch.Tensor | None:
         """``P [d_model, d_out]`` applied after the final LayerNorm and pooling, or None."""
         return None
@@ -274,14 +288,19 @@ class ModelAdapter(ABC):
 
         def record_attention(name, index, module, args, kwargs):
             x = args[0] if args else kwargs["hidden_states"]
-            store["attention"][index[0]] = attention_probabilities(
-                x, self.attention_weights(index[0]), query_positions, bias
-            )
+            store["attention"][index[0]] = self.attention_probabilities(x, index[0], query_positions, bias, inputs)
+
+        norm_params = {name: self.layer_norm(name) for name in layer_norms}
 
         def record_layer_norm(name, index, module, args, kwargs):
-            x = args[0] if args else kwargs["input"]
-            mean = x.mean(-1)
-            std = torch.sqrt(x.var(-1, unbiased=False) + module.eps)
+            x = args[0] if args else kwargs.get("input", kwargs.get("hidden_states"))
+            p = norm_params[name]
+            if p.centred:
+                mean = x.mean(-1)
+                std = torch.sqrt(x.var(-1, unbiased=False) + p.eps)
+            else:  # RMSNorm: no centring, sigma is the root mean square
+                mean = torch.zeros_like(x[..., 0])
+                std = torch.sqrt(x.pow(2).mean(-1) + p.eps)
             if x.dim() == 2:  # a LayerNorm applied to the pooled token only
                 mean, std = mean[:, None], std[:, None]
             store["mean"][name], store["std"][name] = mean, std

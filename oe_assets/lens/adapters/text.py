@@ -64,3 +64,66 @@ class TextAdapter(ModelAdapter):
 
     def _all_queries(self, inputs):
         return torch.arange(self.n_tokens(inputs), device=self.device)
+
+
+class CausalLMAdapter(TextAdapter):
+    """A causal LM read at its last non-padding token: ``r`` is the final (normed) stream there, and
+    the classifier and vocabulary are rows of the unembedding ``W_U [vocab, d_model]``
+    (:meth:`unembedding`), so ``r @ classifier`` are next-token logits (``d_out = d_model``)."""
+
+    unit_classifier = False
+
+    def unembedding(self) -> torch.Tensor:
+        """``W_U [vocab, d_model]``."""
+        raise NotImplementedError
+
+    def positions(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``[batch, tokens]`` position ids that count real tokens only, so left padding does not
+        shift them (right and left padding then give the same effects)."""
+        return (inputs["attention_mask"].cumsum(1) - 1).clamp(min=0)
+
+    def attention_bias(self, inputs):
+        return self._padding_bias(inputs, causal=True)
+
+    def last_positions(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        mask = inputs["attention_mask"]
+        positions = torch.arange(mask.shape[1], device=mask.device)
+        return (mask * (positions + 1)).argmax(dim=1)  # last position holding a real token
+
+    def readout(self, inputs: Mapping[str, torch.Tensor]):
+        B, T = inputs["input_ids"].shape
+        w = torch.zeros(B, T, dtype=self.dtype, device=self.device)
+        w[torch.arange(B, device=self.device), self.last_positions(inputs)] = 1.0
+        return self._all_queries(inputs), w
+
+    def zero_shot_classifier(self, tokenizer, classnames, templates=None) -> torch.Tensor:
+        """``[d_model, classes]``: column ``c`` is the unembedding row of the first token of the label
+        continuation ``" " + classnames[c]``, so ``r @ classifier`` are the next-token logits of the
+        labels after the input (phrase the inputs so a label is the natural continuation, e.g.
+        ``"<text> Topic:"``).  ``templates`` are not used by causal LMs."""
+        if not classnames:
+            raise ValueError("classnames is empty")
+        W_U = self.unembedding()
+        firsts = []
+        for name in classnames:
+            ids = tokenizer(" " + name.strip(), add_special_tokens=False)["input_ids"]
+            if not ids:
+                raise ValueError(f"class name {name!r} tokenizes to nothing")
+            firsts.append(ids[0])
+        if len(set(firsts)) < len(firsts):
+            raise ValueError(f"class names {list(classnames)} share first tokens; causal-LM labels must differ "
+                             "in their first token")
+        return W_U[torch.tensor(firsts, device=W_U.device)].T.detach().clone()
+
+    def unembedding_vocabulary(self, tokenizer, words):
+        """``(kept_words, W_U rows [kept, d_model])`` for the words that are one token after a space."""
+        W_U = self.unembedding()
+        kept, rows = [], []
+        for word in words:
+            ids = tokenizer(" " + word.strip(), add_special_tokens=False)["input_ids"]
+            if len(ids) == 1:
+                kept.append(word.strip())
+                rows.append(ids[0])
+        if not kept:
+            raise ValueError("none of the words is a single token of this tokenizer")
+        return kept, W_U[torch.tensor(rows, device=W_U.device)].detach().clone()
