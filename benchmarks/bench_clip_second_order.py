@@ -59,7 +59,7 @@ def main() -> None:
         sync(dev)
         t_pre = time.perf_counter() - t0
 
-        def run():
+        def run(lens=lens):
             out = lens(x)
             sync(dev)
             return out
@@ -83,7 +83,7 @@ def main() -> None:
         del out
         print(f"fast path, layer {layer:2d}       {1e3 * t_fast / B:9.2f} ms/image   "
               f"(fast/forward {t_fast / t_fwd:5.2f}x; one-time precomputation {t_pre:6.2f} s, "
-              f"M {lens.M.numel() * lens.M.element_size() / 2**20:7.1f} MiB)")
+              f"dense M {lens.factors.nbytes() / 2**20:7.1f} MiB, kept while it is under dense_cache_bytes)")
         print(f"   batch memory: output {out_bytes / 2**20:7.1f} MiB, extra {how} {extra / 2**20:7.1f} MiB "
               f"({extra / out_bytes:4.2f}x output)")
         del lens

@@ -6,8 +6,9 @@ batch 8 x 128 tokens: the model's forward pass against the lens (capture forward
 first, middle and last-but-one MLP layers; one-time precomputation printed apart.
 
 ``memory``: a Llama-3.2-1B shape (d 2048, 8,192 neurons, 16 layers, 32 heads, 8 key/value heads),
-batch 1 x 128 tokens: peak extra RSS of building the lens and computing one batch of effects, per
-MLP layer.  What the lens keeps per layer is measured at the last-but-one layer (one later block)
+batch 1 x 128 tokens: peak extra RSS of building the lens and computing one batch of factorized
+effects (path weights, and the norms of every neuron's effect, formed one neuron block at a time),
+per MLP layer.  What the lens keeps per layer is measured at the last-but-one layer (one later block)
 and scaled by the number of later blocks (it is linear in them, whether it stores dense directions
 or per-head factors); layers whose estimate exceeds ``--budget-gb`` are reported and skipped.
 
@@ -119,7 +120,7 @@ def memory(layers: list[int] | None, budget_gb: float) -> None:
     with PeakRSS() as fwd, torch.no_grad():
         t_fwd, _ = timed(lambda: adapter.forward(batch), repeat=1)
     print(f"forward pass: {1e3 * t_fwd:.0f} ms, peak extra RSS {fwd.extra / GiB:.2f} GiB")
-    probe = SecondOrderLens(adapter, L - 2)
+    probe = SecondOrderLens(adapter, L - 2, dense_cache_bytes=0)
     per_block = lens_bytes(probe)
     del probe
     gc.collect()
@@ -137,14 +138,19 @@ def memory(layers: list[int] | None, budget_gb: float) -> None:
             continue
         with PeakRSS() as rss:
             t0 = time.perf_counter()
-            lens = SecondOrderLens(adapter, layer)
+            lens = SecondOrderLens(adapter, layer, dense_cache_bytes=0)
             t_pre = time.perf_counter() - t0
             t0 = time.perf_counter()
-            out = lens(batch)
+            out = lens.factorized(batch)
             t_eff = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            out.norms()  # every (sample, neuron): dense neuron blocks only
+            t_norms = time.perf_counter() - t0
+        alpha = out.alpha.numel() * out.alpha.element_size()
         print(f"layer {layer:2d} ({L - 1 - layer:2d} later blocks): peak extra RSS {rss.extra / GiB:6.2f} GiB "
-              f"(lens keeps {lens_bytes(lens) / GiB:5.2f} GiB, output {out.numel() * 4 / GiB:.3f} GiB); "
-              f"precomputation {t_pre:5.1f} s, effects {t_eff:5.2f} s ({t_eff / t_fwd:4.1f}x forward)")
+              f"(lens keeps {lens_bytes(lens) / GiB:5.2f} GiB, path weights {alpha / GiB:.3f} GiB); "
+              f"precomputation {t_pre:5.1f} s, effects {t_eff:5.2f} s ({t_eff / t_fwd:4.1f}x forward), "
+              f"all norms {t_norms:5.1f} s")
         del lens, out
         gc.collect()
 

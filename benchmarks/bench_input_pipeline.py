@@ -68,7 +68,6 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="oe_inputs_"))
     try:
         sizes = make_tree(work / "train", args.classes, args.per_class)
-        n = len(sizes)
         print(f"synthetic ImageNet tree: {args.classes} classes x {args.per_class} JPEGs, 500x375, "
               f"mean {np.mean(sizes) / 1e3:.0f} KB; {os.cpu_count()} CPUs")
         processor = CLIPImageProcessor()  # 224 px resize + centre crop + normalise (the CLIP defaults)

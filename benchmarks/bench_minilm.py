@@ -37,7 +37,7 @@ def main() -> None:
         t0 = time.perf_counter()
         lens = SecondOrderLens(lm.adapter, layer)
         t_pre = time.perf_counter() - t0
-        t_fast, _ = timed(lambda: [lens(b) for b in batches], repeat=2)
+        t_fast, _ = timed(lambda lens=lens: [lens(b) for b in batches], repeat=2)
         total += t_fast
         print(f"fast path, layer {layer}        {1e3 * t_fast / n:8.2f} ms/sample   (fast/forward {t_fast / t_fwd:5.2f}x; "
               f"precomputation {t_pre:5.2f} s)")

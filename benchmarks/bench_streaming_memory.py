@@ -1,9 +1,10 @@
-"""Peak memory of materializing a ViT-B/32-shaped effect tensor larger than memory budgets.
+"""Peak memory of materializing ViT-B/32-shaped effects whose dense tensor exceeds memory budgets.
 
 Builds a random ViT-B/32-shaped CLIP vision tower (width 768, 12 layers, 3072 neurons, output 512)
-and N random images (memory-mapped .npy), then materializes `second_order_effects` (streamed into
-HDF5 batch by batch) and `neuron_pcas` (read back neuron block by neuron block) for one layer through
-Dagster, in this process, and prints the tensor size, the times and the peak RSS.
+and N random images (memory-mapped .npy), then materializes `second_order_effects` (factorized,
+streamed into HDF5 batch by batch) and `neuron_pcas` (densified neuron block by neuron block) for one
+layer through Dagster, in this process, and prints the dense size, the file size, the times and the
+peak RSS.
 
     python benchmarks/bench_streaming_memory.py [--samples 2000] [--layer 9] [--workdir DIR]
 """
@@ -70,12 +71,12 @@ def main() -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     path = work / "store" / "second_order_effects" / f"{args.layer}.h5"
     n_bytes = args.samples * 3072 * 512 * 4
-    print(f"effect tensor [{args.samples}, 3072, 512] float32 = {n_bytes / 2**30:.2f} GiB "
-          f"(file {path.stat().st_size / 2**30:.2f} GiB, lzf)")
+    print(f"dense effect tensor [{args.samples}, 3072, 512] float32 = {n_bytes / 2**30:.2f} GiB; "
+          f"factorized file {path.stat().st_size / 2**30:.3f} GiB")
     print(f"second_order_effects, layer {args.layer}: {t1 - t0:7.1f} s ({1e3 * (t1 - t0) / args.samples:.1f} ms/image)")
-    print(f"neuron_pcas (block-wise read):     {t2 - t1:7.1f} s")
+    print(f"neuron_pcas (neuron blocks):        {t2 - t1:7.1f} s")
     print(f"peak RSS: {before:.2f} GiB before, {after_effects:.2f} GiB after effects, {peak:.2f} GiB after PCA "
-          f"(tensor / peak RSS = {n_bytes / 2**30 / peak:.1f}x)")
+          f"(dense tensor / peak RSS = {n_bytes / 2**30 / peak:.1f}x)")
     assert result.success
     if not args.keep and not args.workdir:
         shutil.rmtree(work)

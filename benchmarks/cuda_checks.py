@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import padded_batch, tiny_bert, tiny_clip_vision, tiny_gpt2  # noqa: E402
+from conftest import padded_batch, tiny_bert, tiny_clip_vision, tiny_gpt2
 
-from oe_assets.lens import SecondOrderLens, slow_second_order_effects  # noqa: E402
+from oe_assets.lens import SecondOrderLens, slow_second_order_effects
 
 failures = []
 
@@ -50,7 +50,8 @@ def main() -> None:
                 x = torch.from_numpy(d[f"{split}_images"]).to(dev, dtype)
                 out = lens(x)
                 assert out.device.type == "cuda" and out.dtype == dtype
-                report(f"reference CLIP {str(dtype)[6:]} layer {layer} {split}", rel(out, d[f"{split}_second_order_layer{layer}"]), bar)
+                expected = d[f"{split}_second_order_layer{layer}"]
+                report(f"reference CLIP {str(dtype)[6:]} layer {layer} {split}", rel(out, expected), bar)
     for name, build, batch in (
         ("clip", lambda: tiny_clip_vision(seed=1), torch.randn(3, 3, 16, 16, dtype=torch.float64)),
         ("bert", lambda: tiny_bert(seed=1), padded_batch(seed=2)),

@@ -6,12 +6,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import warnings
 from pathlib import Path
 
 import dagster as dg
-import h5py
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -199,7 +197,8 @@ def test_tiny_bert_graph(bert_profile, tmp_path):
     summary = pq.read_table(store / "layer_summary" / "all.parquet").to_pylist()
     assert [r["layer"] for r in summary] == [0, 1]
     # the stored effects are the lens's own
-    lens = SecondOrderLens(model_module._CACHE[next(k for k in model_module._CACHE if k[0] == bert_profile["model"]["source"])].adapter, 1)
+    cached = next(k for k in model_module._CACHE if k[0] == bert_profile["model"]["source"])
+    lens = SecondOrderLens(model_module._CACHE[cached].adapter, 1)
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(bert_profile["model"]["source"])

@@ -354,7 +354,7 @@ def test_textdataset_validation_and_equality():
         TextDataset(["a"], np.array([0.5]), None)
     with pytest.raises(ValueError, match="out of range"):
         TextDataset(["a"], np.array([3]), ["x", "y"])
-    with pytest.raises(Exception):  # frozen
+    with pytest.raises(AttributeError):  # frozen
         ds.texts = []  # type: ignore[misc]
     assert len(TextDataset([], np.array([], dtype=np.int64), None)) == 0
 

@@ -1,6 +1,5 @@
 """The text side of every stage: classifiers, vocabularies, loading (tiny models and real MiniLM)."""
 
-import numpy as np
 import pytest
 import torch
 

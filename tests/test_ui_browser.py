@@ -320,7 +320,7 @@ def test_ui_graph_launch_layer_and_open_neuron_report(ui_server, page):
     except BaseException:
         try:
             _shot(page, "failure")
-        except Exception:  # noqa: BLE001 - the original error matters more
+        except Exception:
             pass
         raise
 

@@ -73,7 +73,8 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
             for key in context.partition_keys:
                 effects = open_effects(second_order_effects[key], device=model.compute_device())
                 pca = neuron_pca(effects, analysis.top_k,
-                                 progress=lambda done, total: context.log.debug(f"layer {key}: PCA {done}/{total} neurons"))
+                                 progress=lambda done, total, key=key: context.log.debug(
+                                     f"layer {key}: PCA {done}/{total} neurons"))
                 order = np.argsort(-pca.thresholds)[: analysis.report_neurons]
                 layer_meta(context, key, preview=dg.MetadataValue.md(md_table(
                     [{"neuron": int(n), "threshold": float(pca.thresholds[n]), "max norm": float(pca.norms[n, -1])}

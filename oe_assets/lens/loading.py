@@ -94,7 +94,7 @@ def load_model(
     source = resolve_source(name_or_path)
     try:
         config = AutoConfig.from_pretrained(source)
-    except Exception as err:  # noqa: BLE001 - re-raised with the input named
+    except Exception as err:
         raise ValueError(f"cannot load a model config from {name_or_path!r}: {err}") from err
     model_type = getattr(config, "model_type", "")
     for adapter_cls in ADAPTERS:
@@ -113,7 +113,7 @@ def load_model(
     def optional(loader):
         try:
             return loader.from_pretrained(source)
-        except Exception:  # noqa: BLE001 - a vision tower has no tokenizer, a text model no processor
+        except Exception:
             return None
 
     tokenizer = optional(AutoTokenizer)

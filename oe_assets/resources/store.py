@@ -150,7 +150,7 @@ def write_h5(path: Path, payload: H5Payload) -> None:
                     continue
                 arr = np.asarray(arr)
                 f.create_dataset(name, data=arr, chunks=_chunks(arr.shape),
-                                 compression="gzip" if arr.size >= 1024 else None, compression_opts=1 if arr.size >= 1024 else None)
+                                 **({"compression": "gzip", "compression_opts": 1} if arr.size >= 1024 else {}))
             _write_attrs(f, payload.attrs)
 
 
