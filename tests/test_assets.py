@@ -406,3 +406,50 @@ def test_missing_upstream_layer_is_named(tmp_path):
 def test_sparsity_check_sees_the_coder_output():
     assert check_sparsity(np.zeros((2, 3), int), np.ones((2, 3)), 3, coder_nonzeros=3)[0]
     assert not check_sparsity(np.zeros((2, 3), int), np.ones((2, 3)), 3, coder_nonzeros=5)[0]
+
+
+def test_tiny_llama_graph(tmp_path):
+    """The whole graph on a tiny random Llama (grouped-query attention, RMSNorm, rotary positions)
+    saved to a folder, with a byte-level BPE tokenizer trained here."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from conftest import CORPUS, tiny_bpe_tokenizer
+
+    tok = tiny_bpe_tokenizer()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False))
+    with torch.no_grad():  # non-trivial RMSNorm weights
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(1.0, 0.2)
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    rows = [(text + " Topic:", i % 2) for i, text in enumerate(CORPUS)]
+    for split in ("train", "val"):
+        with open(tmp_path / f"{split}.jsonl", "w") as f:
+            for t, y in rows:
+                f.write(json.dumps({"text": t, "label": y}) + "\n")
+    (tmp_path / "classes.json").write_text(json.dumps(["sports", "music"]))
+    (tmp_path / "vocab.txt").write_text("\n".join(["cat", "dog", "team", "rain", "bread", "court", "star", "music"]))
+    profile = {
+        "model": {"source": str(tmp_path / "model"), "dtype": "float64", "device": "cpu", "batch_size": 4},
+        "dataset": {"kind": "text", "train_path": str(tmp_path / "train.jsonl"),
+                    "val_path": str(tmp_path / "val.jsonl"), "classes_path": str(tmp_path / "classes.json")},
+        "analysis": {"top_k": 3, "components": 2, "vocabulary_path": str(tmp_path / "vocab.txt")},
+        "storage": {"base_dir": str(tmp_path / "store")},
+    }
+    defs = build_definitions(profile)
+    assert defs.resolve_assets_def("second_order_effects").partitions_def.get_partition_keys() == ["0", "1"]
+    instance = dg.DagsterInstance.ephemeral()
+    materialize(defs, INPUTS, instance)
+    result = materialize(defs, LAYERED, instance, tags=layer_range(0, 1))
+    checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["fast_path_equals_slow_path"] and all(checks.values())
+    materialize(defs, ["layer_summary"], instance)
+    store = tmp_path / "store"
+    effects = open_effects(H5Group(store / "second_order_effects" / "0.h5"))
+    assert effects.shape == (len(rows), 48, 32) and effects.n_paths == 2 * 4
+    summary = pq.read_table(store / "layer_summary" / "all.parquet").to_pylist()
+    assert [r["layer"] for r in summary] == [0, 1]
