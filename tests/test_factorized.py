@@ -32,6 +32,9 @@ def _text_inputs(seed):
 
 
 CASES = {
+    # the official reference CLIP and its own images (from ../shared)
+    "reference-clip-reference": ("reference_model", "reference", None),
+    "reference-clip-direct": ("reference_model", "direct", None),
     "clip-reference": (lambda: tiny_clip_vision(seed=3, layers=4), "reference", _clip_inputs),
     "clip-direct": (lambda: tiny_clip_vision(seed=3, layers=4), "direct", _clip_inputs),
     "bert-direct": (lambda: tiny_bert(seed=5), "direct", _text_inputs),
@@ -43,10 +46,14 @@ CASES = {
 @pytest.fixture(scope="module", params=list(CASES))
 def case(request):
     build, convention, inputs = CASES[request.param]
-    model = build()
+    if build == "reference_model":
+        model = request.getfixturevalue("reference_model")
+        batch = torch.from_numpy(request.getfixturevalue("reference")[0]["train_images"][:12])
+    else:
+        model = build()
+        batch = inputs(seed=11)
     layer = 1
     lens = SecondOrderLens(model, layer, convention=convention, dense_cache_bytes=0)
-    batch = inputs(seed=11)
     fe = lens.factorized(batch)
     dense = slow_second_order_effects(model, batch, layer, convention=convention).numpy()
     return lens, fe, dense, batch
