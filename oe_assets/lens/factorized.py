@@ -214,10 +214,12 @@ class FactorizedEffects:
             return torch.cat([self.dense_block(slice(int(s), int(s) + 1), n_pos) for s in s_pos]) \
                 if s_pos.size else torch.empty(0, n_pos.size, self.shape[2], dtype=self.dtype, device=self.device)
         a = self._alpha(run, n_pos)  # [s, P, k]
-        out = torch.einsum("spn,npd->snd", a, M)
+        # one GEMM per neuron over contiguous operands, written straight into a contiguous [s, k, d]
+        out = torch.empty(a.shape[0], n_pos.size, self.shape[2], dtype=self.dtype, device=self.device)
+        torch.bmm(a.permute(2, 0, 1).contiguous(), M, out=out.permute(1, 0, 2))
         if self.const is not None:
             out += self.const[run, None, :]
-        return out * self.scale[run, None, None]
+        return out.mul_(self.scale[run, None, None])
 
     def __getitem__(self, index) -> np.ndarray:
         """``effects[samples, neurons, dims]`` as a numpy array, like indexing the dense tensor
@@ -261,30 +263,77 @@ class FactorizedEffects:
     def norms(self, centre=None, neurons=slice(None),
               progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """``|effects[s, n] - centre[n]|`` ``[samples, len(neurons)]`` (``centre`` ``[neurons, d_out]``
-        over the selected neurons, or None), one dense neuron block at a time."""
+        over the selected neurons, or None), one neuron block at a time, without forming it (see
+        :meth:`_block_norms`)."""
         S, N, _ = self.shape
         n_pos = _positions(neurons, N)
         c = None if centre is None else _tensor(centre, self.dtype, self.device)
         out = np.empty((S, n_pos.size))
-        step = self._neuron_step(S)  # alpha of one neuron block, every sample: read once
-        item = torch.empty(0, dtype=self.dtype).element_size()
+        shifted = self._shifted_const()
+        for i0, sel, a in self._neuron_blocks(n_pos):
+            block_c = None if c is None else c[i0:i0 + sel.size]
+            out[:, i0:i0 + sel.size] = self._block_norms(a, sel, block_c, shifted)[0].T.cpu().numpy()
+            if progress is not None:
+                progress(i0 + sel.size, n_pos.size)
+        return out
+
+    def top_rows(self, centre, top_k: int, neurons=slice(None)):
+        """For every selected neuron ``n``, its ``top_k`` samples by ``|effects[s, n] - centre[n]|``:
+        ``(norms [k, top_k]`` ascending, ``rows [k, top_k, d_out]`` = those centred effects), in neuron
+        blocks; yields ``(first, count, norms, rows)`` per block (the PCA's input)."""
+        S, N, _ = self.shape
+        n_pos = _positions(neurons, N)
+        c = _tensor(centre, self.dtype, self.device)
+        shifted = self._shifted_const()
+        for i0, sel, a in self._neuron_blocks(n_pos):
+            block_c = c[i0:i0 + sel.size]
+            norms, y, M = self._block_norms(a, sel, block_c, shifted)  # [k, S]
+            top = torch.sort(norms, dim=1, stable=True).indices[:, S - top_k:]  # ascending norms
+            y_top = torch.take_along_dim(y, top[:, :, None], dim=1)  # [k, top_k, P]
+            rows = torch.bmm(y_top, M)  # [k, top_k, d]
+            if self.const is not None:
+                rows += (self.scale[:, None] * self.const)[top]
+            rows -= block_c[:, None, :]
+            yield i0, sel.size, torch.take_along_dim(norms, top, dim=1), rows
+
+    def _neuron_blocks(self, n_pos: np.ndarray):
+        """``(first, positions, alpha [S, P, k])`` over neuron blocks: each block's ``alpha`` is read
+        once for every sample (whole chunks)."""
+        step = self._neuron_step(self.shape[0])
         for i0 in range(0, n_pos.size, step):
             sel = n_pos[i0:i0 + step]
-            a = self._alpha(slice(None), sel)  # [S, P, k]
-            M = self.factors.block(_as_slice(sel) or sel, self.dtype, self.device)  # [k, P, d]
-            s_step = max(1, self.block_bytes // max(1, sel.size * self.shape[2] * item))
-            for s0 in range(0, S, s_step):
-                run = slice(s0, min(S, s0 + s_step))
-                block = torch.einsum("spn,npd->snd", a[run], M)
-                if self.const is not None:
-                    block += self.const[run, None, :]
-                block *= self.scale[run, None, None]
-                if c is not None:
-                    block -= c[i0:i0 + sel.size]
-                out[run, i0:i0 + sel.size] = torch.linalg.vector_norm(block, dim=-1).cpu().numpy()
-            if progress is not None:
-                progress(min(n_pos.size, i0 + step), n_pos.size)
-        return out
+            yield i0, sel, self._alpha(slice(None), sel)
+
+    def _shifted_const(self):
+        """``(w [S, d_out], left^T w [S, P, d_head])`` for ``w[s] = scale[s] const[s]``, or None."""
+        if self.const is None:
+            return None
+        w = self.scale[:, None] * self.const
+        return w, torch.einsum("sd,pdk->spk", w, _tensor(self.factors.left, self.dtype, self.device))
+
+    def _block_norms(self, a: torch.Tensor, sel: np.ndarray, c: torch.Tensor | None, shifted):
+        """Norms ``[k, S]`` of a neuron block's centred effects from its Gram matrices, never the block.
+
+        With ``y[s, p] = scale[s] alpha[s, p, n]``, ``w[s] = scale[s] const[s]``, ``G = M[n] M[n]^T``
+        ``[P, P]``: ``|y M[n] + w - c|^2 = y^T G y + 2 y . (M[n] w - M[n] c) + |w - c|^2``, where
+        ``M[n] w = right[:, :, n] . (left^T w)`` uses the factors.  That is ``P^2 + P d_head`` operations
+        per (sample, neuron) against ``P d_out`` for the dense block (5.8x fewer at ViT-B/32 layer 9).
+        Also returns ``y`` ``[k, S, P]`` and ``M[sel]`` ``[k, P, d]`` for the caller's top rows."""
+        M = self.factors.block(_as_slice(sel) or sel, self.dtype, self.device)  # [k, P, d]
+        y = (a * self.scale[:, None, None]).permute(2, 0, 1).contiguous()  # [k, S, P]
+        sq = (torch.bmm(y, torch.bmm(M, M.transpose(1, 2))) * y).sum(-1)  # y^T G y: [k, S]
+        if shifted is not None:
+            w, lw = shifted
+            right = _tensor(self.factors.right[:, :, _as_slice(sel) or sel], self.dtype, self.device)
+            Mw = torch.einsum("spk,pkn->nsp", lw, right)  # M[n] w[s]: [k, S, P]
+            sq += 2 * (y * Mw).sum(-1) + (w * w).sum(-1)[None, :]
+            if c is not None:
+                sq -= 2 * (c @ w.T)  # 2 w . c: [k, S]
+        if c is not None:
+            Mc = torch.einsum("npd,nd->np", M, c)  # [k, P]
+            sq += -2 * (y * Mc[:, None, :]).sum(-1) + (c * c).sum(-1)[:, None]
+        # the expansion can round a zero norm to a tiny negative
+        return torch.sqrt(torch.clamp(sq, min=0)), y, M
 
     def masked_sum(self, mask=None, centre=None) -> np.ndarray:
         """``sum_n mask[s, n] (effects[s, n] - centre[n])`` ``[samples, d_out]`` (``mask`` ``[samples,

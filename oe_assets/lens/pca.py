@@ -39,7 +39,10 @@ def neuron_pca(
     3. ``components[n]`` = first right singular vector of those rows, negated unless more than
        ``top_k // 2`` of them project positively on it.
     Computed in float64.  ``block_size`` defaults to as many neurons as fit ``block_bytes`` of
-    float64 samples, so memory stays bounded whatever the number of samples."""
+    float64 samples, so memory stays bounded whatever the number of samples.  Factorized effects
+    (:class:`~oe_assets.lens.factorized.FactorizedEffects`) take their own path: the means and every
+    centred norm come from the factors, and only each neuron's top rows are formed
+    (:meth:`~oe_assets.lens.factorized.FactorizedEffects.top_rows`)."""
     shape = tuple(getattr(effects, "shape", ()))
     if len(shape) != 3:
         raise ValueError(f"effects must be [samples, neurons, d_out], got shape {shape}")
@@ -57,6 +60,15 @@ def neuron_pca(
     norms = np.empty((N, top_k))
     means = np.empty((N, d))
     explained = np.empty(N)
+    if hasattr(effects, "top_rows"):  # factorized: only the top rows are ever formed
+        means[:] = effects.mean()
+        for n0, count, top_norms, rows in effects.top_rows(means, top_k):
+            n1 = n0 + count
+            norms[n0:n1] = top_norms.cpu().numpy()
+            components[n0:n1], explained[n0:n1] = _principal(rows.cpu().numpy(), top_k)
+            if progress is not None:
+                progress(n1, N)
+        return NeuronPCA(components, norms, means, explained)
     for n0 in range(0, N, block_size):
         n1 = min(N, n0 + block_size)
         block = effects[:, n0:n1, :]
@@ -67,12 +79,18 @@ def neuron_pca(
         row_norms = np.linalg.norm(centred, axis=-1)  # [nb, S]
         top = np.argsort(row_norms, axis=1, kind="stable")[:, S - top_k:]  # ascending norms
         rows = np.take_along_axis(centred, top[:, :, None], axis=1)  # [nb, k, d]
-        _, sv, vt = np.linalg.svd(rows, full_matrices=False)
-        explained[n0:n1] = sv[:, 0] ** 2 / np.maximum((sv ** 2).sum(axis=1), 1e-300)
-        pc = vt[:, 0, :]  # [nb, d]
-        positive = (np.einsum("nkd,nd->nk", rows, pc) > 0).sum(axis=1)
-        pc = np.where((positive > top_k // 2)[:, None], pc, -pc)
-        components[n0:n1], norms[n0:n1], means[n0:n1] = pc, np.take_along_axis(row_norms, top, 1), mean
+        components[n0:n1], explained[n0:n1] = _principal(rows, top_k)
+        norms[n0:n1], means[n0:n1] = np.take_along_axis(row_norms, top, 1), mean
         if progress is not None:
             progress(n1, N)
     return NeuronPCA(components, norms, means, explained)
+
+
+def _principal(rows: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """First right singular vector of each neuron's top rows ``[nb, k, d]`` with the sign rule, and
+    the share of variance along it: ``(components [nb, d], explained [nb])``."""
+    _, sv, vt = np.linalg.svd(rows, full_matrices=False)
+    explained = sv[:, 0] ** 2 / np.maximum((sv ** 2).sum(axis=1), 1e-300)
+    pc = vt[:, 0, :]  # [nb, d]
+    positive = (np.einsum("nkd,nd->nk", rows, pc) > 0).sum(axis=1)
+    return np.where((positive > top_k // 2)[:, None], pc, -pc), explained
