@@ -195,8 +195,11 @@ class FactorizedEffects:
         return step if c is None else max(c[0], step // c[0] * c[0])
 
     def _neuron_step(self, samples: int) -> int:
+        """Neurons per block: a block holds their ``alpha`` for ``samples`` samples, their directions
+        ``M`` ``[k, P, d_out]`` and Gram matrices ``[k, P, P]``."""
         item = torch.empty(0, dtype=self.dtype).element_size()
-        step = max(1, self.block_bytes // max(1, samples * self.n_paths * item))
+        P = self.n_paths
+        step = max(1, self.block_bytes // max(1, (samples * P + P * self.shape[2] + P * P) * item))
         c = self.chunks
         return step if c is None else max(c[1], step // c[1] * c[1])
 

@@ -336,8 +336,16 @@ def attention_probabilities(
     the model runs (``sdpa`` and flash kernels never return probabilities).  Softmax runs in the
     model's dtype, or float32 for half-precision models."""
     q = torch.einsum("bqd,hed->bhqe", x[:, query_positions], w.W_q) + w.b_q[None, :, None, :]
-    k = torch.einsum("btd,hed->bhte", x, w.W_k) + w.b_k[None, :, None, :]
-    scores = torch.einsum("bhqe,bhte->bhqt", q, k) * w.scale
+    heads, _, d_model = w.W_k.shape
+    if query_positions.numel() * heads < d_model:
+        # few query rows (CLIP's CLS): fold W_k into the queries, q.(W_k x + b_k) = (W_k^T q).x + q.b_k,
+        # instead of projecting every key (12x fewer operations at ViT-B/32)
+        u = torch.einsum("bhqe,hed->bhqd", q, w.W_k)
+        scores = torch.einsum("bhqd,btd->bhqt", u, x) + torch.einsum("bhqe,he->bhq", q, w.b_k)[..., None]
+    else:
+        k = torch.einsum("btd,hed->bhte", x, w.W_k) + w.b_k[None, :, None, :]
+        scores = torch.einsum("bhqe,bhte->bhqt", q, k)
+    scores = scores * w.scale
     if bias is not None:
         scores = scores + bias[:, None]
     soft_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
