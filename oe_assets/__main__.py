@@ -15,12 +15,13 @@ import warnings
 
 
 def materialize_all(profile: str, first: str | None = None, last: str | None = None) -> int:
-    """Three runs on the instance in ``DAGSTER_HOME`` (``data/dagster_home`` when unset): the
+    """Three runs on the instance in ``DAGSTER_HOME`` (``<project root>/data/dagster_home`` when unset,
+    see :func:`oe_assets.profiles.project_root`): the
     unpartitioned inputs, every layer-partitioned asset over the layer range in one run (the model is
     loaded once), then ``layer_summary``.  Checks run with their assets."""
-    from .profiles import PROJECT_ROOT
+    from .profiles import default_dagster_home
 
-    os.environ.setdefault("DAGSTER_HOME", str(PROJECT_ROOT / "data" / "dagster_home"))
+    os.environ["DAGSTER_HOME"] = str(default_dagster_home())
     os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
     os.environ["OE_ASSETS_PROFILE"] = profile
     warnings.filterwarnings("ignore")

@@ -20,7 +20,7 @@ from .lens import SecondOrderLens, ablate, neuron_pca, project_texts, representa
 from .lens.batching import Progress, collect_factorized, text_batches
 from .lens.loading import MINILM_ID, load_model
 from .lens.vocabulary import load_vocabulary, tokenizer_vocabulary
-from .resources.text_datasets import demo_templates, load_demo_corpus
+from .lens.text_datasets import demo_templates, load_demo_corpus
 
 
 def run_demo(layers=None, top_k=32, components=8, vocabulary=None, batch_size=32, coefficient=100.0,

@@ -19,7 +19,7 @@ import dagster as dg
 import numpy as np
 import torch
 
-from .text_datasets import load_text_dataset
+from ..lens.text_datasets import load_text_dataset
 
 __all__ = ["Split", "TextSplit", "ImageFolderSplit", "ArraySplit", "DatasetResource", "image_folder_samples"]
 

@@ -41,8 +41,8 @@ __all__ = [
     "load_text_dataset",
 ]
 
-#: Folder holding the shipped demo corpus (``<repo>/data/demo_corpus``).
-DEMO_CORPUS_DIR: Path = Path(__file__).resolve().parents[2] / "data" / "demo_corpus"
+#: Folder holding the shipped demo corpus (package data: ``oe_assets/package_data/demo_corpus``).
+DEMO_CORPUS_DIR: Path = Path(__file__).resolve().parents[1] / "package_data" / "demo_corpus"
 DEMO_SPLITS: tuple[str, ...] = ("train", "val")
 
 _FORMATS: dict[str, str] = {
