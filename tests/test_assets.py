@@ -17,7 +17,9 @@ import torch
 
 from conftest import REFERENCE, _need_reference
 from oe_assets.assets.checks import check_fast_equals_slow, check_norms, check_pca, check_sparsity, check_unit_columns
-from oe_assets.definitions import build_definitions
+from oe_assets.definitions import (
+    MATERIALIZE_JOBS, build_definitions, inputs_job, job_asset_keys, layer_range_tags, layers_job, summary_job,
+)
 from oe_assets.lens import SCENARIOS, SecondOrderLens
 from oe_assets.profiles import load_profile
 from oe_assets.resources import model as model_module
@@ -26,11 +28,6 @@ from oe_assets.resources.store import ArtifactStore
 
 warnings.filterwarnings("ignore", category=dg.PreviewWarning if hasattr(dg, "PreviewWarning") else Warning)
 
-INPUTS = ["text_embeddings", "classifier", "train_representations", "val_representations"]
-LAYERED = ["second_order_effects", "val_second_order_effects", "neuron_pcas", "sparse_codes", "ablation_report",
-           "neuron_report"]
-
-
 def materialize(defs, selection, instance, **kw):
     everything = [*defs.assets, *defs.asset_checks]
     result = dg.materialize(everything, selection=selection, resources=defs.resources, instance=instance,
@@ -38,8 +35,13 @@ def materialize(defs, selection, instance, **kw):
     return result
 
 
+def run_job(defs, job, instance, **kw):
+    """Run one of the definitions' jobs (``inputs_job``, ``layers_job``, ``summary_job``) in process."""
+    return defs.resolve_job_def(job.name).execute_in_process(instance=instance, **kw)
+
+
 def layer_range(first, last):
-    return {"dagster/asset_partition_range_start": str(first), "dagster/asset_partition_range_end": str(last)}
+    return layer_range_tags(str(first), str(last))
 
 
 def rel(got, expected):
@@ -58,9 +60,9 @@ def reference_graph(tmp_path_factory):
     model_module._CACHE.clear()
     model_module.load_model = lambda *a, **k: loads.append(a) or original(*a, **k)
     try:
-        materialize(defs, INPUTS, instance)
-        result = materialize(defs, LAYERED, instance, tags=layer_range(0, 2))
-        materialize(defs, ["layer_summary"], instance)
+        run_job(defs, inputs_job, instance)
+        result = run_job(defs, layers_job, instance, tags=layer_range(0, 2))
+        run_job(defs, summary_job, instance)
     finally:
         model_module.load_model = original
     return defs, instance, base, result, loads
@@ -133,7 +135,7 @@ def test_partition_selection(tmp_path):
     _need_reference()
     defs = build_definitions("clip_reference", base_dir=str(tmp_path))
     instance = dg.DagsterInstance.ephemeral()
-    materialize(defs, INPUTS, instance)
+    run_job(defs, inputs_job, instance)
     materialize(defs, ["second_order_effects", "neuron_pcas"], instance, partition_key="1")
     assert sorted(p.name for p in (tmp_path / "second_order_effects").iterdir()) == ["1.h5"]
     assert sorted(p.name for p in (tmp_path / "neuron_pcas").iterdir()) == ["1.h5"]
@@ -186,10 +188,10 @@ def bert_profile(tmp_path):
 def test_tiny_bert_graph(bert_profile, tmp_path):
     defs = build_definitions(bert_profile)
     instance = dg.DagsterInstance.ephemeral()
-    materialize(defs, INPUTS, instance)
-    result = materialize(defs, LAYERED, instance, tags=layer_range(0, 1))
+    run_job(defs, inputs_job, instance)
+    result = run_job(defs, layers_job, instance, tags=layer_range(0, 1))
     assert all(e.passed for e in result.get_asset_check_evaluations())
-    materialize(defs, ["layer_summary"], instance)
+    run_job(defs, summary_job, instance)
     store = Path(bert_profile["storage"]["base_dir"])
     effects = H5Group(store / "second_order_effects" / "1.h5")
     assert open_effects(effects).shape == (6, 64, 32) and effects.attrs["convention"] == "direct"
@@ -207,14 +209,31 @@ def test_tiny_bert_graph(bert_profile, tmp_path):
     assert rel(open_effects(effects)[:4], direct) <= 1e-6  # float32 path weights
 
 
+def test_materialize_jobs_cover_the_graph_once(bert_profile):
+    """The three jobs of the CLI materialize every materializable asset exactly once, the layers job
+    exactly the layer-partitioned ones, and each asset's checks with it."""
+    defs = build_definitions(bert_profile)
+    graph = defs.resolve_asset_graph()
+    per_job = {j.name: job_asset_keys(defs, j.name) for j in MATERIALIZE_JOBS}
+    everything = sorted(k.to_user_string() for k in graph.materializable_asset_keys)
+    assert sorted(k for keys in per_job.values() for k in keys) == everything
+    partitioned = {k.to_user_string() for k in graph.materializable_asset_keys if graph.get(k).partitions_def}
+    assert set(per_job[layers_job.name]) == partitioned
+    assert not partitioned & {*per_job[inputs_job.name], *per_job[summary_job.name]}
+    for job in MATERIALIZE_JOBS:
+        checks = {c.asset_key.to_user_string() for c in defs.resolve_job_def(job.name).asset_layer.asset_graph.asset_check_keys}
+        assert checks <= set(per_job[job.name]), (job.name, checks)
+    assert {c.asset_key.to_user_string() for c in graph.asset_check_keys} <= set(everything)
+
+
 # ---------------------------------------------------------------- reruns when the vocabulary changes
 def test_vocabulary_change_reruns_text_embeddings_then_sparse_codes(bert_profile, tmp_path):
     vocab = Path(bert_profile["analysis"]["vocabulary_path"])
     defs = build_definitions(bert_profile)
     instance = dg.DagsterInstance.ephemeral()
-    materialize(defs, INPUTS, instance)
-    materialize(defs, LAYERED, instance, tags=layer_range(0, 1))
-    materialize(defs, ["layer_summary"], instance)
+    run_job(defs, inputs_job, instance)
+    run_job(defs, layers_job, instance, tags=layer_range(0, 1))
+    run_job(defs, summary_job, instance)
     observe = defs.resolve_job_def("observe_vocabulary")
     assert "observe_vocabulary_schedule" in {s.name for s in defs.schedules}
     assert "vocabulary_automation" in {s.name for s in defs.sensors}
@@ -296,7 +315,7 @@ def test_failed_materialization_leaves_no_file(tmp_path, monkeypatch):
     _need_reference()
     defs = build_definitions("clip_reference", base_dir=str(tmp_path))
     instance = dg.DagsterInstance.ephemeral()
-    materialize(defs, INPUTS, instance)
+    run_job(defs, inputs_job, instance)
     calls = {"n": 0}
     original = SecondOrderLens.factorized_from_capture
 
@@ -443,11 +462,11 @@ def test_tiny_llama_graph(tmp_path):
     defs = build_definitions(profile)
     assert defs.resolve_assets_def("second_order_effects").partitions_def.get_partition_keys() == ["0", "1"]
     instance = dg.DagsterInstance.ephemeral()
-    materialize(defs, INPUTS, instance)
-    result = materialize(defs, LAYERED, instance, tags=layer_range(0, 1))
+    run_job(defs, inputs_job, instance)
+    result = run_job(defs, layers_job, instance, tags=layer_range(0, 1))
     checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks["fast_path_equals_slow_path"] and all(checks.values())
-    materialize(defs, ["layer_summary"], instance)
+    run_job(defs, summary_job, instance)
     store = tmp_path / "store"
     effects = open_effects(H5Group(store / "second_order_effects" / "0.h5"))
     assert effects.shape == (len(rows), 48, 32) and effects.n_paths == 2 * 4

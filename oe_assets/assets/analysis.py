@@ -155,7 +155,7 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
                                      "layers": ", ".join(context.partition_keys)})
         return out
 
-    @dg.asset(group_name="analysis", io_manager_key="parquet_io_manager", kinds={"parquet", "matplotlib"},
+    @dg.asset(group_name="summary", io_manager_key="parquet_io_manager", kinds={"parquet", "matplotlib"},
               code_version=CODE_VERSION, automation_condition=EAGER,
               ins={"ablation_report": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(),
                                                  metadata={"allow_missing_partitions": True})},
