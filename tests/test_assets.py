@@ -20,7 +20,7 @@ from oe_assets.assets.checks import check_fast_equals_slow, check_norms, check_p
 from oe_assets.definitions import (
     MATERIALIZE_JOBS, build_definitions, inputs_job, job_asset_keys, layer_range_tags, layers_job, summary_job,
 )
-from oe_assets.lens import SCENARIOS, SecondOrderLens
+from oe_assets.lens import ALL_SCENARIOS, SCENARIOS, SecondOrderLens, top1_accuracy
 from oe_assets.profiles import load_profile
 from oe_assets.resources import model as model_module
 from oe_assets.resources.io_managers import H5Group, H5Payload, HDF5IOManager, open_effects
@@ -78,6 +78,7 @@ def test_reference_graph_files_equal_reference_arrays(reference_graph, reference
     np.testing.assert_array_equal(g("val_representations", "all.h5").read("labels"), d["val_labels"])
     official = dict(zip(meta["ablation_rows"], range(5)))
     official["without_significant"], official["without_insignificant"] = 3, 2  # see test_clip_reference
+    reports = {}
     for layer in (0, 1, 2):
         effects = g("second_order_effects", f"{layer}.h5")
         assert effects.attrs["layer"] == layer and effects.attrs["convention"] == "reference"
@@ -99,10 +100,15 @@ def test_reference_graph_files_equal_reference_arrays(reference_graph, reference
         by = {r["scenario"]: r for r in table}
         for s in SCENARIOS:
             assert rel(np.array(by[s]["logits"]), d[f"ablation_logits_layer{layer}"][official[s]]) <= 1e-5
-        assert "sparse_reconstruction" in by
+        labels = d["val_labels"]
+        for s in ALL_SCENARIOS:  # each stored accuracy is the top-1 accuracy of the stored logits
+            assert by[s]["accuracy"] == top1_accuracy(np.array(by[s]["logits"]), labels), (layer, s)
+        # the reconstruction scenario is its own: PCs replaced by their sparse-code reconstructions
+        assert rel(np.array(by["sparse_reconstruction"]["logits"]), np.array(by["projected_to_pc"]["logits"])) > 0
+        reports[layer] = {s: by[s]["accuracy"] for s in ALL_SCENARIOS}
     summary = pq.read_table(base / "layer_summary" / "all.parquet").to_pylist()
     assert [r["layer"] for r in summary] == [0, 1, 2]
-    assert all(r["baseline"] == 25.0 for r in summary)
+    assert [{s: r[s] for s in ALL_SCENARIOS} for r in summary] == [reports[layer] for layer in (0, 1, 2)]
 
 
 def test_one_run_over_all_layers_loads_the_model_once(reference_graph):
@@ -271,8 +277,21 @@ def test_checks_fail_on_broken_data():
     assert check_pca(pca.components, effects, pca.means, 10)[0]
     assert not check_pca(-pca.components, effects, pca.means, 10)[0]
     assert not check_pca(2 * pca.components, effects, pca.means, 10)[0]
-    assert check_sparsity(np.zeros((2, 3), int), np.ones((2, 3)), 3)[0]
-    assert not check_sparsity(np.zeros((2, 4), int), np.ones((2, 4)), 3)[0]
+    idx, val = np.array([[4, 0, -1], [2, -1, -1]]), np.array([[0.5, -0.2, 0.0], [1.0, 0.0, 0.0]])
+    assert check_sparsity(idx, val, 3, n_descriptions=5)[0]
+    assert not check_sparsity(idx, val, 1, n_descriptions=5)[0]  # two non-zeros, one allowed
+    assert not check_sparsity(idx, val, 3, n_descriptions=4)[0]  # index 4 outside a 4-word vocabulary
+    bad = idx.copy()
+    bad[0, 1] = 4  # description 4 twice in neuron 0's code
+    assert check_sparsity(bad, val, 3)[1]["duplicates"] == 1 and not check_sparsity(bad, val, 3)[0]
+    bad = val.copy()
+    bad[1, 2] = 0.3  # a value behind padding index -1
+    assert check_sparsity(idx, bad, 3)[1]["padding_mismatch"] == 1 and not check_sparsity(idx, bad, 3)[0]
+    bad = val.copy()
+    bad[1, 0] = 0.0  # a stored index whose value is zero
+    assert not check_sparsity(idx, bad, 3)[0]
+    assert not check_sparsity(np.array([[-2, 0]]), np.array([[1.0, 1.0]]), 3)[0]  # below the -1 padding
+    assert not check_sparsity(idx, val[:, :2], 3)[0]  # shapes differ
 
 
 def test_blocking_check_fails_in_dagster_on_a_broken_classifier(tmp_path):
@@ -423,8 +442,9 @@ def test_missing_upstream_layer_is_named(tmp_path):
 
 
 def test_sparsity_check_sees_the_coder_output():
-    assert check_sparsity(np.zeros((2, 3), int), np.ones((2, 3)), 3, coder_nonzeros=3)[0]
-    assert not check_sparsity(np.zeros((2, 3), int), np.ones((2, 3)), 3, coder_nonzeros=5)[0]
+    idx = np.array([[0, 1, 2], [2, 0, 1]])
+    assert check_sparsity(idx, np.ones((2, 3)), 3, coder_nonzeros=3)[0]
+    assert not check_sparsity(idx, np.ones((2, 3)), 3, coder_nonzeros=5)[0]
 
 
 def test_tiny_llama_graph(tmp_path):
