@@ -15,7 +15,7 @@ from common import timed
 from oe_assets.lens import SecondOrderLens
 from oe_assets.lens.batching import text_batches
 from oe_assets.lens.loading import MINILM_ID, load_model
-from oe_assets.resources.text_datasets import load_demo_corpus
+from oe_assets.lens.text_datasets import load_demo_corpus
 
 
 def main() -> None:

@@ -15,36 +15,31 @@ import warnings
 
 
 def materialize_all(profile: str, first: str | None = None, last: str | None = None) -> int:
-    """Three runs on the instance in ``DAGSTER_HOME`` (``data/dagster_home`` when unset): the
-    unpartitioned inputs, every layer-partitioned asset over the layer range in one run (the model is
-    loaded once), then ``layer_summary``.  Checks run with their assets."""
-    from .profiles import PROJECT_ROOT
+    """The three jobs of :data:`oe_assets.definitions.MATERIALIZE_JOBS` as three runs on the instance in
+    ``DAGSTER_HOME`` (default: ``<project root>/data/dagster_home``, see
+    :func:`oe_assets.profiles.project_root`): the unpartitioned inputs, every layer-partitioned asset
+    over the layer range in one run (the model is loaded once), then the summary.  Checks run with
+    their assets."""
+    from .profiles import default_dagster_home
 
-    os.environ.setdefault("DAGSTER_HOME", str(PROJECT_ROOT / "data" / "dagster_home"))
+    os.environ["DAGSTER_HOME"] = str(default_dagster_home())
     os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
     os.environ["OE_ASSETS_PROFILE"] = profile
     warnings.filterwarnings("ignore")
     import dagster as dg
 
-    from .definitions import build_definitions
+    from .definitions import MATERIALIZE_JOBS, build_definitions, job_asset_keys, layer_range_tags, layers_job
 
     defs = build_definitions(profile)
     instance = dg.DagsterInstance.get()
-    layers = defs.resolve_assets_def("second_order_effects").partitions_def.get_partition_keys()
+    layers = defs.resolve_job_def(layers_job.name).partitions_def.get_partition_keys()
     first, last = first or layers[0], last or layers[-1]
-    everything = [*defs.assets, *defs.asset_checks]
-    steps = [
-        (["text_embeddings", "classifier", "train_representations", "val_representations"], {}),
-        (["second_order_effects", "val_second_order_effects", "neuron_pcas", "sparse_codes", "ablation_report",
-          "neuron_report"],
-         {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}),
-        (["layer_summary"], {}),
-    ]
     t0 = time.perf_counter()
-    for selection, tags in steps:
-        print(f"materializing {', '.join(selection)}" + (f" for layers {first}..{last}" if tags else ""), flush=True)
-        result = dg.materialize(everything, selection=selection, resources=defs.resources, instance=instance,
-                                tags=tags, raise_on_error=False)
+    for job in MATERIALIZE_JOBS:  # one process: the model resource's cache loads the model once
+        tags = layer_range_tags(first, last) if job is layers_job else {}
+        print(f"materializing {', '.join(job_asset_keys(defs, job.name))}"
+              + (f" for layers {first}..{last}" if tags else ""), flush=True)
+        result = defs.resolve_job_def(job.name).execute_in_process(instance=instance, tags=tags, raise_on_error=False)
         if not result.success:
             print("run failed; see the Dagster run log", file=sys.stderr)
             return 1

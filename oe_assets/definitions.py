@@ -26,6 +26,35 @@ from .resources.model import AnalysisResource, ModelResource, model_layers
 #: the job the schedule runs: observe the vocabulary file (its data version is the content hash)
 observe_vocabulary_job = dg.define_asset_job("observe_vocabulary", selection=dg.AssetSelection.keys("vocabulary"))
 
+#: the asset groups of the layer-partitioned assets (every asset outside them is unpartitioned)
+LAYER_GROUPS = ("second_order", "analysis", "reports")
+#: the three runs that materialize the whole graph, in order (``python -m oe_assets materialize``):
+#: the unpartitioned inputs (not the observed vocabulary, not the external model), every
+#: layer-partitioned asset over a layer range in one run (tags ``dagster/asset_partition_range_start``
+#: / ``_end``: the model loads once), then the cross-layer summary.  Checks run with their assets.
+inputs_job = dg.define_asset_job(
+    "materialize_inputs", selection=dg.AssetSelection.groups("inputs").materializable(),
+    description="The unpartitioned inputs: text embeddings, classifier, train and val representations.")
+layers_job = dg.define_asset_job(
+    "materialize_layers", selection=dg.AssetSelection.groups(*LAYER_GROUPS),
+    description="Every layer-partitioned asset; launch over a partition range for one run over many layers.")
+summary_job = dg.define_asset_job(
+    "materialize_summary", selection=dg.AssetSelection.groups("summary"),
+    description="The cross-layer summary of whatever layers are materialized.")
+MATERIALIZE_JOBS = (inputs_job, layers_job, summary_job)
+
+
+def layer_range_tags(first: str, last: str) -> dict[str, str]:
+    """Run tags that make one run of :data:`layers_job` cover layers ``first..last``."""
+    return {"dagster/asset_partition_range_start": str(first), "dagster/asset_partition_range_end": str(last)}
+
+
+def job_asset_keys(defs: dg.Definitions, job: str) -> list[str]:
+    """The asset keys (user strings) a job materializes, in topological order."""
+    graph = defs.resolve_asset_graph()
+    keys = defs.resolve_job_def(job).asset_layer.selected_asset_keys
+    return [k.to_user_string() for k in graph.toposorted_asset_keys if k in keys]
+
 
 def build_definitions(profile: str | dict | None = None, base_dir: str | None = None) -> dg.Definitions:
     """Definitions for a profile (name, YAML path, or an already loaded dict)."""
@@ -38,7 +67,7 @@ def build_definitions(profile: str | dict | None = None, base_dir: str | None = 
     return dg.Definitions(
         assets=assets,
         asset_checks=build_checks(layers),
-        jobs=[observe_vocabulary_job],
+        jobs=[observe_vocabulary_job, *MATERIALIZE_JOBS],
         schedules=[dg.ScheduleDefinition(name="observe_vocabulary_schedule", job=observe_vocabulary_job,
                                          cron_schedule="*/10 * * * *",
                                          default_status=dg.DefaultScheduleStatus.RUNNING)],

@@ -16,11 +16,15 @@ import time
 import numpy as np
 import torch
 
-from .lens import SecondOrderLens, ablate, neuron_pca, project_texts, representations, sparse_decompose
+from .lens import (
+    ALL_SCENARIOS, SecondOrderLens, ablate, neuron_pca, nonzeros_by_magnitude, project_texts, representations,
+    sparse_decompose,
+)
 from .lens.batching import Progress, collect_factorized, text_batches
-from .lens.loading import MINILM_ID, load_model
+from .lens.hub import MINILM_ID
+from .lens.loading import load_model
+from .lens.text_datasets import demo_templates, load_demo_corpus
 from .lens.vocabulary import load_vocabulary, tokenizer_vocabulary
-from .resources.text_datasets import demo_templates, load_demo_corpus
 
 
 def run_demo(layers=None, top_k=32, components=8, vocabulary=None, batch_size=32, coefficient=100.0,
@@ -58,7 +62,7 @@ def run_demo(layers=None, top_k=32, components=8, vocabulary=None, batch_size=32
         top_words[layer] = [
             {"neuron": int(n), "threshold": float(pca.thresholds[n]),
              "words": [(words[i], round(float(codes.codes[n, i]), 3))
-                       for i in np.argsort(-np.abs(codes.codes[n]))[:components] if codes.codes[n, i] != 0]}
+                       for i in nonzeros_by_magnitude(codes.codes[n], components)]}
             for n in order
         ]
         log(f"layer {layer}: " + ", ".join(f"{k} {v:.1f}" for k, v in res.accuracy.items())
@@ -68,8 +72,7 @@ def run_demo(layers=None, top_k=32, components=8, vocabulary=None, batch_size=32
 
 
 def format_table(result: dict) -> str:
-    cols = ["baseline", "mean_ablate_all", "without_significant", "without_insignificant", "projected_to_pc",
-            "sparse_reconstruction"]
+    cols = ALL_SCENARIOS
     lines = ["| layer | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for row in result["rows"]:
         lines.append(f"| {row['layer']} | " + " | ".join(f"{row[c]:.1f}" for c in cols) + " |")

@@ -17,19 +17,16 @@ import torch
 
 from conftest import REFERENCE, _need_reference
 from oe_assets.assets.checks import check_fast_equals_slow, check_norms, check_pca, check_sparsity, check_unit_columns
-from oe_assets.definitions import build_definitions
-from oe_assets.lens import SCENARIOS, SecondOrderLens
+from oe_assets.definitions import (
+    MATERIALIZE_JOBS, build_definitions, inputs_job, job_asset_keys, layer_range_tags, layers_job, summary_job,
+)
+from oe_assets.lens import ALL_SCENARIOS, SCENARIOS, SecondOrderLens, top1_accuracy
 from oe_assets.profiles import load_profile
 from oe_assets.resources import model as model_module
 from oe_assets.resources.io_managers import H5Group, H5Payload, HDF5IOManager, open_effects
 from oe_assets.resources.store import ArtifactStore
 
 warnings.filterwarnings("ignore", category=dg.PreviewWarning if hasattr(dg, "PreviewWarning") else Warning)
-
-INPUTS = ["text_embeddings", "classifier", "train_representations", "val_representations"]
-LAYERED = ["second_order_effects", "val_second_order_effects", "neuron_pcas", "sparse_codes", "ablation_report",
-           "neuron_report"]
-
 
 def materialize(defs, selection, instance, **kw):
     everything = [*defs.assets, *defs.asset_checks]
@@ -38,8 +35,13 @@ def materialize(defs, selection, instance, **kw):
     return result
 
 
+def run_job(defs, job, instance, **kw):
+    """Run one of the definitions' jobs (``inputs_job``, ``layers_job``, ``summary_job``) in process."""
+    return defs.resolve_job_def(job.name).execute_in_process(instance=instance, **kw)
+
+
 def layer_range(first, last):
-    return {"dagster/asset_partition_range_start": str(first), "dagster/asset_partition_range_end": str(last)}
+    return layer_range_tags(str(first), str(last))
 
 
 def rel(got, expected):
@@ -58,9 +60,9 @@ def reference_graph(tmp_path_factory):
     model_module._CACHE.clear()
     model_module.load_model = lambda *a, **k: loads.append(a) or original(*a, **k)
     try:
-        materialize(defs, INPUTS, instance)
-        result = materialize(defs, LAYERED, instance, tags=layer_range(0, 2))
-        materialize(defs, ["layer_summary"], instance)
+        run_job(defs, inputs_job, instance)
+        result = run_job(defs, layers_job, instance, tags=layer_range(0, 2))
+        run_job(defs, summary_job, instance)
     finally:
         model_module.load_model = original
     return defs, instance, base, result, loads
@@ -76,6 +78,7 @@ def test_reference_graph_files_equal_reference_arrays(reference_graph, reference
     np.testing.assert_array_equal(g("val_representations", "all.h5").read("labels"), d["val_labels"])
     official = dict(zip(meta["ablation_rows"], range(5)))
     official["without_significant"], official["without_insignificant"] = 3, 2  # see test_clip_reference
+    reports = {}
     for layer in (0, 1, 2):
         effects = g("second_order_effects", f"{layer}.h5")
         assert effects.attrs["layer"] == layer and effects.attrs["convention"] == "reference"
@@ -97,10 +100,15 @@ def test_reference_graph_files_equal_reference_arrays(reference_graph, reference
         by = {r["scenario"]: r for r in table}
         for s in SCENARIOS:
             assert rel(np.array(by[s]["logits"]), d[f"ablation_logits_layer{layer}"][official[s]]) <= 1e-5
-        assert "sparse_reconstruction" in by
+        labels = d["val_labels"]
+        for s in ALL_SCENARIOS:  # each stored accuracy is the top-1 accuracy of the stored logits
+            assert by[s]["accuracy"] == top1_accuracy(np.array(by[s]["logits"]), labels), (layer, s)
+        # the reconstruction scenario is its own: PCs replaced by their sparse-code reconstructions
+        assert rel(np.array(by["sparse_reconstruction"]["logits"]), np.array(by["projected_to_pc"]["logits"])) > 0
+        reports[layer] = {s: by[s]["accuracy"] for s in ALL_SCENARIOS}
     summary = pq.read_table(base / "layer_summary" / "all.parquet").to_pylist()
     assert [r["layer"] for r in summary] == [0, 1, 2]
-    assert all(r["baseline"] == 25.0 for r in summary)
+    assert [{s: r[s] for s in ALL_SCENARIOS} for r in summary] == [reports[layer] for layer in (0, 1, 2)]
 
 
 def test_one_run_over_all_layers_loads_the_model_once(reference_graph):
@@ -133,7 +141,7 @@ def test_partition_selection(tmp_path):
     _need_reference()
     defs = build_definitions("clip_reference", base_dir=str(tmp_path))
     instance = dg.DagsterInstance.ephemeral()
-    materialize(defs, INPUTS, instance)
+    run_job(defs, inputs_job, instance)
     materialize(defs, ["second_order_effects", "neuron_pcas"], instance, partition_key="1")
     assert sorted(p.name for p in (tmp_path / "second_order_effects").iterdir()) == ["1.h5"]
     assert sorted(p.name for p in (tmp_path / "neuron_pcas").iterdir()) == ["1.h5"]
@@ -186,10 +194,10 @@ def bert_profile(tmp_path):
 def test_tiny_bert_graph(bert_profile, tmp_path):
     defs = build_definitions(bert_profile)
     instance = dg.DagsterInstance.ephemeral()
-    materialize(defs, INPUTS, instance)
-    result = materialize(defs, LAYERED, instance, tags=layer_range(0, 1))
+    run_job(defs, inputs_job, instance)
+    result = run_job(defs, layers_job, instance, tags=layer_range(0, 1))
     assert all(e.passed for e in result.get_asset_check_evaluations())
-    materialize(defs, ["layer_summary"], instance)
+    run_job(defs, summary_job, instance)
     store = Path(bert_profile["storage"]["base_dir"])
     effects = H5Group(store / "second_order_effects" / "1.h5")
     assert open_effects(effects).shape == (6, 64, 32) and effects.attrs["convention"] == "direct"
@@ -207,14 +215,31 @@ def test_tiny_bert_graph(bert_profile, tmp_path):
     assert rel(open_effects(effects)[:4], direct) <= 1e-6  # float32 path weights
 
 
+def test_materialize_jobs_cover_the_graph_once(bert_profile):
+    """The three jobs of the CLI materialize every materializable asset exactly once, the layers job
+    exactly the layer-partitioned ones, and each asset's checks with it."""
+    defs = build_definitions(bert_profile)
+    graph = defs.resolve_asset_graph()
+    per_job = {j.name: job_asset_keys(defs, j.name) for j in MATERIALIZE_JOBS}
+    everything = sorted(k.to_user_string() for k in graph.materializable_asset_keys)
+    assert sorted(k for keys in per_job.values() for k in keys) == everything
+    partitioned = {k.to_user_string() for k in graph.materializable_asset_keys if graph.get(k).partitions_def}
+    assert set(per_job[layers_job.name]) == partitioned
+    assert not partitioned & {*per_job[inputs_job.name], *per_job[summary_job.name]}
+    for job in MATERIALIZE_JOBS:
+        checks = {c.asset_key.to_user_string() for c in defs.resolve_job_def(job.name).asset_layer.asset_graph.asset_check_keys}
+        assert checks <= set(per_job[job.name]), (job.name, checks)
+    assert {c.asset_key.to_user_string() for c in graph.asset_check_keys} <= set(everything)
+
+
 # ---------------------------------------------------------------- reruns when the vocabulary changes
 def test_vocabulary_change_reruns_text_embeddings_then_sparse_codes(bert_profile, tmp_path):
     vocab = Path(bert_profile["analysis"]["vocabulary_path"])
     defs = build_definitions(bert_profile)
     instance = dg.DagsterInstance.ephemeral()
-    materialize(defs, INPUTS, instance)
-    materialize(defs, LAYERED, instance, tags=layer_range(0, 1))
-    materialize(defs, ["layer_summary"], instance)
+    run_job(defs, inputs_job, instance)
+    run_job(defs, layers_job, instance, tags=layer_range(0, 1))
+    run_job(defs, summary_job, instance)
     observe = defs.resolve_job_def("observe_vocabulary")
     assert "observe_vocabulary_schedule" in {s.name for s in defs.schedules}
     assert "vocabulary_automation" in {s.name for s in defs.sensors}
@@ -252,8 +277,21 @@ def test_checks_fail_on_broken_data():
     assert check_pca(pca.components, effects, pca.means, 10)[0]
     assert not check_pca(-pca.components, effects, pca.means, 10)[0]
     assert not check_pca(2 * pca.components, effects, pca.means, 10)[0]
-    assert check_sparsity(np.zeros((2, 3), int), np.ones((2, 3)), 3)[0]
-    assert not check_sparsity(np.zeros((2, 4), int), np.ones((2, 4)), 3)[0]
+    idx, val = np.array([[4, 0, -1], [2, -1, -1]]), np.array([[0.5, -0.2, 0.0], [1.0, 0.0, 0.0]])
+    assert check_sparsity(idx, val, 3, n_descriptions=5)[0]
+    assert not check_sparsity(idx, val, 1, n_descriptions=5)[0]  # two non-zeros, one allowed
+    assert not check_sparsity(idx, val, 3, n_descriptions=4)[0]  # index 4 outside a 4-word vocabulary
+    bad = idx.copy()
+    bad[0, 1] = 4  # description 4 twice in neuron 0's code
+    assert check_sparsity(bad, val, 3)[1]["duplicates"] == 1 and not check_sparsity(bad, val, 3)[0]
+    bad = val.copy()
+    bad[1, 2] = 0.3  # a value behind padding index -1
+    assert check_sparsity(idx, bad, 3)[1]["padding_mismatch"] == 1 and not check_sparsity(idx, bad, 3)[0]
+    bad = val.copy()
+    bad[1, 0] = 0.0  # a stored index whose value is zero
+    assert not check_sparsity(idx, bad, 3)[0]
+    assert not check_sparsity(np.array([[-2, 0]]), np.array([[1.0, 1.0]]), 3)[0]  # below the -1 padding
+    assert not check_sparsity(idx, val[:, :2], 3)[0]  # shapes differ
 
 
 def test_blocking_check_fails_in_dagster_on_a_broken_classifier(tmp_path):
@@ -296,7 +334,7 @@ def test_failed_materialization_leaves_no_file(tmp_path, monkeypatch):
     _need_reference()
     defs = build_definitions("clip_reference", base_dir=str(tmp_path))
     instance = dg.DagsterInstance.ephemeral()
-    materialize(defs, INPUTS, instance)
+    run_job(defs, inputs_job, instance)
     calls = {"n": 0}
     original = SecondOrderLens.factorized_from_capture
 
@@ -404,8 +442,9 @@ def test_missing_upstream_layer_is_named(tmp_path):
 
 
 def test_sparsity_check_sees_the_coder_output():
-    assert check_sparsity(np.zeros((2, 3), int), np.ones((2, 3)), 3, coder_nonzeros=3)[0]
-    assert not check_sparsity(np.zeros((2, 3), int), np.ones((2, 3)), 3, coder_nonzeros=5)[0]
+    idx = np.array([[0, 1, 2], [2, 0, 1]])
+    assert check_sparsity(idx, np.ones((2, 3)), 3, coder_nonzeros=3)[0]
+    assert not check_sparsity(idx, np.ones((2, 3)), 3, coder_nonzeros=5)[0]
 
 
 def test_tiny_llama_graph(tmp_path):
@@ -443,11 +482,11 @@ def test_tiny_llama_graph(tmp_path):
     defs = build_definitions(profile)
     assert defs.resolve_assets_def("second_order_effects").partitions_def.get_partition_keys() == ["0", "1"]
     instance = dg.DagsterInstance.ephemeral()
-    materialize(defs, INPUTS, instance)
-    result = materialize(defs, LAYERED, instance, tags=layer_range(0, 1))
+    run_job(defs, inputs_job, instance)
+    result = run_job(defs, layers_job, instance, tags=layer_range(0, 1))
     checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks["fast_path_equals_slow_path"] and all(checks.values())
-    materialize(defs, ["layer_summary"], instance)
+    run_job(defs, summary_job, instance)
     store = tmp_path / "store"
     effects = open_effects(H5Group(store / "second_order_effects" / "0.h5"))
     assert effects.shape == (len(rows), 48, 32) and effects.n_paths == 2 * 4

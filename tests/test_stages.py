@@ -117,3 +117,40 @@ def test_pca_explained_variance():
         rows = c[np.argsort(np.linalg.norm(c, axis=1))[-8:]]
         s = np.linalg.svd(rows, compute_uv=False)
         assert np.isclose(pca.explained[n], s[0] ** 2 / (s ** 2).sum())
+
+
+def test_ablation_scenarios_on_a_hand_built_example():
+    """Two samples, two neurons, d = 2, identity classifier (logits = the ablated representation);
+    every number below is worked out by hand from the formulas in :func:`ablate`."""
+    from oe_assets.lens import ALL_SCENARIOS, ablate
+
+    rep = np.array([[3.0, 1.0], [1.0, 3.5]])
+    labels = np.array([0, 1])
+    effects = np.array([[[2.0, 0.0], [0.0, 0.5]],    # sample 0: neuron 0, neuron 1
+                        [[0.5, 0.2], [0.0, 3.0]]])   # sample 1
+    means = np.array([[0.0, 1.0], [0.0, 0.0]])
+    # D = effects - means: |D[0,0]| = sqrt(5) > 1.5 and |D[1,1]| = 3 > 1 significant; |D[0,1]| = 0.5,
+    # |D[1,0]| = sqrt(0.89) insignificant
+    thresholds = np.array([1.5, 1.0])
+    components = np.array([[0.6, 0.8], [0.0, 1.0]])
+    reconstructions = np.array([[2.0, 0.0], [0.0, 5.0]])  # unit vectors (1, 0) and (0, 1)
+    res = ablate(rep, effects, np.eye(2), labels, means, thresholds, components, reconstructions=reconstructions)
+    expected = {
+        "baseline": [[3.0, 1.0], [1.0, 3.5]],
+        # rep - sum_n effects + sum_n means
+        "mean_ablate_all": [[1.0, 1.5], [0.5, 1.3]],
+        # rep - the significant D
+        "without_significant": [[1.0, 2.0], [1.0, 0.5]],
+        # rep - the insignificant D
+        "without_insignificant": [[3.0, 0.5], [0.5, 4.3]],
+        # mean ablation + (D . pc) pc: 0.4 (0.6, 0.8) + 0.5 (0, 1); -0.34 (0.6, 0.8) + 3 (0, 1)
+        "projected_to_pc": [[1.24, 2.32], [0.296, 4.028]],
+        # mean ablation + (D . rhat) rhat: 2 (1, 0) + 0.5 (0, 1); 0.5 (1, 0) + 3 (0, 1)
+        "sparse_reconstruction": [[3.0, 2.0], [1.0, 4.3]],
+    }
+    accuracy = {"baseline": 100.0, "mean_ablate_all": 50.0, "without_significant": 0.0,
+                "without_insignificant": 100.0, "projected_to_pc": 50.0, "sparse_reconstruction": 100.0}
+    assert tuple(res.logits) == ALL_SCENARIOS
+    for s in ALL_SCENARIOS:
+        np.testing.assert_allclose(res.logits[s], expected[s], rtol=0, atol=1e-12, err_msg=s)
+    assert res.accuracy == accuracy

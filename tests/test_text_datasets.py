@@ -1,4 +1,4 @@
-"""Tests for oe_assets.resources.text_datasets (no model downloads, no Dagster)."""
+"""Tests for oe_assets.lens.text_datasets (no model downloads, no Dagster)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from oe_assets.resources.text_datasets import (
+from oe_assets.lens.text_datasets import (
     DEMO_CORPUS_DIR,
     TextDataset,
     demo_classes,

@@ -31,20 +31,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from oe_assets.definitions import LAYER_GROUPS, inputs_job, job_asset_keys, layers_job
+
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts" / "ui"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 
-ASSETS = ["vocabulary", "text_embeddings", "classifier", "train_representations", "val_representations",
-          "second_order_effects", "val_second_order_effects", "neuron_pcas", "sparse_codes", "ablation_report",
-          "layer_summary", "neuron_report"]
-INPUTS = ["text_embeddings", "classifier", "train_representations", "val_representations"]
-LAYERED = ["second_order_effects", "val_second_order_effects", "neuron_pcas", "sparse_codes", "ablation_report",
-           "neuron_report"]
-#: the asset selection typed into the lineage page: every layer-partitioned asset
-LAYERED_QUERY = "(group:second_order or group:analysis or group:reports) and not key:layer_summary"
+#: the asset selection typed into the lineage page: every layer-partitioned asset (the layers job's groups)
+LAYERED_QUERY = " or ".join(f"group:{g}" for g in LAYER_GROUPS)
 LAYER = "1"
 
 SERVER_START_S = 90
@@ -140,8 +136,7 @@ def ui_server():
         # the unpartitioned inputs, in this process, into the instance the webserver serves
         instance = dg.DagsterInstance.from_config(str(home))
         defs = build_definitions(str(profile))
-        result = dg.materialize([*defs.assets, *defs.asset_checks], selection=INPUTS, resources=defs.resources,
-                                instance=instance)
+        result = defs.resolve_job_def(inputs_job.name).execute_in_process(instance=instance)
         assert result.success
 
         port = _free_port()
@@ -168,7 +163,10 @@ def ui_server():
             if time.monotonic() > deadline:
                 pytest.fail(f"dagster-webserver did not answer within {SERVER_START_S} s:\n{_tail(log_path)}")
             time.sleep(0.5)
-        yield {"url": base_url, "instance": instance, "store": root / "store", "log": log_path}
+        graph = defs.resolve_asset_graph()  # what the UI must show: every asset Dagster can materialize or observe
+        yield {"url": base_url, "instance": instance, "store": root / "store", "log": log_path,
+               "assets": sorted(k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).is_executable),
+               "layered": job_asset_keys(defs, layers_job.name)}
     finally:
         if proc is not None:
             _stop(proc)
@@ -211,7 +209,7 @@ def _label_matches(label: str, key: str) -> bool:
     return key.startswith(head) and key.endswith(tail) and len(head) + len(tail) < len(key)
 
 
-def _check_asset_graph(page, url: str) -> None:
+def _check_asset_graph(page, url: str, assets: list[str]) -> None:
     page.goto(url + "/asset-groups")  # "Global asset lineage"
     page.get_by_text("Global asset lineage").first.wait_for()
     page.get_by_role("button", name=re.compile(r"Materialize all")).wait_for()
@@ -237,25 +235,25 @@ def _check_asset_graph(page, url: str) -> None:
     deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
     while True:
         labels = [t.strip() for t in node_names.all_inner_texts()]
-        missing_graph = [k for k in ASSETS if not any(_label_matches(t, k) for t in labels)]
-        missing_sidebar = [k for k in ASSETS if not page.locator(f"[title='{k}']").count()]
+        missing_graph = [k for k in assets if not any(_label_matches(t, k) for t in labels)]
+        missing_sidebar = [k for k in assets if not page.locator(f"[title='{k}']").count()]
         if not missing_graph and not missing_sidebar or time.monotonic() > deadline:
             break
         page.wait_for_timeout(500)
     _shot(page, "01_asset_graph")
     assert not missing_graph, f"graph nodes {labels} lack {missing_graph}"
     assert not missing_sidebar, f"sidebar lacks {missing_sidebar}"
-    for k in ASSETS:
+    for k in assets:
         assert page.locator(f"[title='{k}']").first.is_visible(), k
 
 
-def _launch_layer(page, url: str) -> str:
+def _launch_layer(page, url: str, layered: list[str]) -> str:
     """Filter the lineage to the layered assets, "Materialize all…", pick partition LAYER, launch."""
     page.goto(url + "/asset-groups~" + urllib.parse.quote(LAYERED_QUERY) + "/")
     page.get_by_text("neuron_report", exact=True).first.wait_for()
     page.get_by_role("button", name=re.compile(r"Materialize all")).click()
     dialog = page.get_by_role("dialog").filter(has_text="Partition selection")
-    dialog.get_by_text(f"Launch runs to materialize {len(LAYERED)} assets").wait_for()
+    dialog.get_by_text(f"Launch runs to materialize {len(layered)} assets").wait_for()
     dialog.get_by_text("Select a partition or create one").click()
     page.get_by_role("menuitem").filter(has=page.get_by_text(LAYER, exact=True)).click()
     page.keyboard.press("Escape")  # closes the partition list, not the dialog
@@ -296,7 +294,7 @@ def _wait_for_run(page, ui_server, run_id: str) -> None:
         _shot(page, "03_run_failed")
         pytest.fail(f"run {run_id} ended {run.status}: {errors[-5:]}\n{_tail(ui_server['log'])}")
     assert run.tags.get("dagster/partition") == LAYER
-    assert {k.to_user_string() for k in run.asset_selection or ()} == set(LAYERED)
+    assert {k.to_user_string() for k in run.asset_selection or ()} == set(ui_server["layered"])
     # the run page (live) shows the success too
     page.get_by_text("Success", exact=True).first.wait_for(timeout=60_000)
     page.get_by_text(f"partition: {LAYER}").first.wait_for()
@@ -327,9 +325,9 @@ def test_ui_graph_launch_layer_and_open_neuron_report(ui_server, page):
 
 def _drive_ui(page, ui_server):
     url, store = ui_server["url"], ui_server["store"]
-    _check_asset_graph(page, url)
+    _check_asset_graph(page, url, ui_server["assets"])
 
-    run_id = _launch_layer(page, url)
+    run_id = _launch_layer(page, url, ui_server["layered"])
     _wait_for_run(page, ui_server, run_id)
     for asset in ("second_order_effects", "val_second_order_effects", "neuron_pcas", "sparse_codes"):
         assert (store / asset / f"{LAYER}.h5").is_file(), asset

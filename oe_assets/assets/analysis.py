@@ -6,7 +6,9 @@ import pyarrow as pa
 
 import dagster as dg
 
-from ..lens import SCENARIOS, ablate, neuron_pca, normalize_dictionary, sparse_decompose, top_descriptions
+from ..lens import (
+    ALL_SCENARIOS, ablate, neuron_pca, nonzeros_by_magnitude, normalize_dictionary, sparse_decompose, top_descriptions,
+)
 from ..plots import accuracy_against_layer, explained_variance_profile, markdown_image, significance_histogram
 from ..reports import NeuronSection, render_report
 from ..resources.datasets import DatasetResource
@@ -18,7 +20,6 @@ ABLATION_SCHEMA = pa.schema([
     ("layer", pa.int64()), ("scenario", pa.string()), ("accuracy", pa.float64()), ("samples", pa.int64()),
     ("logits", pa.list_(pa.list_(pa.float64()))),
 ])
-ALL_SCENARIOS = list(SCENARIOS) + ["sparse_reconstruction"]
 SUMMARY_SCHEMA = pa.schema([("layer", pa.int64())] + [(s, pa.float64()) for s in ALL_SCENARIOS])
 
 
@@ -32,8 +33,7 @@ def sparse_arrays(codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     idx = np.full((codes.shape[0], k), -1, dtype=np.int64)
     val = np.zeros((codes.shape[0], k))
     for n, row in enumerate(codes):
-        nz = np.flatnonzero(row)
-        nz = nz[np.argsort(-np.abs(row[nz]), kind="stable")][:k]
+        nz = nonzeros_by_magnitude(row, k)
         idx[n, :len(nz)], val[n, :len(nz)] = nz, row[nz]
     return idx, val
 
@@ -155,7 +155,7 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
                                      "layers": ", ".join(context.partition_keys)})
         return out
 
-    @dg.asset(group_name="analysis", io_manager_key="parquet_io_manager", kinds={"parquet", "matplotlib"},
+    @dg.asset(group_name="summary", io_manager_key="parquet_io_manager", kinds={"parquet", "matplotlib"},
               code_version=CODE_VERSION, automation_condition=EAGER,
               ins={"ablation_report": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(),
                                                  metadata={"allow_missing_partitions": True})},

@@ -43,12 +43,25 @@ def check_pca(components: np.ndarray, effects, means: np.ndarray, top_k: int, n_
 
 
 def check_sparsity(indices: np.ndarray, values: np.ndarray, components: int,
-                   coder_nonzeros: int | None = None) -> tuple[bool, dict]:
-    """At most ``components`` non-zeros per neuron: in the stored arrays and, when given, in the
-    coder's own output before it was stored (``coder_nonzeros``)."""
-    nnz = int((values != 0).sum(axis=1).max())
-    worst = max(nnz, coder_nonzeros or 0)
-    return bool(worst <= components and indices.shape[1] <= components), {"max_nonzeros": worst}
+                   coder_nonzeros: int | None = None, n_descriptions: int | None = None) -> tuple[bool, dict]:
+    """Stored sparse codes (``indices`` / ``values`` ``[neurons, k]``, ``-1`` / ``0`` padding) are
+    well formed: at most ``components`` non-zeros per neuron, in the stored arrays and, when given,
+    in the coder's own output before it was stored (``coder_nonzeros``); every index a description
+    (``0 <= i < n_descriptions`` when given) or ``-1``; no description twice in a neuron's code; and a
+    value is non-zero exactly where its index is not ``-1``."""
+    indices, values = np.asarray(indices), np.asarray(values)
+    if indices.shape != values.shape or indices.ndim != 2:
+        return False, {"max_nonzeros": -1, "shape_mismatch": 1}
+    worst = max(int((values != 0).sum(axis=1).max(initial=0)), coder_nonzeros or 0)
+    used = indices >= 0
+    high = n_descriptions if n_descriptions is not None else np.iinfo(np.int64).max
+    out_of_range = int(((indices < -1) | (indices >= high)).sum())
+    ordered = np.sort(np.where(used, indices, -1 - np.arange(indices.shape[1])), axis=1)  # padding never repeats
+    duplicates = int((np.diff(ordered, axis=1) == 0).sum())
+    padding_mismatch = int((used != (values != 0)).sum())
+    ok = worst <= components and not out_of_range and not duplicates and not padding_mismatch
+    return bool(ok), {"max_nonzeros": worst, "out_of_range": out_of_range, "duplicates": duplicates,
+                      "padding_mismatch": padding_mismatch}
 
 
 #: how closely a stored file can equal the slow path, by the storage dtype of its path weights
@@ -142,13 +155,16 @@ def build_checks(partitions_def) -> list:
                        "unit components, sign rule")
 
     @dg.asset_check(asset="sparse_codes", blocking=True, partitions_def=partitions_def,
-                    description="Sparse codes have at most `components` non-zeros per neuron.")
+                    description="Sparse codes have at most `components` non-zeros per neuron, indices into "
+                    "the vocabulary, no repeated description, and zero values exactly at the padding.")
     def sparse_codes_sparsity(context: dg.AssetCheckExecutionContext, store: ArtifactStore,
                               analysis: AnalysisResource):
         ok, metas = _per_layer(context, store, "sparse_codes", lambda layer, codes: check_sparsity(
-            codes.read("indices"), codes.read("values"), analysis.components, int(codes.attrs["max_nonzeros"])))
-        return _result((ok, {"max_nonzeros": max((m["max_nonzeros"] for m in metas), default=0)}),
-                       f"at most {analysis.components} non-zeros")
+            codes.read("indices"), codes.read("values"), analysis.components, int(codes.attrs["max_nonzeros"]),
+            int(codes.attrs["descriptions"])))
+        worst = {k: max((m.get(k, 0) for m in metas), default=0)
+                 for k in ("max_nonzeros", "out_of_range", "duplicates", "padding_mismatch")}
+        return _result((ok, worst), f"at most {analysis.components} non-zeros, valid and distinct indices")
 
     return [representation_norms, classifier_unit_columns, fast_path_equals_slow_path, pca_unit_and_sign,
             sparse_codes_sparsity]

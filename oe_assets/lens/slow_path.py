@@ -7,7 +7,7 @@ the fast path; none of the factored algebra.  Use it on small models or single s
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -16,12 +16,14 @@ from .adapters import Capture, ModelAdapter, get_adapter
 __all__ = ["slow_second_order_effects", "slow_path_contributions"]
 
 
-def _frozen_layer_norms(x: torch.Tensor, adapter: ModelAdapter, cap: Capture, names: list[str], at: str):
+def _frozen_layer_norms(x: torch.Tensor, adapter: ModelAdapter, cap: Capture, names: list[str],
+                        positions: Callable[[torch.Tensor], torch.Tensor]):
     """Apply ``v -> gamma * (v - mean(v)) / sigma[b, token]`` for each LayerNorm in ``names``
-    (``v -> gamma * v / sigma[b, token]`` for an RMSNorm); ``x``: ``[batch, tokens, K, d_model]``."""
+    (``v -> gamma * v / sigma[b, token]`` for an RMSNorm); ``x``: ``[batch, tokens, K, d_model]``;
+    ``positions``: ``cap.at_keys`` or ``cap.at_queries``."""
     for name in names:
         p = adapter.layer_norm(name)
-        sigma = cap.at(cap.ln_std[name], at)
+        sigma = positions(cap.ln_std[name])
         centred = x - x.mean(-1, keepdim=True) if p.centred else x
         x = p.weight * centred / sigma[:, :, None, None]
     return x
@@ -43,12 +45,12 @@ def slow_path_contributions(
     total = None
     for j in adapter.later_blocks(mlp_layer):
         w = adapter.attention_weights(j)
-        u = _frozen_layer_norms(contributions, adapter, cap, adapter.layer_norms_before_head(mlp_layer, j), "keys")
+        u = _frozen_layer_norms(contributions, adapter, cap, adapter.layer_norms_before_head(mlp_layer, j), cap.at_keys)
         for h in range(adapter.n_heads):
             v = u @ w.W_v[h].T  # [B, T, K, dh]
             y = torch.einsum("bqt,btke->bqke", cap.attention[j][:, h], v)
             o = y @ w.W_o[h].T  # [B, Q, K, D]
-            o = _frozen_layer_norms(o, adapter, cap, adapter.layer_norms_after_head(j), "queries")
+            o = _frozen_layer_norms(o, adapter, cap, adapter.layer_norms_after_head(j), cap.at_queries)
             e = _readout(o, adapter, cap)
             total = e if total is None else total + e
     return total * (coefficient / cap.representation.norm(dim=-1))[:, None, None]
@@ -66,7 +68,7 @@ def _slow_reference(adapter: ModelAdapter, cap: Capture, mlp_layer: int, coeffic
         (ln_in,), (ln_f,) = adapter.layer_norms_before_head(mlp_layer, j), adapter.layer_norms_after_head(j)
         ln1, lnf = adapter.layer_norm(ln_in), adapter.layer_norm(ln_f)
         mu, sigma = cap.ln_mean[ln_in], cap.ln_std[ln_in]
-        mu_f, sigma_f = cap.at(cap.ln_mean[ln_f], "queries"), cap.at(cap.ln_std[ln_f], "queries")
+        mu_f, sigma_f = cap.at_queries(cap.ln_mean[ln_f]), cap.at_queries(cap.ln_std[ln_f])
         c = (1 + 2 * j) * N
         c_f = (1 + 2 * j) * (1 + 2 * L) * H * N
         w = adapter.attention_weights(j)
@@ -91,7 +93,6 @@ def slow_second_order_effects(
     coefficient: float = 100.0,
     convention: str | None = None,
     pooling: str | None = None,
-    capture: Capture | None = None,
     neurons=None,
 ) -> torch.Tensor:
     """Per-head literal second-order effects ``[batch, neurons, d_out]`` (same conventions as
@@ -101,7 +102,7 @@ def slow_second_order_effects(
     convention = convention or adapter.default_convention
     if convention not in adapter.conventions:
         raise ValueError(f"convention={convention!r} is not available for {adapter.family}")
-    cap = capture if capture is not None else adapter.capture(inputs, mlp_layer)
+    cap = adapter.capture(inputs, mlp_layer)
     neurons = torch.arange(adapter.d_mlp) if neurons is None else torch.as_tensor(neurons, dtype=torch.long)
     neurons = neurons.to(cap.activations.device)
     if convention == "reference":

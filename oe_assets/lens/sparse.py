@@ -6,7 +6,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["batched_omp", "normalize_dictionary", "SparseCodes", "sparse_decompose", "top_descriptions"]
+__all__ = ["batched_omp", "nonzeros_by_magnitude", "normalize_dictionary", "SparseCodes", "sparse_decompose", "top_descriptions"]
+
+
+def nonzeros_by_magnitude(row: np.ndarray, k: int | None = None) -> np.ndarray:
+    """Indices of the non-zeros of the 1-D ``row``, largest ``|value|`` first (ties keep index
+    order), at most ``k`` (None: all)."""
+    row = np.asarray(row)
+    nz = np.flatnonzero(row)
+    return nz[np.argsort(-np.abs(row[nz]), kind="stable")][:k]
 
 
 def normalize_dictionary(text_embeddings: np.ndarray, coefficient: float = 100.0) -> np.ndarray:
@@ -101,9 +109,7 @@ def top_descriptions(codes: np.ndarray, texts: list[str], k: int | None = None) 
         raise ValueError(f"codes has {codes.shape[1]} descriptions but {len(texts)} texts were given")
     rows = []
     for n, row in enumerate(codes):
-        nz = np.flatnonzero(row)
-        order = nz[np.argsort(-np.abs(row[nz]), kind="stable")][:k]
-        for rank, i in enumerate(order):
+        for rank, i in enumerate(nonzeros_by_magnitude(row, k)):
             rows.append({"neuron": n, "rank": rank, "description_index": int(i),
                          "coefficient": float(row[i]), "text": texts[i]})
     return rows

@@ -9,6 +9,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .adapters.text import tokenize
+
 __all__ = [
     "representations", "zero_shot_classifier", "project_texts", "clip_text_encoder",
     "imagenet_classes", "imagenet_templates", "imagenet_wnids", "TextEncoder",
@@ -78,7 +80,7 @@ def clip_text_encoder(model: torch.nn.Module, tokenizer, max_length: int | None 
 
     @torch.no_grad()
     def encode(texts: Sequence[str]) -> torch.Tensor:
-        batch = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        batch = tokenize(tokenizer, texts, max_length)
         batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
         pooled = model.text_model(**batch).pooler_output
         return model.text_projection(pooled)

@@ -1,7 +1,15 @@
 """Profiles: YAML files naming the model, dataset, analysis settings and storage of one setting.
 
 ``load_profile("demo")`` reads ``oe_assets/profiles/demo.yaml``; a path to any YAML file works too.
-Relative paths inside resolve against the project root; ``${VAR}`` expands environment variables.
+``${VAR}`` expands environment variables.  Path values resolve in this order:
+
+1. ``package:<path>``: a file shipped inside the package (``oe_assets/package_data/<path>``: the demo
+   corpus, its classes and templates, the vocabularies), found in editable and non-editable installs;
+2. an absolute path: as is;
+3. a relative path: against :func:`project_root` -- ``$OE_ASSETS_ROOT`` when set, else the source
+   checkout when the package runs from one (``pip install -e .``), else the current working directory.
+
+A relative ``source`` that does not exist there is a Hugging Face hub id and stays as is.
 """
 
 from __future__ import annotations
@@ -12,11 +20,30 @@ from typing import Any
 
 import yaml
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+#: files shipped with the package (``package:`` paths in a profile)
+PACKAGE_DATA = PACKAGE_DIR / "package_data"
 PROFILE_DIR = Path(__file__).resolve().parent
 PATH_KEYS = {"train_path", "val_path", "classes_path", "templates_path", "classifier_path", "text_embeddings_path",
              "vocabulary_path", "base_dir", "source"}
 SECTIONS = ("model", "dataset", "analysis", "storage")
+
+
+def project_root() -> Path:
+    """Where relative profile paths (``data/materialized/...``, ``data/dagster_home``) live:
+    ``$OE_ASSETS_ROOT``, else the source checkout holding the package (an editable install), else the
+    current working directory (an installed wheel)."""
+    if os.environ.get("OE_ASSETS_ROOT"):
+        return Path(os.environ["OE_ASSETS_ROOT"]).expanduser().resolve()
+    checkout = PACKAGE_DIR.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "oe_assets").resolve() == PACKAGE_DIR:
+        return checkout
+    return Path.cwd()
+
+
+def default_dagster_home() -> Path:
+    """``$DAGSTER_HOME`` when set, else ``<project root>/data/dagster_home``."""
+    return Path(os.environ.get("DAGSTER_HOME") or project_root() / "data" / "dagster_home")
 
 
 def available_profiles() -> list[str]:
@@ -29,9 +56,14 @@ def _resolve(key: str, value: Any) -> Any:
     value = os.path.expandvars(value)
     path, sep, suffix = value.partition(".npz:")  # "file.npz:key"
     target = path + (".npz" if sep else "")
+    if target.startswith("package:"):
+        candidate = PACKAGE_DATA / target.removeprefix("package:")
+        if not candidate.exists():
+            raise FileNotFoundError(f"{key}: {value!r} is not shipped with the package (looked in {PACKAGE_DATA})")
+        return str(candidate) + (":" + suffix if sep else "")
     candidate = Path(target)
     if not candidate.is_absolute():
-        candidate = PROJECT_ROOT / candidate
+        candidate = project_root() / candidate
         if key == "source" and not candidate.exists():
             return value  # a hub id
     return str(candidate) + (":" + suffix if sep else "")

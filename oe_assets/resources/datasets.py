@@ -19,7 +19,8 @@ import dagster as dg
 import numpy as np
 import torch
 
-from .text_datasets import load_text_dataset
+from ..lens.adapters.text import tokenize
+from ..lens.text_datasets import load_text_dataset, subsample
 
 __all__ = ["Split", "TextSplit", "ImageFolderSplit", "ArraySplit", "DatasetResource", "image_folder_samples"]
 
@@ -99,8 +100,7 @@ class _Tokenize:
     max_length: int
 
     def __call__(self, texts):
-        return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                              return_tensors="pt")
+        return tokenize(self.tokenizer, texts, self.max_length)
 
 
 @dataclass
@@ -284,7 +284,7 @@ class DatasetResource(dg.ConfigurableResource):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         path = self.train_path if split == "train" else self.val_path
         stride = self._stride(split)
-        sl = slice(self.offset, None, stride)
+        keep = lambda rows: subsample(rows, self.offset, stride, self.limit)  # noqa: E731
         if self.kind == "text":
             ds = load_text_dataset(path, self.text_column, self.label_column, stride=stride, offset=self.offset,
                                    limit=self.limit, classes=self.classes() if self.classes_path else None)
@@ -296,20 +296,20 @@ class DatasetResource(dg.ConfigurableResource):
             ids = imagenet_wnids() if self.class_index == "imagenet" else \
                 sorted(p.name for p in Path(self.train_path).iterdir() if p.is_dir())
             paths, labels, _ = image_folder_samples(Path(path), ids)
-            paths, labels = paths[sl][: self.limit], labels[sl][: self.limit]
+            paths, labels = keep(paths), keep(labels)
             return ImageFolderSplit(paths, labels, self.workers())
         if self.kind == "npz":
             if not Path(path).is_file():
                 raise FileNotFoundError(f"{split} npz file {path} does not exist")
             if str(path).endswith(".npy"):  # one memory-mapped array, no labels
-                pv = np.load(path, mmap_mode="r")[sl][: self.limit]
+                pv = keep(np.load(path, mmap_mode="r"))
                 return ArraySplit(pv, np.full(len(pv), -1, dtype=np.int64))
             data = np.load(path)
             key = self.train_key if split == "train" else self.val_key
             labels_key = self.train_labels_key if split == "train" else self.val_labels_key
             if key not in data:
                 raise ValueError(f"{path} has no array {key!r}; it holds {sorted(data.files)}")
-            pv = data[key][sl][: self.limit]
-            labels = data[labels_key][sl][: self.limit] if labels_key and labels_key in data else np.full(len(pv), -1)
+            pv = keep(data[key])
+            labels = keep(data[labels_key]) if labels_key and labels_key in data else np.full(len(pv), -1)
             return ArraySplit(pv, np.asarray(labels, dtype=np.int64))
         raise ValueError(f"dataset kind={self.kind!r}; choose 'text', 'image_folder' or 'npz'")

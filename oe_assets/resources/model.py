@@ -6,7 +6,8 @@ import threading
 
 import dagster as dg
 
-from ..lens.loading import LoadedModel, load_model, resolve_device, resolve_source
+from ..lens.hub import resolve_source
+from ..lens.loading import LoadedModel, load_model, resolve_device
 
 __all__ = ["ModelResource", "AnalysisResource", "model_layers"]
 

@@ -76,27 +76,51 @@ class Capture:
     readout: torch.Tensor
     representation: torch.Tensor
 
-    def ln_scale(self, names: list[str], at: str) -> torch.Tensor:
-        """Product of ``1 / sigma`` over the LayerNorms ``names``: ``[batch, tokens]`` when
-        ``at == "keys"``, ``[batch, queries]`` when ``at == "queries"``."""
-        b, _, q, t = next(iter(self.attention.values())).shape
-        n = t if at == "keys" else q
-        out = torch.ones(b, n, dtype=self.activations.dtype, device=self.activations.device)
-        for name in names:
-            out = out / self.at(self.ln_std[name], at)
-        return out
+    def at_keys(self, stat: torch.Tensor) -> torch.Tensor:
+        """A per-token statistic (``[batch, tokens]``) at the key positions: every token."""
+        if stat.shape[1] != self.activations.shape[1]:
+            raise ValueError("a LayerNorm that only saw pooled tokens cannot sit before a head")
+        return stat
 
-    def at(self, stat: torch.Tensor, at: str) -> torch.Tensor:
-        """A per-token statistic at key positions (``[batch, tokens]``) or query positions."""
+    def at_queries(self, stat: torch.Tensor) -> torch.Tensor:
+        """A per-token statistic at the query positions (``[batch, queries]``); a statistic recorded
+        only at the queries (a LayerNorm that sees the pooled token) is returned as is."""
         t = self.activations.shape[1]
         q = self.query_positions.numel()
-        if at == "keys":
-            if stat.shape[1] != t:
-                raise ValueError("a LayerNorm that only saw pooled tokens cannot sit before a head")
-            return stat
         if stat.shape[1] == q and (q != t or torch.equal(self.query_positions.cpu(), torch.arange(t))):
             return stat
         return stat[:, self.query_positions]
+
+    def ln_scale_keys(self, names: list[str]) -> torch.Tensor:
+        """Product of ``1 / sigma`` over the LayerNorms ``names`` at the keys: ``[batch, tokens]``."""
+        return self._ln_scale(names, self.at_keys)
+
+    def ln_scale_queries(self, names: list[str]) -> torch.Tensor:
+        """Product of ``1 / sigma`` over the LayerNorms ``names`` at the queries: ``[batch, queries]``."""
+        return self._ln_scale(names, self.at_queries)
+
+    def _ln_scale(self, names: list[str], positions) -> torch.Tensor:
+        b, _, q, t = next(iter(self.attention.values())).shape
+        n = t if positions == self.at_keys else q
+        out = torch.ones(b, n, dtype=self.activations.dtype, device=self.activations.device)
+        for name in names:
+            out = out / positions(self.ln_std[name])
+        return out
+
+    # ``at`` / ``ln_scale`` by a string ("keys" or "queries"): kept for callers not yet moved to the
+    # methods above
+    def _positions(self, at: str):
+        if at not in ("keys", "queries"):
+            raise ValueError(f"at={at!r}; expected 'keys' or 'queries'")
+        return self.at_keys if at == "keys" else self.at_queries
+
+    def at(self, stat: torch.Tensor, at: str) -> torch.Tensor:
+        """``at_keys(stat)`` (``at == "keys"``) or ``at_queries(stat)`` (``at == "queries"``)."""
+        return self._positions(at)(stat)
+
+    def ln_scale(self, names: list[str], at: str) -> torch.Tensor:
+        """``ln_scale_keys(names)`` (``at == "keys"``) or ``ln_scale_queries(names)`` (``"queries"``)."""
+        return self._ln_scale(names, self._positions(at))
 
 
 class ModelAdapter(ABC):

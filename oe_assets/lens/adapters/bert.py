@@ -13,6 +13,7 @@ from typing import Mapping
 
 import torch
 
+from ..hub import sentence_transformers_pooling
 from .base import AttentionWeights
 from .text import TextAdapter
 
@@ -35,8 +36,6 @@ class BertAdapter(TextAdapter):
 
     @classmethod
     def default_pooling(cls, source: str) -> str | None:
-        from ..loading import sentence_transformers_pooling
-
         return sentence_transformers_pooling(source)
 
     @classmethod

