@@ -191,14 +191,14 @@ class SecondOrderLens:
         path_weights, const = [], None
         readout_total = cap.readout.sum(-1)  # sum_q w
         for i, blk in enumerate(self.blocks):
-            s_out = cap.ln_scale(blk.ln_out, "queries") * cap.readout  # [B, Q]: w / sigma_f
-            s_in = cap.ln_scale(blk.ln_in, "keys")  # [B, T]
+            s_out = cap.ln_scale_queries(blk.ln_out) * cap.readout  # [B, Q]: w / sigma_f
+            s_in = cap.ln_scale_keys(blk.ln_in)  # [B, T]
             At = torch.einsum("bhqt,bq->bht", cap.attention[blk.index], s_out) * s_in[:, None, :]
             path_weights.append(At)
             if self.convention == "reference":
                 k = self._const[i]
                 mu_in = cap.ln_mean[blk.ln_in[0]]
-                mu_f = cap.at(cap.ln_mean[blk.ln_out[0]], "queries")
+                mu_f = cap.at_queries(cap.ln_mean[blk.ln_out[0]])
                 w_over_sigma_f = s_out.sum(-1)  # sum_q w / sigma_f
                 w_mu_over_sigma_f = (s_out * mu_f).sum(-1)  # sum_q w mu_f / sigma_f
                 attn_mass = At.sum(-1)  # [B, H]: sum_t Atil
