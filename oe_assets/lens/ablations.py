@@ -31,7 +31,8 @@ class AblationResult:
 
 
 def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Percentage of rows whose arg-max is the label."""
+    """Percentage of rows of ``logits`` ``[samples, classes]`` whose arg-max is the label
+    (``labels`` ``[samples]``)."""
     return float(100.0 * np.mean(np.argmax(logits, axis=1) == np.asarray(labels)))
 
 
@@ -40,21 +41,23 @@ def ablate(
     means: np.ndarray, thresholds: np.ndarray, components: np.ndarray,
     reconstructions: np.ndarray | None = None,
 ) -> AblationResult:
-    """The five scenarios on ``representations`` ``[S, d]`` (``coefficient * r / |r|``) with the
-    layer's ``effects`` ``[S, N, d]`` (a :class:`~oe_assets.lens.factorized.FactorizedEffects`, or
-    any dense array); ``means`` ``[N, d]`` (train), ``thresholds`` ``[N]`` (``norms[:, 0]``),
-    ``components`` ``[N, d]``; ``D = effects - means``:
+    """The five scenarios on ``representations`` ``[samples, d]`` (``coefficient * r / |r|``) with the
+    layer's ``effects`` ``[samples, neurons, d]`` (a :class:`~oe_assets.lens.factorized.FactorizedEffects`,
+    or any dense array); ``classifier`` ``[d, classes]``, ``labels`` ``[samples]``, ``means``
+    ``[neurons, d]`` (train), ``thresholds`` ``[neurons]`` (``norms[:, 0]``), ``components``
+    ``[neurons, d]``; ``D = effects - means``:
 
     - ``baseline``: ``rep``;  ``mean_ablate_all``: ``base = rep - sum_n effects + sum_n means``;
     - ``without_significant``: ``base + sum_n D[n] [|D[n]| <= threshold_n]``;
     - ``without_insignificant``: ``base + sum_n D[n] [|D[n]| > threshold_n]``;
     - ``projected_to_pc``: ``base + sum_n (D[n] . pc_n) pc_n``;
-    - with ``reconstructions`` ``[N, d]`` (the sparse codes' reconstruction of each PC), also
+    - with ``reconstructions`` ``[neurons, d]`` (the sparse codes' reconstruction of each PC), also
       ``sparse_reconstruction``: ``base + sum_n (D[n] . rhat_n) rhat_n``, ``rhat_n`` its unit vector.
 
-    Logits are ``X @ classifier``.  Computed in float64 from the effects' masked and projected sums
-    over neurons (:meth:`FactorizedEffects.masked_sum`, :meth:`~FactorizedEffects.projected_sum`):
-    factorized effects are never densified beyond one neuron block."""
+    Logits are ``X @ classifier`` ``[samples, classes]``.  Computed in float64 from the effects'
+    masked and projected sums over neurons (:meth:`FactorizedEffects.masked_sum`,
+    :meth:`~FactorizedEffects.projected_sum`): factorized effects are never densified beyond one
+    neuron block."""
     rep = np.asarray(representations, dtype=np.float64)
     S = rep.shape[0]
     effects = as_effects(effects)

@@ -14,7 +14,9 @@ __all__ = ["text_batches", "iter_factorized", "collect_factorized", "Progress"]
 
 
 def text_batches(tokenizer, texts: Sequence[str], batch_size: int = 32, max_length: int = 128) -> Iterator[dict]:
-    """Tokenizer outputs (right-padded, truncated to ``max_length``) of consecutive slices of ``texts``."""
+    """Tokenizer outputs (right-padded, truncated to ``max_length``) of consecutive slices of ``texts``:
+    ``input_ids`` / ``attention_mask`` ``[batch, tokens]`` (``batch <= batch_size``,
+    ``tokens <= max_length``)."""
     for i in range(0, len(texts), batch_size):
         yield tokenize(tokenizer, texts[i:i + batch_size], max_length)
 
@@ -53,7 +55,8 @@ def iter_factorized(lenses: Mapping[int, Any], batches: Iterable[Any],
                     progress: Progress | None = None) -> Iterator[tuple[slice, dict[int, FactorizedEffects]]]:
     """One data pass for several layers: per batch, one forward pass with hooks for every layer of
     ``lenses`` (``{mlp_layer: SecondOrderLens}`` over one model), then each layer's factorized
-    effects from that single capture.  Yields ``(samples, {layer: FactorizedEffects})``."""
+    effects from that single capture.  Yields ``(samples, {layer: FactorizedEffects})``: ``samples``
+    the batch's slice of the data, each effects ``[batch, neurons, d_out]``."""
     if not lenses:
         raise ValueError("lenses is empty")
     adapter = next(iter(lenses.values())).adapter
@@ -72,8 +75,9 @@ def iter_factorized(lenses: Mapping[int, Any], batches: Iterable[Any],
 
 def collect_factorized(lenses: Mapping[int, Any], batches: Iterable[Any],
                        progress: Progress | None = None) -> dict[int, FactorizedEffects]:
-    """Every batch's factorized effects, concatenated in memory: ``{layer: FactorizedEffects}``
-    (``alpha`` ``[samples, J*H, neurons]`` on the CPU; a notebook-sized dataset)."""
+    """Every batch's factorized effects, concatenated in memory: ``{layer: FactorizedEffects}``,
+    each ``[samples, neurons, d_out]`` (``alpha`` ``[samples, J*H, neurons]`` on the CPU; a
+    notebook-sized dataset)."""
     parts: dict[int, list[FactorizedEffects]] = {layer: [] for layer in lenses}
     for _, out in iter_factorized(lenses, batches, progress):
         for layer, fe in out.items():

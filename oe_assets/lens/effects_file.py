@@ -135,7 +135,8 @@ class FactorizedEffectsWriter:
                                      **(compression or {}))
 
     def write(self, fe: FactorizedEffects) -> None:
-        """Append one batch's ``alpha``, ``scale`` and ``const``."""
+        """Append one batch's ``alpha`` ``[batch, paths, neurons]`` (or its token form), ``scale``
+        ``[batch]`` and ``const`` ``[batch, d_out]``."""
         b = int(fe.alpha.shape[0])
         s0, s1 = self.written, self.written + b
         if s1 > self.n_samples:
@@ -157,6 +158,8 @@ class FactorizedEffectsWriter:
         self.written = s1
 
     def close(self, labels: np.ndarray | None = None, attrs: dict[str, Any] | None = None) -> None:
+        """Check that all ``n_samples`` were written, store ``labels`` ``[n_samples]`` (or None) and
+        ``attrs``, and close the file."""
         try:
             if self.written != self.n_samples:
                 raise RuntimeError(f"{self.path}: wrote {self.written} of {self.n_samples} samples")
@@ -200,8 +203,8 @@ def check_layout(path: str | Path) -> None:
 
 def open_factorized(path: str | Path, dtype: torch.dtype = torch.float64, device=None,
                     block_bytes: int | None = None) -> FactorizedEffects:
-    """The effects of a file as :class:`FactorizedEffects`, read lazily (``alpha`` block by block;
-    ``scale``, ``const`` and the factors at once)."""
+    """The effects of a file as :class:`FactorizedEffects` ``[samples, neurons, d_out]``, read lazily
+    (``alpha`` block by block; ``scale``, ``const`` and the factors at once)."""
     path = Path(path)
     check_layout(path)
     with h5py.File(path, "r") as f:

@@ -104,7 +104,7 @@ class HeadFactors:
         return self.n_neurons * self.n_paths * self.d_out * torch.empty(0, dtype=dtype).element_size()
 
     def block(self, neurons, dtype: torch.dtype, device=None) -> torch.Tensor:
-        """``M[neurons]`` ``[k, paths, d_out]`` (``neurons``: slice or positions)."""
+        """``M[neurons]`` ``[len(neurons), paths, d_out]`` (``neurons``: slice or positions)."""
         key = (dtype, str(device))
         if key in self._dense:
             return self._dense[key][neurons if isinstance(neurons, slice) else torch.as_tensor(neurons)]
@@ -171,6 +171,7 @@ class FactorizedEffects:
     # ---- sizes ----------------------------------------------------------------------------
     @property
     def shape(self) -> tuple[int, int, int]:
+        """``(samples, neurons, d_out)``."""
         return (int(self.alpha.shape[0]), self.factors.n_neurons, self.factors.d_out)
 
     def __len__(self) -> int:
@@ -182,7 +183,8 @@ class FactorizedEffects:
 
     @property
     def chunks(self) -> tuple[int, int, int] | None:
-        """``(samples, neurons, d_out)`` of the stored ``alpha``'s chunks, for block readers such as
+        """Chunk sizes along the effects' ``(samples, neurons, d_out)`` axes, from the stored ``alpha``'s
+        ``[samples, paths, neurons]`` chunks (``d_out`` whole), for block readers such as
         :func:`oe_assets.lens.neuron_pca` (whole chunks per block: each is read once)."""
         c = getattr(self.alpha, "chunks", None)
         return None if not c else (int(c[0]), int(c[2]), self.shape[2])
@@ -208,7 +210,8 @@ class FactorizedEffects:
 
     # ---- dense blocks ---------------------------------------------------------------------
     def dense_block(self, samples=slice(None), neurons=slice(None)) -> torch.Tensor:
-        """Exactly the dense effects ``[samples, neurons, d_out]`` of a block (torch, ``dtype``)."""
+        """Exactly the dense effects ``[len(samples), len(neurons), d_out]`` of a block (torch,
+        ``dtype``)."""
         S, N, _ = self.shape
         s_pos, n_pos = _positions(samples, S), _positions(neurons, N)
         run = _as_slice(s_pos)
@@ -240,7 +243,8 @@ class FactorizedEffects:
         return out if dtype is None else out.astype(dtype)
 
     def dense(self) -> torch.Tensor:
-        """The whole dense tensor (small inputs only: notebooks, tests, the lens's per-batch output)."""
+        """The whole dense tensor ``[samples, neurons, d_out]`` (small inputs only: notebooks, tests,
+        the lens's per-batch output)."""
         return self.dense_block()
 
     # ---- statistics over neurons ----------------------------------------------------------
@@ -265,9 +269,9 @@ class FactorizedEffects:
 
     def norms(self, centre=None, neurons=slice(None),
               progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """``|effects[s, n] - centre[n]|`` ``[samples, len(neurons)]`` (``centre`` ``[neurons, d_out]``
-        over the selected neurons, or None), one neuron block at a time, without forming it (see
-        :meth:`_block_norms`)."""
+        """``|effects[s, n] - centre[n]|`` ``[samples, len(neurons)]`` (``centre`` ``[len(neurons),
+        d_out]``: one row per selected neuron, or None), one neuron block at a time, without forming
+        it (see :meth:`_block_norms`)."""
         S, N, _ = self.shape
         n_pos = _positions(neurons, N)
         c = None if centre is None else _tensor(centre, self.dtype, self.device)
@@ -281,9 +285,10 @@ class FactorizedEffects:
         return out
 
     def top_rows(self, centre, top_k: int, neurons=slice(None)):
-        """For every selected neuron ``n``, its ``top_k`` samples by ``|effects[s, n] - centre[n]|``:
-        ``(norms [k, top_k]`` ascending, ``rows [k, top_k, d_out]`` = those centred effects), in neuron
-        blocks; yields ``(first, count, norms, rows)`` per block (the PCA's input)."""
+        """For every selected neuron ``n``, its ``top_k`` samples by ``|effects[s, n] - centre[n]|``
+        (``centre`` ``[len(neurons), d_out]``), in neuron blocks; yields ``(first, count, norms, rows)``
+        per block (the PCA's input): ``norms`` ``[count, top_k]`` (ascending), ``rows``
+        ``[count, top_k, d_out]`` (those centred effects)."""
         S, N, _ = self.shape
         n_pos = _positions(neurons, N)
         c = _tensor(centre, self.dtype, self.device)
@@ -340,7 +345,8 @@ class FactorizedEffects:
 
     def masked_sum(self, mask=None, centre=None) -> np.ndarray:
         """``sum_n mask[s, n] (effects[s, n] - centre[n])`` ``[samples, d_out]`` (``mask`` ``[samples,
-        neurons]``, None: every neuron).  Through the factors, never a dense block:
+        neurons]``, None: every neuron; ``centre`` ``[neurons, d_out]`` or None).  Through the factors,
+        never a dense block:
         ``scale[s] (sum_p left[p] sum_n right[p, :, n] mask alpha[s, p, n] + const[s] sum_n mask)``."""
         S, N, d = self.shape
         out = np.empty((S, d))
@@ -362,8 +368,8 @@ class FactorizedEffects:
 
     def projected_sum(self, directions, centre=None) -> np.ndarray:
         """``sum_n ((effects[s, n] - centre[n]) . u[n]) u[n]`` ``[samples, d_out]`` for one direction
-        ``u`` ``[neurons, d_out]`` per neuron, from ``M[n] . u[n]`` ``[neurons, paths]`` (never a
-        dense block)."""
+        ``u = directions`` ``[neurons, d_out]`` per neuron (``centre`` ``[neurons, d_out]`` or None),
+        from ``M[n] . u[n]`` ``[neurons, paths]`` (never a dense block)."""
         S, N, d = self.shape
         U = _tensor(directions, self.dtype, self.device)
         if tuple(U.shape) != (N, d):
@@ -412,9 +418,12 @@ class DenseEffects:
             yield slice(s0, s1), np.asarray(self[s0:s1], dtype=np.float64)
 
     def mean(self) -> np.ndarray:
+        """``mean_s effects[s, n]`` ``[neurons, d_out]``."""
         return sum(E.sum(0) for _, E in self._blocks()) / self.shape[0]
 
     def norms(self, centre=None, neurons=slice(None), progress=None) -> np.ndarray:
+        """``|effects[s, n] - centre[n]|`` ``[samples, len(neurons)]`` (``centre`` ``[len(neurons),
+        d_out]`` or None); ``progress`` is not called."""
         n_pos = _positions(neurons, self.shape[1])
         out = np.empty((self.shape[0], n_pos.size))
         for run, E in self._blocks():
@@ -423,6 +432,8 @@ class DenseEffects:
         return out
 
     def masked_sum(self, mask=None, centre=None) -> np.ndarray:
+        """``sum_n mask[s, n] (effects[s, n] - centre[n])`` ``[samples, d_out]`` (``mask``
+        ``[samples, neurons]`` or None, ``centre`` ``[neurons, d_out]`` or None)."""
         out = np.empty((self.shape[0], self.shape[2]))
         for run, E in self._blocks():
             D = E if centre is None else E - np.asarray(centre, dtype=np.float64)
@@ -431,6 +442,8 @@ class DenseEffects:
         return out
 
     def projected_sum(self, directions, centre=None) -> np.ndarray:
+        """``sum_n ((effects[s, n] - centre[n]) . u[n]) u[n]`` ``[samples, d_out]`` for
+        ``directions`` ``[neurons, d_out]`` (``centre`` ``[neurons, d_out]`` or None)."""
         U = np.asarray(directions, dtype=np.float64)
         out = np.empty((self.shape[0], self.shape[2]))
         for run, E in self._blocks():

@@ -24,6 +24,7 @@ class NeuronPCA:
 
     @property
     def thresholds(self) -> np.ndarray:
+        """``norms[:, 0]``: ``[neurons]``."""
         return self.norms[:, 0]
 
 
@@ -39,7 +40,9 @@ def neuron_pca(
     3. ``components[n]`` = first right singular vector of those rows, negated unless more than
        ``top_k // 2`` of them project positively on it.
     Computed in float64.  ``block_size`` defaults to as many neurons as fit ``block_bytes`` of
-    float64 samples, so memory stays bounded whatever the number of samples.  Factorized effects
+    float64 samples, so memory stays bounded whatever the number of samples.  Returns a
+    :class:`NeuronPCA` (``components`` / ``means`` ``[neurons, d_out]``, ``norms``
+    ``[neurons, top_k]``, ``explained`` ``[neurons]``).  Factorized effects
     (:class:`~oe_assets.lens.factorized.FactorizedEffects`) take their own path: the means and every
     centred norm come from the factors, and only each neuron's top rows are formed
     (:meth:`~oe_assets.lens.factorized.FactorizedEffects.top_rows`)."""

@@ -98,8 +98,9 @@ class SecondOrderLens:
     ``lens(inputs)`` returns ``[batch, neurons, d_out]`` (see the module docstring for the formula);
     ``lens.factorized(inputs)`` the same effects unmaterialized.  ``dense_cache_bytes``: the dense
     directions ``M`` are kept for later batches when they fit (792 MiB at ViT-B/32 layer 0).
-    ``inputs`` is what the family's model takes: ``pixel_values`` ``[batch, 3, H, W]`` for CLIP, a
-    tokenizer's output (``input_ids``, ``attention_mask``) for language models.
+    ``inputs`` is what the family's model takes: ``pixel_values`` ``[batch, 3, height, width]`` for
+    CLIP, a tokenizer's output (``input_ids``, ``attention_mask``: ``[batch, tokens]``) for language
+    models.
     """
 
     def __init__(
@@ -172,6 +173,7 @@ class SecondOrderLens:
         return self.adapter.capture(inputs, self.mlp_layer)
 
     def __call__(self, inputs: Any) -> torch.Tensor:
+        """``[batch, neurons, d_out]`` dense effects of ``inputs`` (in the model's dtype)."""
         return self.from_capture(self.capture(inputs))
 
     def factorized(self, inputs: Any) -> FactorizedEffects:
@@ -185,9 +187,10 @@ class SecondOrderLens:
 
     @torch.no_grad()
     def factorized_from_capture(self, cap: Capture, dtype: torch.dtype | None = None) -> FactorizedEffects:
-        """:class:`FactorizedEffects` of a :class:`Capture` of this layer: ``alpha [batch, J*H,
-        neurons]``, ``scale [batch]``, ``const [batch, d_out]`` (reference convention) and the
-        layer's :class:`HeadFactors`; computed in ``dtype`` (default float64) when densified."""
+        """:class:`FactorizedEffects` ``[batch, neurons, d_out]`` of a :class:`Capture` of this layer:
+        ``alpha`` ``[batch, J*H, neurons]``, ``scale`` ``[batch]``, ``const`` ``[batch, d_out]``
+        (reference convention) and the layer's :class:`HeadFactors`; computed in ``dtype`` (default
+        float64) when densified."""
         path_weights, const = [], None
         readout_total = cap.readout.sum(-1)  # sum_q w
         for i, blk in enumerate(self.blocks):

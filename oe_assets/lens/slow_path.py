@@ -41,7 +41,8 @@ def slow_path_contributions(
     adapter: ModelAdapter, cap: Capture, mlp_layer: int, contributions: torch.Tensor, coefficient: float = 100.0
 ) -> torch.Tensor:
     """Direct convention for arbitrary stream contributions ``[batch, tokens, K, d_model]`` written
-    at MLP layer ``mlp_layer``: ``[batch, K, d_out]``, summed over every later block and head."""
+    at MLP layer ``mlp_layer`` (``cap`` a :class:`Capture` of that layer): ``[batch, K, d_out]``,
+    summed over every later block and head."""
     total = None
     for j in adapter.later_blocks(mlp_layer):
         w = adapter.attention_weights(j)

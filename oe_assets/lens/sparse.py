@@ -10,8 +10,9 @@ __all__ = ["batched_omp", "nonzeros_by_magnitude", "normalize_dictionary", "Spar
 
 
 def nonzeros_by_magnitude(row: np.ndarray, k: int | None = None) -> np.ndarray:
-    """Indices of the non-zeros of the 1-D ``row``, largest ``|value|`` first (ties keep index
-    order), at most ``k`` (None: all)."""
+    """Indices ``[nonzeros]`` of the non-zeros of the 1-D ``row`` (e.g. one neuron's codes,
+    ``[descriptions]``), largest ``|value|`` first (ties keep index order), at most ``k`` of them
+    (None: all)."""
     row = np.asarray(row)
     nz = np.flatnonzero(row)
     return nz[np.argsort(-np.abs(row[nz]), kind="stable")][:k]
@@ -19,7 +20,8 @@ def nonzeros_by_magnitude(row: np.ndarray, k: int | None = None) -> np.ndarray:
 
 def normalize_dictionary(text_embeddings: np.ndarray, coefficient: float = 100.0) -> np.ndarray:
     """``coefficient * (T - mean_i T[i]) / ||T - mean||_col``: centre ``[descriptions, d]`` on the
-    mean description, then scale every embedding dimension (column) to norm ``coefficient``."""
+    mean description, then scale every embedding dimension (column) to norm ``coefficient``:
+    ``[descriptions, d]``."""
     T = np.asarray(text_embeddings, dtype=np.float64)
     if T.ndim != 2 or T.shape[0] < 2:
         raise ValueError(f"text_embeddings must be [descriptions >= 2, d], got shape {T.shape}")
@@ -76,9 +78,11 @@ def sparse_decompose(
     transform_alpha: float = 1e-4, method: str = "auto",
 ) -> SparseCodes:
     """Orthogonal matching pursuit of each row of ``directions`` ``[neurons, d]`` over the normalised
-    text dictionary.  ``method="sklearn"``: scikit-learn's ``SparseCoder(transform_algorithm="omp",
-    transform_n_nonzero_coefs=components)`` (the published path; it builds the full Gram matrix);
-    ``"batched"``: :func:`batched_omp` (no Gram); ``"auto"``: sklearn up to 8192 descriptions."""
+    text dictionary (``text_embeddings`` ``[descriptions, d]``): :class:`SparseCodes` with ``codes``
+    ``[neurons, descriptions]``.  ``method="sklearn"``: scikit-learn's
+    ``SparseCoder(transform_algorithm="omp", transform_n_nonzero_coefs=components)`` (the published
+    path; it builds the full Gram matrix); ``"batched"``: :func:`batched_omp` (no Gram); ``"auto"``:
+    sklearn up to 8192 descriptions."""
     X = np.asarray(directions, dtype=np.float64)
     dictionary = normalize_dictionary(text_embeddings, coefficient)
     if X.ndim != 2 or X.shape[1] != dictionary.shape[1]:
@@ -103,7 +107,8 @@ def sparse_decompose(
 
 def top_descriptions(codes: np.ndarray, texts: list[str], k: int | None = None) -> list[dict]:
     """Rows ``{neuron, rank, description_index, coefficient, text}``: each neuron's non-zero
-    coefficients, largest magnitude first, at most ``k`` per neuron."""
+    coefficients in ``codes`` ``[neurons, descriptions]`` (``texts``: one per description), largest
+    magnitude first, at most ``k`` per neuron."""
     codes = np.asarray(codes)
     if codes.shape[1] != len(texts):
         raise ValueError(f"codes has {codes.shape[1]} descriptions but {len(texts)} texts were given")

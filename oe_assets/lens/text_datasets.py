@@ -60,7 +60,7 @@ _INT_RE = re.compile(r"^[+-]?\d+$")
 
 @dataclass(frozen=True)
 class TextDataset:
-    """Texts with integer labels (``labels[i]`` is the label of ``texts[i]``).
+    """Texts with integer labels ``labels`` ``[samples]`` (``labels[i]`` is the label of ``texts[i]``).
 
     ``classes``, when known, lists the class names in label order, so
     ``classes[labels[i]]`` is the name of example ``i``'s class.
@@ -113,7 +113,8 @@ class TextDataset:
 
 def subsample(rows, offset: int = 0, stride: int = 1, limit: int | None = None):
     """Rows ``offset, offset + stride, offset + 2 * stride, ...``, at most ``limit`` of them
-    (``None``: all): the one subsampling rule of every dataset kind (lists, arrays, memory maps)."""
+    (``None``: all), along the first axis (``[rows, ...]`` -> ``[kept, ...]``): the one subsampling
+    rule of every dataset kind (lists, arrays, memory maps)."""
     return rows[offset::stride][:limit]
 
 

@@ -40,7 +40,8 @@ def imagenet_wnids() -> list[str]:
 
 
 def representations(embeddings: torch.Tensor | np.ndarray, coefficient: float = 100.0):
-    """``coefficient * e / |e|`` row-wise, for ``embeddings`` ``[samples, d]``."""
+    """``coefficient * e / |e|`` row-wise, for ``embeddings`` ``[samples, d]``: ``[samples, d]``
+    (same type as ``embeddings``)."""
     norm = embeddings.norm(dim=-1, keepdim=True) if isinstance(embeddings, torch.Tensor) else \
         np.linalg.norm(embeddings, axis=-1, keepdims=True)
     return coefficient * embeddings / norm
@@ -72,7 +73,8 @@ def project_texts(encode: TextEncoder, texts: Sequence[str], batch_size: int = 2
 
 
 def clip_text_encoder(model: torch.nn.Module, tokenizer, max_length: int | None = None) -> TextEncoder:
-    """The text tower of a ``CLIPModel`` as a :data:`TextEncoder`: ``text_projection(pooled)``."""
+    """The text tower of a ``CLIPModel`` as a :data:`TextEncoder`: ``text_projection(pooled)``,
+    ``[len(texts), d_out]``."""
     if not hasattr(model, "text_model") or not hasattr(model, "text_projection"):
         raise TypeError(f"{type(model).__name__} has no CLIP text tower (text_model + text_projection)")
     device = next(model.parameters()).device

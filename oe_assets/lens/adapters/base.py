@@ -61,9 +61,9 @@ class Capture:
     - ``activations``: ``[batch, tokens, neurons]``, post-activation of the chosen MLP layer;
     - ``attention[j]``: ``[batch, heads, queries, tokens]``, attention probabilities of block ``j``
       for the query positions that reach the representation (``query_positions``, ``[queries]``);
-    - ``ln_mean[name]``, ``ln_std[name]``: ``[batch, tokens]`` (or ``[batch, queries]`` for a
-      LayerNorm that only sees the pooled token), mean and ``sqrt(var + eps)`` of each recorded
-      LayerNorm's input;
+    - ``ln_mean[name]``, ``ln_std[name]``: ``[batch, tokens]`` (or ``[batch, 1]`` for a LayerNorm
+      that only sees the pooled token, whose representation reads one query: ``[batch, queries]``),
+      mean and ``sqrt(var + eps)`` of each recorded LayerNorm's input;
     - ``readout``: ``[batch, queries]``, the pooling weights of the representation over queries;
     - ``representation``: ``[batch, d_out]``, the model's unnormalised representation ``r``.
     """
@@ -77,14 +77,16 @@ class Capture:
     representation: torch.Tensor
 
     def at_keys(self, stat: torch.Tensor) -> torch.Tensor:
-        """A per-token statistic (``[batch, tokens]``) at the key positions: every token."""
+        """A per-token statistic ``stat`` ``[batch, tokens]`` at the key positions (every token):
+        ``[batch, tokens]``."""
         if stat.shape[1] != self.activations.shape[1]:
             raise ValueError("a LayerNorm that only saw pooled tokens cannot sit before a head")
         return stat
 
     def at_queries(self, stat: torch.Tensor) -> torch.Tensor:
-        """A per-token statistic at the query positions (``[batch, queries]``); a statistic recorded
-        only at the queries (a LayerNorm that sees the pooled token) is returned as is."""
+        """A per-token statistic ``stat`` ``[batch, tokens]`` at the query positions: ``[batch,
+        queries]``; a statistic recorded only at the queries (``[batch, queries]``, a LayerNorm that
+        sees the pooled token) is returned as is."""
         t = self.activations.shape[1]
         q = self.query_positions.numel()
         if stat.shape[1] == q and (q != t or torch.equal(self.query_positions.cpu(), torch.arange(t))):
@@ -106,21 +108,6 @@ class Capture:
         for name in names:
             out = out / positions(self.ln_std[name])
         return out
-
-    # ``at`` / ``ln_scale`` by a string ("keys" or "queries"): kept for callers not yet moved to the
-    # methods above
-    def _positions(self, at: str):
-        if at not in ("keys", "queries"):
-            raise ValueError(f"at={at!r}; expected 'keys' or 'queries'")
-        return self.at_keys if at == "keys" else self.at_queries
-
-    def at(self, stat: torch.Tensor, at: str) -> torch.Tensor:
-        """``at_keys(stat)`` (``at == "keys"``) or ``at_queries(stat)`` (``at == "queries"``)."""
-        return self._positions(at)(stat)
-
-    def ln_scale(self, names: list[str], at: str) -> torch.Tensor:
-        """``ln_scale_keys(names)`` (``at == "keys"``) or ``ln_scale_queries(names)`` (``"queries"``)."""
-        return self._ln_scale(names, self._positions(at))
 
 
 class ModelAdapter(ABC):
@@ -198,10 +185,12 @@ class ModelAdapter(ABC):
     # ---- weights --------------------------------------------------------------------------
     @abstractmethod
     def mlp_out_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(W_out [d_model, neurons], b_out [d_model])``: neuron ``n`` writes ``a_n W_out[:, n]``."""
+        """``(W_out, b_out)``: ``W_out`` ``[d_model, neurons]``, ``b_out`` ``[d_model]``; neuron ``n``
+        writes ``a_n W_out[:, n]``."""
 
     @abstractmethod
-    def attention_weights(self, block: int) -> AttentionWeights: ...
+    def attention_weights(self, block: int) -> AttentionWeights:
+        """Block ``block``'s weights per head (shapes: :class:`AttentionWeights`)."""
 
     def layer_norm(self, name: str) -> LayerNormParams:
         """Weight, bias and eps of the LayerNorm module ``name`` (a name the adapter listed)."""
@@ -213,12 +202,13 @@ class ModelAdapter(ABC):
         inputs: Mapping[str, torch.Tensor],
     ) -> torch.Tensor:
         """Block ``block``'s attention probabilities ``[batch, heads, queries, tokens]`` recomputed from
-        its input ``x`` ``[batch, tokens, d_model]``; ``bias`` is :meth:`attention_bias` at the query
-        rows.  Families with rotary positions, q/k norms or per-layer windows override this."""
+        its input ``x`` ``[batch, tokens, d_model]`` at ``query_positions`` ``[queries]``; ``bias`` is
+        :meth:`attention_bias` at the query rows, ``[batch, queries, tokens]`` (or None).  Families
+        with rotary positions, q/k norms or per-layer windows override this."""
         return attention_probabilities(x, self.attention_weights(block), query_positions, bias)
 
     def projection(self) -> torch.Tensor | None:
-        """``P [d_model, d_out]`` applied after the final LayerNorm and pooling, or None."""
+        """``P`` ``[d_model, d_out]`` applied after the final LayerNorm and pooling, or None."""
         return None
 
     # ---- paths ----------------------------------------------------------------------------
@@ -246,11 +236,14 @@ class ModelAdapter(ABC):
     # ---- running --------------------------------------------------------------------------
     @abstractmethod
     def prepare_inputs(self, inputs: Any) -> dict[str, torch.Tensor]:
-        """Validate the caller's inputs and move them to the model's device/dtype."""
+        """Validate the caller's inputs and move them to the model's device/dtype: ``{name: tensor}``
+        (``input_ids`` / ``attention_mask`` ``[batch, tokens]`` for text, ``pixel_values``
+        ``[batch, channels, height, width]`` for images)."""
 
     @abstractmethod
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Run the model once; return the unnormalised representation ``r`` ``[batch, d_out]``."""
+        """Run the model once on :meth:`prepare_inputs`' output; return the unnormalised
+        representation ``r`` ``[batch, d_out]``."""
 
     @abstractmethod
     def n_tokens(self, inputs: Mapping[str, torch.Tensor]) -> int: ...
@@ -262,16 +255,19 @@ class ModelAdapter(ABC):
 
     @abstractmethod
     def readout(self, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(query_positions [queries], weights [batch, queries])``: the representation pools the
-        final stream as ``sum_q weights[b, q] x[b, query_positions[q]]`` (before the projection)."""
+        """``(query_positions, weights)``: ``query_positions`` ``[queries]``, ``weights``
+        ``[batch, queries]``; the representation pools the final stream as
+        ``sum_q weights[b, q] x[b, query_positions[q]]`` (before the projection)."""
 
     def attention_bias(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
-        """Additive score mask ``[batch, tokens(query), tokens(key)]`` (``-inf`` where masked)."""
+        """Additive score mask ``[batch, tokens, tokens]`` (query rows, key columns; ``-inf`` where
+        masked), or None."""
         return None
 
     # ---- the text side ---------------------------------------------------------------------
     def text_encoder(self, tokenizer, max_length: int | None = None):
-        """A :data:`oe_assets.lens.zero_shot.TextEncoder` into this model's output space."""
+        """A :data:`oe_assets.lens.zero_shot.TextEncoder` into this model's output space: texts ->
+        ``[len(texts), d_out]``."""
         raise TypeError(f"this {self.family} model ({type(self.model).__name__}) has no text encoder")
 
     def zero_shot_classifier(self, tokenizer, classnames, templates) -> torch.Tensor:
@@ -354,7 +350,9 @@ class ModelAdapter(ABC):
 def attention_probabilities(
     x: torch.Tensor, w: AttentionWeights, query_positions: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
-    """``softmax_t(scale * q_h(x[:, q]) . k_h(x[:, t]) + bias)``: ``[batch, heads, queries, tokens]``.
+    """``softmax_t(scale * q_h(x[:, q]) . k_h(x[:, t]) + bias)``: ``[batch, heads, queries, tokens]``
+    for ``x`` ``[batch, tokens, d_model]``, ``query_positions`` ``[queries]`` and ``bias``
+    ``[batch, queries, tokens]`` (or None).
 
     Recomputed from the attention input so that capture works whatever attention implementation
     the model runs (``sdpa`` and flash kernels never return probabilities).  Softmax runs in the
