@@ -14,22 +14,9 @@ import gc
 import time
 
 import torch
-from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from common import PeakRSS, timed
+from common import PeakRSS, sync, timed, vit_b32
 from oe_assets.lens import SecondOrderLens, slow_second_order_effects
-
-
-def vit_b32(device: str) -> CLIPVisionModelWithProjection:
-    torch.manual_seed(0)
-    cfg = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                           image_size=224, patch_size=32, projection_dim=512, hidden_act="quick_gelu")
-    return CLIPVisionModelWithProjection(cfg).to(device).eval()
-
-
-def sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def main() -> None:

@@ -29,26 +29,13 @@ import h5py
 import numpy as np
 import torch
 from tabulate import tabulate
-from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from common import timed
+from common import sync, timed, vit_b32
 from oe_assets.lens import SecondOrderLens, neuron_pca
 from oe_assets.lens.batching import iter_factorized
 from oe_assets.lens.effects_file import FactorizedEffectsWriter, open_factorized
 
 TRAIN, VAL = 1_281_167 // 250 + 1, 50_000 // 10  # the published subsampling
-
-
-def vit_b32(device: str) -> CLIPVisionModelWithProjection:
-    torch.manual_seed(0)
-    cfg = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                           image_size=224, patch_size=32, projection_dim=512, hidden_act="quick_gelu")
-    return CLIPVisionModelWithProjection(cfg).to(device).eval()
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+from common import vit_b32
 from tabulate import tabulate
 
 
@@ -60,8 +61,7 @@ def main() -> None:
     ap.add_argument("--step-images", type=int, default=32)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    import torch
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import CLIPImageProcessor
 
     from oe_assets.resources import datasets
 
@@ -104,10 +104,7 @@ def main() -> None:
 
         step = work / "step"
         make_tree(step, 1, args.step_images, seed=1)
-        torch.manual_seed(0)
-        cfg = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                               image_size=224, patch_size=32, projection_dim=512, hidden_act="quick_gelu")
-        CLIPVisionModelWithProjection(cfg).save_pretrained(work / "model")
+        vit_b32().save_pretrained(work / "model")
         processor.save_pretrained(work / "model")
         decodes = multiprocessing.get_context("fork").Value("i", 0)
         original = datasets._DecodeImage.__call__

@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
+from common import vit_b32
 
 
 def main() -> None:
@@ -33,16 +33,12 @@ def main() -> None:
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     import dagster as dg
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     from oe_assets.definitions import build_definitions
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="oe_stream_"))
     work.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    cfg = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                           image_size=224, patch_size=32, projection_dim=512, hidden_act="quick_gelu")
-    CLIPVisionModelWithProjection(cfg).save_pretrained(work / "model")
+    vit_b32().save_pretrained(work / "model")
     images = np.lib.format.open_memmap(work / "images.npy", mode="w+", dtype=np.float16,
                                        shape=(args.samples, 3, 224, 224))
     rng = np.random.default_rng(0)

@@ -6,6 +6,8 @@ import os
 import threading
 import time
 
+import torch
+
 
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
@@ -46,3 +48,20 @@ def timed(fn, repeat: int = 3):
         out = fn()
         best = min(best, time.perf_counter() - t0)
     return best, out
+
+
+def vit_b32(device: str = "cpu"):
+    """A ViT-B/32-shaped CLIP vision tower with random weights (width 768, 12 layers, 12 heads,
+    224 px / 32 px patches = 50 tokens, 3072 neurons, output 512): no download."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    cfg = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                           image_size=224, patch_size=32, projection_dim=512, hidden_act="quick_gelu")
+    return CLIPVisionModelWithProjection(cfg).to(device).eval()
+
+
+def sync(device: str) -> None:
+    """Wait for queued CUDA work, so wall times measure it."""
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
