@@ -204,6 +204,9 @@ def test_tiny_bert_graph(bert_profile, tmp_path):
     assert H5Group(store / "classifier" / "all.h5").read("classifier").shape == (32, 2)
     summary = pq.read_table(store / "layer_summary" / "all.parquet").to_pylist()
     assert [r["layer"] for r in summary] == [0, 1]
+    # accuracies only by default: no per-sample logits stored
+    report = pq.read_table(store / "ablation_report" / "1.parquet").to_pylist()
+    assert all(r["logits"] is None for r in report) and all(r["accuracy"] is not None for r in report)
     # the stored effects are the lens's own
     cached = next(k for k in model_module._CACHE if k[0] == bert_profile["model"]["source"])
     lens = SecondOrderLens(model_module._CACHE[cached].adapter, 1)

@@ -154,3 +154,17 @@ def test_ablation_scenarios_on_a_hand_built_example():
     for s in ALL_SCENARIOS:
         np.testing.assert_allclose(res.logits[s], expected[s], rtol=0, atol=1e-12, err_msg=s)
     assert res.accuracy == accuracy
+
+
+def test_torch_omp_in_float32_and_transform_alpha_refused():
+    """The torch coder's float32 correlations pick scikit-learn's atoms on well-separated data and its
+    coefficients agree to float32 precision; transform_alpha (ignored by OMP) is refused."""
+    rng = np.random.default_rng(3)
+    T = rng.normal(size=(300, 16))
+    X = rng.normal(size=(20, 16))
+    ref = sparse_decompose(X, T, 5, method="sklearn").codes
+    fast = sparse_decompose(X, T, 5, method="batched", dtype=torch.float32).codes
+    assert ((ref != 0) == (fast != 0)).all()
+    assert np.abs(fast - ref).max() <= 1e-4 * np.abs(ref).max()
+    with pytest.raises(ValueError, match="transform_alpha has no effect"):
+        sparse_decompose(X, T, 5, transform_alpha=1e-4)

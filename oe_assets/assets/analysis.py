@@ -14,6 +14,7 @@ from ..reports import NeuronSection, render_report
 from ..resources.datasets import DatasetResource
 from ..resources.store import ArtifactStore, H5Payload, open_effects
 from ..resources.model import AnalysisResource, ModelResource
+from ..lens.loading import resolve_dtype
 from .common import CODE_VERSION, EAGER, md_table, timer
 
 ABLATION_SCHEMA = pa.schema([
@@ -97,8 +98,8 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
               automation_condition=EAGER,
               description="Sparse codes of each neuron's PC over the normalised text dictionary (OMP, "
               "`components` non-zeros): indices and values [neurons, components].", **layered)
-    def sparse_codes(context: dg.AssetExecutionContext, analysis: AnalysisResource, neuron_pcas: dict,
-                     text_embeddings):
+    def sparse_codes(context: dg.AssetExecutionContext, analysis: AnalysisResource, model: ModelResource,
+                     neuron_pcas: dict, text_embeddings):
         texts = text_embeddings.read("texts")
         emb = text_embeddings.read("embeddings")
         out, meta = {}, {}
@@ -106,7 +107,8 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
             for key in context.partition_keys:
                 pcas = neuron_pcas[key]
                 codes = sparse_decompose(pcas.read("components"), emb, analysis.components,
-                                         coefficient=analysis.coefficient)
+                                         coefficient=analysis.coefficient, device=model.compute_device(),
+                                         dtype=resolve_dtype(analysis.sparse_dtype))
                 max_nonzeros = np.count_nonzero(codes.codes, axis=1).max()
                 idx, val = sparse_arrays(codes.codes, analysis.components)
                 thresholds = pcas.read("norms")[:, 0]
@@ -130,7 +132,8 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
               metadata={"dagster/column_schema": table_schema(ABLATION_SCHEMA)},
               description="Val accuracy and logits under the five ablation scenarios and the sparse-code "
               "reconstruction.", **layered)
-    def ablation_report(context: dg.AssetExecutionContext, model: ModelResource, val_representations,
+    def ablation_report(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource,
+                        val_representations,
                         val_second_order_effects: dict, classifier, neuron_pcas: dict, sparse_codes: dict,
                         text_embeddings):
         reps, labels = val_representations.read("representations"), val_representations.read("labels")
@@ -148,7 +151,8 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
                              pcas.read("norms")[:, 0], pcas.read("components"), reconstructions=dense @ dictionary)
                 out[key] = pa.Table.from_pylist(
                     [{"layer": int(key), "scenario": s, "accuracy": res.accuracy[s], "samples": len(labels),
-                      "logits": res.logits[s].tolist()} for s in ALL_SCENARIOS], schema=ABLATION_SCHEMA)
+                      "logits": res.logits[s].tolist() if analysis.store_logits else None}
+                     for s in ALL_SCENARIOS], schema=ABLATION_SCHEMA)
                 layer_meta(context, key, preview=dg.MetadataValue.md(md_table(
                     [{"scenario": s, "accuracy %": res.accuracy[s]} for s in ALL_SCENARIOS])))
         context.add_output_metadata({**meta, "rows": len(ALL_SCENARIOS), "samples": len(labels),
@@ -158,7 +162,9 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
     @dg.asset(group_name="summary", io_manager_key="parquet_io_manager", kinds={"parquet", "matplotlib"},
               code_version=CODE_VERSION, automation_condition=EAGER,
               ins={"ablation_report": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(),
-                                                 metadata={"allow_missing_partitions": True})},
+                                                 # accuracies only: never the per-sample logits
+                                                 metadata={"allow_missing_partitions": True,
+                                                           "columns": ["scenario", "accuracy"]})},
               metadata={"dagster/column_schema": table_schema(SUMMARY_SCHEMA)},
               description="Every materialized layer's ablation and reconstruction accuracies in one table, "
               "and a plot of them against layer.")

@@ -74,14 +74,15 @@ class _BaseIOManager(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext):
         key = context.asset_key
+        metadata = context.definition_metadata or {}
         if not context.has_asset_partitions:
-            return self._read(self.store.require(key, None, self.suffix))
-        allow_missing = bool((context.definition_metadata or {}).get("allow_missing_partitions", False))
+            return self._read(self.store.require(key, None, self.suffix), metadata)
+        allow_missing = bool(metadata.get("allow_missing_partitions", False))
         out = {}
         for p in context.asset_partition_keys:
             path = self.path_for(key, p)
             if path.exists():
-                out[p] = self._read(path)
+                out[p] = self._read(path, metadata)
             elif not allow_missing:
                 self.store.require(key, p, self.suffix)  # raises, naming the asset, partition and file
         return out
@@ -89,7 +90,8 @@ class _BaseIOManager(dg.ConfigurableIOManager):
     def _write(self, context, path: Path, obj) -> None:
         raise NotImplementedError
 
-    def _read(self, path: Path):
+    def _read(self, path: Path, metadata: dict):
+        """The stored value; ``metadata``: the input's definition metadata."""
         raise NotImplementedError
 
 
@@ -111,7 +113,7 @@ class HDF5IOManager(_BaseIOManager):
             raise TypeError(f"HDF5IOManager cannot store {type(obj).__name__}; return H5Payload or StagedH5")
         context.log.debug(f"wrote {path}")
 
-    def _read(self, path: Path) -> H5Group:
+    def _read(self, path: Path, metadata: dict) -> H5Group:
         return H5Group(path)
 
 
@@ -126,8 +128,9 @@ class ParquetIOManager(_BaseIOManager):
         with self.store.atomic(path) as tmp:
             pq.write_table(obj, tmp)
 
-    def _read(self, path: Path) -> pa.Table:
-        return pq.read_table(path)
+    def _read(self, path: Path, metadata: dict) -> pa.Table:
+        """The table, or only the input's ``columns`` (metadata) when it names some."""
+        return pq.read_table(path, columns=metadata.get("columns"))
 
 
 class HTMLIOManager(_BaseIOManager):
@@ -147,5 +150,5 @@ class HTMLIOManager(_BaseIOManager):
             "reports": dg.MetadataValue.md("\n".join(f"- [{p.name}]({p.resolve().as_uri()})" for p in paths)),
         })
 
-    def _read(self, path: Path) -> str:
+    def _read(self, path: Path, metadata: dict) -> str:
         return path.read_text(encoding="utf-8")

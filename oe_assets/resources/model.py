@@ -62,7 +62,10 @@ class AnalysisResource(dg.ConfigurableResource):
     code; ``templates_path``: JSON list of prompt templates (``"imagenet"``: the 80 OpenAI templates);
     ``classifier_path`` / ``text_embeddings_path``: ``file.npz:key`` to use given arrays instead of
     encoding prompts / descriptions; ``vocabulary_path``: the description file (one a line; None: the
-    tokenizer's whole words); ``report_neurons``: neurons previewed per layer."""
+    tokenizer's whole words); ``report_neurons``: neurons previewed per layer; ``sparse_dtype``: the
+    dtype of the sparse coder's correlations (``"float64"``: scikit-learn's atoms exactly;
+    ``"float32"``: about 2x faster on CPU, far more on a GPU); ``store_logits``: keep every val sample's
+    logits in ``ablation_report`` (float64 lists; off: accuracies only, a few hundred bytes a layer)."""
 
     coefficient: float = 100.0
     convention: str | None = None
@@ -73,3 +76,5 @@ class AnalysisResource(dg.ConfigurableResource):
     text_embeddings_path: str | None = None
     vocabulary_path: str | None = None
     report_neurons: int = 10
+    sparse_dtype: str = "float64"
+    store_logits: bool = False
