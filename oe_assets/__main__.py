@@ -1,6 +1,6 @@
 """``python -m oe_assets``: materialize the whole asset graph, or run the lens demo.
 
-    python -m oe_assets materialize [--profile demo] [--layers 0 4]
+    python -m oe_assets materialize [--profile demo] [--layers 0 4] [--force]
     python -m oe_assets demo [...]            (same as python -m oe_assets.demo)
 """
 
@@ -14,12 +14,16 @@ import time
 import warnings
 
 
-def materialize_all(profile: str, first: str | None = None, last: str | None = None) -> int:
-    """The three jobs of :data:`oe_assets.definitions.MATERIALIZE_JOBS` as three runs on the instance in
+def materialize_all(profile: str, first: str | None = None, last: str | None = None, force: bool = False) -> int:
+    """The three jobs of :data:`oe_assets.definitions.MATERIALIZE_JOBS` as runs on the instance in
     ``DAGSTER_HOME`` (default: ``<project root>/data/dagster_home``, see
     :func:`oe_assets.profiles.project_root`): the unpartitioned inputs, every layer-partitioned asset
-    over the layer range in one run (the model is loaded once), then the summary.  Checks run with
-    their assets."""
+    over the layer range (one run per contiguous span of layers needing the same assets: the model is
+    loaded once), then the summary.  Checks run with their assets.
+
+    Resumable: (asset, partition)s already materialized and up to date are skipped
+    (:mod:`oe_assets.resume`), one line per asset says what is skipped and what runs and why;
+    ``force`` recomputes everything.  The profile is validated first."""
     from .profiles import default_dagster_home
 
     os.environ["DAGSTER_HOME"] = str(default_dagster_home())
@@ -28,27 +32,65 @@ def materialize_all(profile: str, first: str | None = None, last: str | None = N
     warnings.filterwarnings("ignore")
     import dagster as dg
 
-    from .definitions import MATERIALIZE_JOBS, build_definitions, job_asset_keys, layer_range_tags, layers_job
+    from .definitions import MATERIALIZE_JOBS, build_definitions, layer_range_tags, layers_job
+    from .profiles.validation import ProfileError, validate_layers
+    from .resume import plan_materialization, settings_tags
 
-    defs = build_definitions(profile)
-    instance = dg.DagsterInstance.get()
-    layers = defs.resolve_job_def(layers_job.name).partitions_def.get_partition_keys()
-    first, last = first or layers[0], last or layers[-1]
     t0 = time.perf_counter()
+    try:
+        defs = build_definitions(profile)
+        layers = defs.resolve_job_def(layers_job.name).partitions_def.get_partition_keys()
+        problems = validate_layers(layers, first, last)
+        if problems:
+            raise ProfileError(problems, "the command line")
+    except (ProfileError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    first, last = first or layers[0], last or layers[-1]
+    in_range = layers[layers.index(first): layers.index(last) + 1]
+    instance = dg.DagsterInstance.get()
+    graph = defs.resolve_asset_graph()
+    jobs = {job.name: [k for k in graph.toposorted_asset_keys
+                       if k in defs.resolve_job_def(job.name).asset_layer.selected_asset_keys] for job in MATERIALIZE_JOBS}
+    plan = plan_materialization(defs, instance, [k for ks in jobs.values() for k in ks], in_range, force=force)
+    for line in plan.lines():
+        print(line, flush=True)
+    settings = settings_tags(defs)
+    ran = 0
     for job in MATERIALIZE_JOBS:  # one process: the model resource's cache loads the model once
-        tags = layer_range_tags(first, last) if job is layers_job else {}
-        print(f"materializing {', '.join(job_asset_keys(defs, job.name))}"
-              + (f" for layers {first}..{last}" if tags else ""), flush=True)
-        result = defs.resolve_job_def(job.name).execute_in_process(instance=instance, tags=tags, raise_on_error=False)
-        if not result.success:
-            print("run failed; see the Dagster run log", file=sys.stderr)
-            return 1
-        failed = [e.asset_check_key.name for e in result.get_asset_check_evaluations() if not e.passed]
-        if failed:
-            print(f"checks failed: {failed}", file=sys.stderr)
-            return 1
+        keys = [k for k in jobs[job.name] if plan.to_run(k)]
+        if not keys:
+            continue
+        if job is layers_job:  # one run per contiguous span of layers that need the same assets
+            spans: list[tuple[list[str], tuple]] = []
+            for layer in in_range:
+                need = tuple(k for k in keys if layer in plan.run.get(k, {}))
+                if not need:
+                    continue
+                if spans and spans[-1][1] == need and layers.index(spans[-1][0][-1]) == layers.index(layer) - 1:
+                    spans[-1][0].append(layer)
+                else:
+                    spans.append(([layer], need))
+            runs = [(list(need), layer_range_tags(span[0], span[-1]), f" for layers {span[0]}..{span[-1]}")
+                    for span, need in spans]
+        else:
+            runs = [(keys, {}, "")]
+        for selection, tags, where in runs:
+            print(f"materializing {', '.join(k.to_user_string() for k in selection)}{where}", flush=True)
+            result = defs.resolve_job_def(job.name).execute_in_process(
+                instance=instance, tags={**tags, **settings}, asset_selection=selection, raise_on_error=False)
+            ran += 1
+            if not result.success:
+                print("run failed; see the Dagster run log (a rerun starts where it failed)", file=sys.stderr)
+                return 1
+            failed = [e.asset_check_key.name for e in result.get_asset_check_evaluations() if not e.passed]
+            if failed:
+                print(f"checks failed: {failed}", file=sys.stderr)
+                return 1
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"done: profile {profile}, layers {first}..{last}, {time.perf_counter() - t0:.0f} s, peak RSS {peak:.2f} GiB")
+    what = "everything up to date, nothing run" if not ran else f"{ran} run(s)"
+    print(f"done: profile {profile}, layers {first}..{last}, {what}, {time.perf_counter() - t0:.0f} s, "
+          f"peak RSS {peak:.2f} GiB")
     return 0
 
 
@@ -58,11 +100,12 @@ def main(argv=None) -> int:
     m = sub.add_parser("materialize", help="materialize every asset, every layer partition")
     m.add_argument("--profile", default=os.environ.get("OE_ASSETS_PROFILE", "demo"))
     m.add_argument("--layers", nargs=2, metavar=("FIRST", "LAST"), default=None)
+    m.add_argument("--force", action="store_true", help="recompute every asset, also those up to date")
     sub.add_parser("demo", help="run every stage of the lens on the MiniLM demo and print the table")
     args, rest = ap.parse_known_args(argv)
     if args.command == "materialize":
         first, last = args.layers or (None, None)
-        return materialize_all(args.profile, first, last)
+        return materialize_all(args.profile, first, last, force=args.force)
     from .demo import main as demo_main
 
     demo_main(rest)

@@ -18,6 +18,7 @@ from .assets.inputs import (
     classifier, model_asset, text_embeddings, train_representations, val_representations, vocabulary,
 )
 from .profiles import load_profile
+from .profiles.validation import validate_profile
 from .resources.datasets import DatasetResource
 from .resources.io_managers import HDF5IOManager, HTMLIOManager, ParquetIOManager
 from .resources.store import ArtifactStore
@@ -57,8 +58,12 @@ def job_asset_keys(defs: dg.Definitions, job: str) -> list[str]:
 
 
 def build_definitions(profile: str | dict | None = None, base_dir: str | None = None) -> dg.Definitions:
-    """Definitions for a profile (name, YAML path, or an already loaded dict)."""
-    cfg = profile if isinstance(profile, dict) else load_profile(profile or os.environ.get("OE_ASSETS_PROFILE", "demo"))
+    """Definitions for a profile (name, YAML path, or an already loaded dict), validated first
+    (:func:`oe_assets.profiles.validation.validate_profile`: a broken profile raises a
+    ``ProfileError``, a ``ValueError`` naming each bad key and its value)."""
+    name = profile if isinstance(profile, dict) else (profile or os.environ.get("OE_ASSETS_PROFILE", "demo"))
+    cfg = name if isinstance(name, dict) else load_profile(name)
+    validate_profile(cfg, "profile" if isinstance(name, dict) else f"profile {str(name)!r}")
     model = ModelResource(**cfg["model"])
     layers = dg.StaticPartitionsDefinition(model_layers(model.source))
     store = ArtifactStore(**{**cfg["storage"], "base_dir": base_dir or cfg["storage"].get("base_dir", "data/materialized")})

@@ -82,4 +82,9 @@ def load_profile(name_or_path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     for section in ("model", "dataset"):
         if section not in raw:
             raise ValueError(f"profile {path} has no {section!r} section")
+    from .validation import ProfileError, check_keys
+
+    problems = check_keys(raw)
+    if problems:
+        raise ProfileError(problems, f"profile {path}")
     return {s: {k: _resolve(k, v) for k, v in (raw.get(s) or {}).items()} for s in SECTIONS}

@@ -1,0 +1,243 @@
+"""Validate a loaded profile before any work: keys, environment variables, paths, sizes, layers.
+
+Everything here is cheap: no model weights are loaded (the model's config is read with
+``AutoConfig``), samples are counted (text rows, an image folder's listing, an npz array's shape
+from its header) rather than read.  :func:`validate_profile` reports every problem at once in one
+:class:`ProfileError` (a ``ValueError``), each naming the profile key and its value.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ProfileError", "validate_profile", "check_keys", "validate_layers", "npz_shape", "count_samples",
+           "count_descriptions", "model_d_out", "section_fields"]
+
+_ENV = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+
+
+class ProfileError(ValueError):
+    """A profile that cannot work; the message lists every problem, each naming key and value."""
+
+    def __init__(self, problems: list[str], where: str = "profile"):
+        self.problems = list(problems)
+        super().__init__(f"{where} is invalid:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+def section_fields() -> dict[str, list[str]]:
+    """The valid keys of each profile section: the fields of the resource it configures."""
+    from ..resources.datasets import DatasetResource
+    from ..resources.model import AnalysisResource, ModelResource
+    from ..resources.store import ArtifactStore
+
+    return {section: sorted(cls.model_fields) for section, cls in
+            (("model", ModelResource), ("dataset", DatasetResource), ("analysis", AnalysisResource),
+             ("storage", ArtifactStore))}
+
+
+def check_keys(cfg: dict[str, dict[str, Any]]) -> list[str]:
+    """Unknown keys of every section (``analysis.coeficient``), each with the valid keys."""
+    problems = []
+    for section, valid in section_fields().items():
+        for key in (cfg.get(section) or {}):
+            if key not in valid:
+                close = difflib.get_close_matches(key, valid, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                problems.append(f"{section}.{key}: unknown key{hint}; valid keys of {section!r}: {', '.join(valid)}")
+    return problems
+
+
+def _unset_variables(value: str) -> list[str]:
+    return [a or b for a, b in _ENV.findall(value)]
+
+
+def _npz_file(spec: str) -> tuple[Path, str | None]:
+    """``file.npz:key`` -> (file, key); a plain path -> (path, None)."""
+    path, sep, key = str(spec).partition(".npz:")
+    return (Path(path + ".npz"), key) if sep else (Path(spec), None)
+
+
+def npz_shape(path: str | Path, key: str) -> tuple[int, ...]:
+    """The shape of array ``key`` of an ``.npz`` file, read from its header (no data read)."""
+    with zipfile.ZipFile(path) as zf:
+        names = [n.removesuffix(".npy") for n in zf.namelist()]
+        if key not in names:
+            raise KeyError(f"{path} has no array {key!r}; it holds {sorted(names)}")
+        with zf.open(key + ".npy") as f:
+            version = np.lib.format.read_magic(f)
+            header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            return tuple(header(f)[0])
+
+
+def _text_rows(path: Path) -> int:
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    if suffix in (".jsonl", ".ndjson"):
+        with path.open("rb") as f:
+            return sum(1 for line in f if line.strip())
+    if suffix == ".csv":
+        with path.open("r", encoding="utf-8-sig", newline="") as f:
+            return max(0, sum(1 for row in csv.reader(f) if row) - 1)
+    from ..lens.text_datasets import load_text_dataset
+
+    return len(load_text_dataset(path).texts)
+
+
+def count_samples(dataset: dict[str, Any], split: str) -> int:
+    """Samples of a split after subsampling (``offset``, ``{split}_stride``, ``limit``), counted
+    cheaply: text rows, an image folder's listing, an npz array's shape."""
+    from ..lens.text_datasets import subsample
+
+    path = Path(dataset[f"{split}_path"])
+    kind = dataset.get("kind", "text")
+    if kind == "text":
+        n = _text_rows(path)
+    elif kind == "image_folder":
+        from ..resources.datasets import image_folder_samples
+
+        n = len(image_folder_samples(path)[0])
+    elif kind == "npz":
+        if str(path).endswith(".npy"):
+            n = np.load(path, mmap_mode="r").shape[0]
+        else:
+            n = npz_shape(path, dataset.get(f"{split}_key", f"{split}_images"))[0]
+    else:
+        raise ValueError(f"dataset.kind: {kind!r}; choose 'text', 'image_folder' or 'npz'")
+    return len(subsample(range(n), int(dataset.get("offset", 0)), int(dataset.get(f"{split}_stride", 1)),
+                         dataset.get("limit")))
+
+
+def count_descriptions(analysis: dict[str, Any]) -> int | None:
+    """Descriptions of the vocabulary (rows of ``text_embeddings_path`` when given); None when the
+    vocabulary is the tokenizer's words (not counted: that needs the tokenizer)."""
+    if analysis.get("text_embeddings_path"):
+        path, key = _npz_file(analysis["text_embeddings_path"])
+        return npz_shape(path, key)[0]
+    if analysis.get("vocabulary_path"):
+        from ..lens.vocabulary import load_vocabulary
+
+        return len(load_vocabulary(analysis["vocabulary_path"]))
+    return None
+
+
+def model_d_out(source: str) -> int:
+    """The representation width from the model's config alone: CLIP's ``projection_dim``, else the
+    hidden size."""
+    from transformers import AutoConfig
+
+    from ..lens.hub import resolve_source
+
+    config = AutoConfig.from_pretrained(resolve_source(source))
+    if str(getattr(config, "model_type", "")).startswith("clip") and getattr(config, "projection_dim", None):
+        return int(config.projection_dim)
+    text = getattr(config, "get_text_config", lambda: config)()
+    return int(getattr(text, "hidden_size", None) or config.hidden_size)
+
+
+def validate_layers(layers: list[str], first: str | None, last: str | None) -> list[str]:
+    """``--layers FIRST LAST``: both layer partitions of the model, FIRST not after LAST."""
+    problems = []
+    for name, value in (("FIRST", first), ("LAST", last)):
+        if value is not None and str(value) not in layers:
+            known = f"{layers[0]}..{layers[-1]}" if layers else "(none)"
+            problems.append(f"--layers {name}: {value!r} is not a layer of the model; its layers are {known}")
+    if not problems and first is not None and last is not None and layers.index(str(first)) > layers.index(str(last)):
+        problems.append(f"--layers: {first} {last} is out of order; FIRST must not come after LAST")
+    return problems
+
+
+_OPTIONAL_PATHS = {"classes_path", "templates_path", "classifier_path", "text_embeddings_path", "vocabulary_path"}
+
+
+def _check_paths(cfg: dict[str, dict[str, Any]]) -> list[str]:
+    from . import PATH_KEYS
+
+    problems = []
+    for section in ("model", "dataset", "analysis"):
+        for key, value in (cfg.get(section) or {}).items():
+            if key not in PATH_KEYS or not isinstance(value, str) or value == "imagenet":
+                continue
+            unset = _unset_variables(value)
+            if unset:
+                problems.append(f"{section}.{key}: {value!r} uses environment variable "
+                                f"{', '.join('$' + v for v in unset)}, which is not set; set it or edit the profile")
+                continue
+            path, npz_key = _npz_file(value)
+            if key == "source":
+                if not Path(value).is_absolute() and not Path(value).exists():
+                    continue  # a Hugging Face hub id
+            if not path.exists():
+                problems.append(f"{section}.{key}: {value!r} does not exist")
+            elif npz_key is not None:
+                try:
+                    npz_shape(path, npz_key)
+                except (KeyError, zipfile.BadZipFile, ValueError) as e:
+                    problems.append(f"{section}.{key}: {value!r}: {str(e).strip(chr(34))}")
+    base = (cfg.get("storage") or {}).get("base_dir")
+    if isinstance(base, str) and _unset_variables(base):
+        problems.append(f"storage.base_dir: {base!r} uses environment variable "
+                        f"{', '.join('$' + v for v in _unset_variables(base))}, which is not set")
+    return problems
+
+
+def validate_profile(cfg: dict[str, dict[str, Any]], where: str = "profile") -> dict[str, Any]:
+    """Raise :class:`ProfileError` listing every problem of a loaded profile; return what was
+    measured (``train_samples``, ``descriptions``, ``d_out``) when it is valid."""
+    problems = [f"{s}: missing section" for s in ("model", "dataset") if not cfg.get(s)]
+    problems += [f"{s}: unknown section; sections are model, dataset, analysis, storage"
+                 for s in cfg if s not in ("model", "dataset", "analysis", "storage")]
+    if problems:
+        raise ProfileError(problems, where)
+    problems = check_keys(cfg) + _check_paths(cfg)
+    model, dataset = cfg["model"], cfg["dataset"]
+    analysis = {"top_k": 32, "components": 8, **(cfg.get("analysis") or {})}
+    if "source" not in model:
+        problems.append("model.source: missing (a Hugging Face hub id or a local folder)")
+    for key in ("train_path", "val_path"):
+        if key not in dataset:
+            problems.append(f"dataset.{key}: missing")
+    for section, key in (("dataset", "train_stride"), ("dataset", "val_stride"), ("model", "batch_size"),
+                         ("analysis", "top_k"), ("analysis", "components")):
+        value = (cfg.get(section) or {}).get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            problems.append(f"{section}.{key}: {value!r} must be a positive integer")
+    measured: dict[str, Any] = {}
+    if problems:  # sizes need readable paths and sane numbers
+        raise ProfileError(problems, where)
+    try:
+        measured["train_samples"] = n = count_samples(dataset, "train")
+        if analysis["top_k"] > n:
+            problems.append(f"analysis.top_k: {analysis['top_k']} exceeds the {n} train samples left after "
+                            f"subsampling (dataset.train_stride={dataset.get('train_stride', 1)}, "
+                            f"offset={dataset.get('offset', 0)}, limit={dataset.get('limit')})")
+    except (OSError, ValueError, KeyError) as e:
+        problems.append(f"dataset.train_path: {dataset['train_path']!r} cannot be counted: {e}")
+    try:
+        measured["descriptions"] = m = count_descriptions(analysis)
+        if m is not None and analysis["components"] > m:
+            key = "text_embeddings_path" if analysis.get("text_embeddings_path") else "vocabulary_path"
+            problems.append(f"analysis.components: {analysis['components']} exceeds the {m} descriptions of "
+                            f"analysis.{key} ({analysis[key]!r})")
+    except (OSError, ValueError, KeyError) as e:
+        problems.append(f"analysis.vocabulary_path: {analysis.get('vocabulary_path')!r}: {e}")
+    try:
+        measured["d_out"] = d = model_d_out(model["source"])
+        if analysis["components"] > d:
+            problems.append(f"analysis.components: {analysis['components']} exceeds d_out = {d} of model.source "
+                            f"({model['source']!r})")
+    except Exception as e:  # noqa: BLE001 -- transformers raises OSError, ValueError, HTTP errors
+        problems.append(f"model.source: {model['source']!r}: cannot read its config ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''})")
+    if problems:
+        raise ProfileError(problems, where)
+    return measured
