@@ -9,7 +9,7 @@ run:
    9 and 0, and for all 11 layers in one data pass;
 2. stored bytes per sample of every layer's effects file (written with the project's writer),
    against the dense ``[neurons, d_out]`` float32 that the earlier layout stored;
-3. the published setting (every 250th train and 10th val ImageNet image: 5,125 + 5,000 samples),
+3. the published setting (every 250th train and 10th val ImageNet image: 5,124 + 5,000 samples),
    dense against factorized, per layer and for all 11 layers, from those measured bytes;
 4. the PCA of ``--pca-samples`` samples at ``--pca-layer``: factorized file against the same effects
    dense in HDF5 (float32, the earlier layout), each read block by block.
@@ -35,7 +35,7 @@ from oe_assets.lens import SecondOrderLens, neuron_pca
 from oe_assets.lens.batching import iter_factorized
 from oe_assets.lens.effects_file import FactorizedEffectsWriter, open_factorized
 
-TRAIN, VAL = 1_281_167 // 250 + 1, 50_000 // 10  # the published subsampling
+TRAIN, VAL = 1_281_167 // 250, 50_000 // 10  # the published subsampling: len // stride
 
 
 def main() -> None:

@@ -153,13 +153,13 @@ def test_integer_labels_with_classes_are_range_checked(tmp_path):
     "stride, offset, limit, expected",
     [
         (1, 0, None, list(range(10))),
-        (3, 0, None, [0, 3, 6, 9]),
+        (3, 0, None, [0, 3, 6]),  # len // stride samples: no last, partial stride
         (3, 1, None, [1, 4, 7]),
         (3, 2, None, [2, 5, 8]),
         (2, 1, 3, [1, 3, 5]),
         (1, 0, 4, [0, 1, 2, 3]),
-        (4, 0, 100, [0, 4, 8]),
-        (20, 5, None, [5]),
+        (4, 0, 100, [0, 4]),
+        (20, 5, None, []),
         (1, 9, None, [9]),
         (2, 0, 0, []),
     ],
@@ -402,3 +402,23 @@ def test_demo_templates():
     assert 3 <= len(templates) <= 8
     assert all("{}" in t for t in templates)
     assert templates[0].format("music") != templates[0]
+
+
+def test_subsampling_keeps_len_over_stride_samples_like_the_published_datasets(tmp_path):
+    """``len // stride`` samples at ``offset + i * stride``: 5,124 of ImageNet's 1,281,167 train
+    images at stride 250, 1 of 13 at stride 10; checked on an image tree against a listing made here."""
+    from oe_assets.lens.text_datasets import subsample
+    from oe_assets.resources.datasets import DatasetResource
+
+    assert len(subsample(range(1_281_167), 0, 250)) == 5_124
+    assert list(subsample(range(13), 0, 10)) == [0]
+    assert list(subsample(range(13), 2, 5)) == [2, 7]  # (13 - 2) // 5 = 2
+    assert list(subsample(range(20), 0, 4, limit=3)) == [0, 4, 8]
+    for c in ("n01", "n02", "n03"):
+        (tmp_path / c).mkdir()
+        for i in range(7):
+            (tmp_path / c / f"{i:02d}.JPEG").write_bytes(b"")
+    listing = sorted(str(p) for p in tmp_path.rglob("*.JPEG"))  # 21 files, class folders in order
+    split = DatasetResource(kind="image_folder", train_path=str(tmp_path), val_path=str(tmp_path),
+                            class_index="folders", train_stride=4, num_workers=0).split("train")
+    assert [str(p) for p in split.paths] == [listing[i * 4] for i in range(21 // 4)]
