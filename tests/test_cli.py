@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 import yaml
 
+from oe_assets.assets.common import CODE_VERSION
 from oe_assets import __main__ as cli
 from oe_assets.definitions import build_definitions
 from oe_assets.profiles import available_profiles, load_profile
@@ -72,8 +73,8 @@ def test_rerun_skips_what_is_up_to_date_and_force_reruns_all(bert, monkeypatch, 
     rc, lines, loads, out = run_cli(bert, monkeypatch, capsys)
     assert rc == 0 and loads == [] and "nothing run" in out.out
     assert set(lines) == set(ALL)
-    assert lines["second_order_effects"] == "second_order_effects: layers 0-1 up to date (code version 1), skipped"
-    assert lines["layer_summary"] == "layer_summary: up to date (code version 1), skipped"
+    assert lines["second_order_effects"] == f"second_order_effects: layers 0-1 up to date (code version {CODE_VERSION}), skipped"
+    assert lines["layer_summary"] == f"layer_summary: up to date (code version {CODE_VERSION}), skipped"
     assert materialized(bert) == first
 
     # one partition's file gone: that partition and its downstream run, nothing else
@@ -104,11 +105,12 @@ def test_code_version_change_reruns_those_assets_and_downstream(bert, monkeypatc
     rc, _, _, out = run_cli(bert, monkeypatch, capsys)  # up to date (after the test above) or fresh
     assert rc == 0, out.err
     before = materialized(bert)
-    monkeypatch.setattr(analysis, "CODE_VERSION", "2")  # the analysis stages changed meaning
+    bumped = str(int(CODE_VERSION) + 1)
+    monkeypatch.setattr(analysis, "CODE_VERSION", bumped)  # the analysis stages changed meaning
     rc, lines, loads, out = run_cli(bert, monkeypatch, capsys)
     assert rc == 0, out.err
-    assert "layers 0-1 to run (code version 1 -> 2)" in lines["neuron_pcas"]
-    assert lines["second_order_effects"] == "second_order_effects: layers 0-1 up to date (code version 1), skipped"
+    assert f"layers 0-1 to run (code version {CODE_VERSION} -> {bumped})" in lines["neuron_pcas"]
+    assert lines["second_order_effects"] == f"second_order_effects: layers 0-1 up to date (code version {CODE_VERSION}), skipped"
     assert "to run" not in lines["text_embeddings"]
     after = materialized(bert)
     assert {k[0] for k in after if after[k] != before.get(k)} == {
@@ -116,7 +118,7 @@ def test_code_version_change_reruns_those_assets_and_downstream(bert, monkeypatc
     assert loads == []
     monkeypatch.undo()
     rc, lines, _, out = run_cli(bert, monkeypatch, capsys)  # and back
-    assert "layers 0-1 to run (code version 2 -> 1)" in lines["neuron_pcas"]
+    assert f"layers 0-1 to run (code version {bumped} -> {CODE_VERSION})" in lines["neuron_pcas"]
 
 
 def test_a_failed_run_resumes_where_it_failed(tmp_path, monkeypatch, capsys):

@@ -10,7 +10,7 @@ import dagster as dg
 import numpy as np
 
 #: bumped when an asset's computation changes meaning; recorded as code_version and in file attrs
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: effects stored factorized (earlier dense files must be re-materialized)
 
 
 def md_table(rows: list[dict], columns: list[str] | None = None, floatfmt: str = "{:.4g}") -> str:
