@@ -12,6 +12,7 @@ import os
 import dagster as dg
 
 from .assets.analysis import build_analysis_assets
+from .assets.baselines import build_baseline_assets
 from .assets.checks import build_checks
 from .assets.effects import build_effect_assets
 from .assets.inputs import (
@@ -68,7 +69,8 @@ def build_definitions(profile: str | dict | None = None, base_dir: str | None = 
     layers = dg.StaticPartitionsDefinition(model_layers(model.source))
     store = ArtifactStore(**{**cfg["storage"], "base_dir": base_dir or cfg["storage"].get("base_dir", "data/materialized")})
     assets = [model_asset, vocabulary, text_embeddings, classifier, train_representations, val_representations,
-              *build_effect_assets(layers), *build_analysis_assets(layers)]
+              *build_effect_assets(layers), *build_analysis_assets(layers),
+              *build_baseline_assets(layers)]
     return dg.Definitions(
         assets=assets,
         asset_checks=build_checks(layers),

@@ -58,7 +58,7 @@ def accuracy_against_layer(rows: list[dict], scenarios: list[str]) -> bytes:
     plt, fig, ax = _figure()
     layers = [r["layer"] for r in rows]
     for s in scenarios:
-        ax.plot(layers, [r[s] for r in rows], marker="o", label=s)
+        ax.plot(layers, [np.nan if r.get(s) is None else r[s] for r in rows], marker="o", label=s)
     ax.set_xlabel("MLP layer")
     ax.set_ylabel("val top-1 accuracy (%)")
     ax.legend(fontsize=7)

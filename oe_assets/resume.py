@@ -40,6 +40,8 @@ ASSET_SETTINGS: dict[str, list[str]] = {
                              "storage.alpha_dtype"],
     "val_second_order_effects": [*_MODEL, *_DATA, "dataset.val_stride", "analysis.coefficient",
                                  "analysis.convention", "storage.alpha_dtype"],
+    "first_order_effects": [*_MODEL, *_DATA, "dataset.train_stride", "dataset.val_stride", "analysis.coefficient"],
+    "total_effects": [*_MODEL, *_DATA, "dataset.val_stride"],
     "neuron_pcas": ["analysis.top_k"],
     "sparse_codes": ["analysis.components", "analysis.coefficient"],
     "neuron_report": ["analysis.report_neurons", "dataset.classes_path"],

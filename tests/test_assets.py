@@ -135,6 +135,22 @@ def test_catalog_metadata(reference_graph):
     assert "| neuron |" in md["sparse_codes"]["preview"].value
     spec = instance.get_latest_materialization_event(dg.AssetKey("layer_summary"))
     assert "data:image/png;base64" in spec.asset_materialization.metadata["plot"].value
+    findings = spec.asset_materialization.metadata["findings"].value
+    assert "| layer | significant (sample, neuron) pairs % |" in findings and "total mean ablation acc %" in findings
+    assert findings.count("\n| ") == 3  # one row per layer
+    assert "| scenario |" in md["total_effects"]["preview"].value
+
+
+def test_reference_graph_baselines(reference_graph, reference_model):
+    """The reference CLIP's first-order and total effects, against the lenses run directly."""
+    defs, _, base, _, _ = reference_graph
+    prof = load_profile("clip_reference")
+    loaded = model_module.ModelResource(**prof["model"]).load()
+    check_baselines(base, loaded.adapter, prof, layers=(0, 1, 2))
+    summary = pq.read_table(base / "layer_summary" / "all.parquet").to_pylist()
+    # the significance is that of the ablation: the pairs without_significant removes
+    for r in summary:
+        assert 0 < r["significant_fraction"] < 1 and r["significant_neurons"] > 0
 
 
 def test_partition_selection(tmp_path):
@@ -216,6 +232,48 @@ def test_tiny_bert_graph(bert_profile, tmp_path):
     texts = [json.loads(line)["text"] for line in open(Path(bert_profile["dataset"]["train_path"]))]
     direct = lens(tok(texts[:4], padding=True, return_tensors="pt")).numpy()
     assert rel(open_effects(effects)[:4], direct) <= 1e-6  # float32 path weights
+    check_baselines(store, model_module._CACHE[cached].adapter, bert_profile, layers=(0, 1))
+
+
+def check_baselines(store: Path, adapter, profile, layers):
+    """first_order_effects, total_effects and the summary's three mean ablations and findings, against
+    the lenses run directly on the whole val split."""
+    from oe_assets.lens import FirstOrderLens, replaced_mlp_representations, representations
+    from oe_assets.resources.datasets import DatasetResource
+
+    dataset = DatasetResource(**profile["dataset"])
+    model = model_module.ModelResource(**profile["model"])
+    loaded = model.load()
+    val = dataset.split("val")
+    reps = H5Group(store / "val_representations" / "all.h5").read("representations")
+    W = H5Group(store / "classifier" / "all.h5").read("classifier")
+    labels = H5Group(store / "val_representations" / "all.h5").read("labels")
+    summary = {r["layer"]: r for r in pq.read_table(store / "layer_summary" / "all.parquet").to_pylist()}
+    for layer in layers:
+        fo = H5Group(store / "first_order_effects" / f"{layer}.h5")
+        lens = FirstOrderLens(adapter, layer)
+        batches = list(val.batches(loaded, model.batch_size, model.max_length))
+        direct = np.concatenate([lens(b).sum(1).numpy() for b in batches])
+        assert fo.read("val_sum").shape == (len(val), adapter.d_out)
+        assert rel(fo.read("val_sum"), direct) <= 1e-9
+        assert fo.read("train_mean_sum").shape == (adapter.d_out,) and fo.read("mlp_out_mean").shape == (adapter.d_model,)
+        table = {r["scenario"]: r for r in pq.read_table(store / "total_effects" / f"{layer}.parquet").to_pylist()}
+        X_fo = reps - fo.read("val_sum") + fo.read("train_mean_sum")
+        assert table["first_order_mean_ablation"]["accuracy"] == top1_accuracy(X_fo @ W, labels)
+        mean = torch.as_tensor(fo.read("mlp_out_mean"))
+        X = np.concatenate([representations(replaced_mlp_representations(adapter, b, layer, mean), 100.0).numpy()
+                            for b in batches])
+        assert table["total_mean_ablation"]["accuracy"] == top1_accuracy(X @ W, labels)
+        assert table["total_mean_ablation"]["mean_change"] > 0
+        report = pq.read_table(store / "ablation_report" / f"{layer}.parquet").to_pylist()
+        row = summary[layer]
+        assert row["mean_ablate_all"] == next(r["accuracy"] for r in report if r["scenario"] == "mean_ablate_all")
+        assert row["first_order_mean_ablation"] == table["first_order_mean_ablation"]["accuracy"]
+        assert row["total_mean_ablation"] == table["total_mean_ablation"]["accuracy"]
+        assert 0 <= row["significant_fraction"] <= 1 and 0 <= row["significant_neurons"] <= adapter.d_mlp
+        assert row["significant_fraction"] == report[0]["significant_fraction"]
+        explained = H5Group(store / "neuron_pcas" / f"{layer}.h5").read("explained")
+        assert row["pc1_explained_median"] == float(np.median(explained)) and row["neurons"] == adapter.d_mlp
 
 
 def test_materialize_jobs_cover_the_graph_once(bert_profile):

@@ -15,13 +15,22 @@ from ..resources.datasets import DatasetResource
 from ..resources.store import ArtifactStore, H5Payload, open_effects
 from ..resources.model import AnalysisResource, ModelResource
 from ..lens.loading import resolve_dtype
+from .baselines import BASELINE_SCENARIOS
 from .common import CODE_VERSION, EAGER, md_table, timer
 
 ABLATION_SCHEMA = pa.schema([
     ("layer", pa.int64()), ("scenario", pa.string()), ("accuracy", pa.float64()), ("samples", pa.int64()),
     ("logits", pa.list_(pa.list_(pa.float64()))),
+    # the layer's significance (the same on every row): the fraction of (val sample, neuron) pairs
+    # whose centred effect norm exceeds the neuron's threshold, and the neurons above it on >= 1 sample
+    ("significant_fraction", pa.float64()), ("significant_neurons", pa.int64()),
 ])
-SUMMARY_SCHEMA = pa.schema([("layer", pa.int64())] + [(s, pa.float64()) for s in ALL_SCENARIOS])
+#: the per-layer findings of the summary, after the accuracy columns
+FINDINGS = ("significant_fraction", "significant_neurons", "neurons", "pc1_explained_median")
+SUMMARY_SCHEMA = pa.schema(
+    [("layer", pa.int64())] + [(s, pa.float64()) for s in (*ALL_SCENARIOS, *BASELINE_SCENARIOS)]
+    + [("significant_fraction", pa.float64()), ("significant_neurons", pa.int64()), ("neurons", pa.int64()),
+       ("pc1_explained_median", pa.float64())])
 
 
 def table_schema(schema: pa.Schema) -> dg.TableSchema:
@@ -44,6 +53,27 @@ def dense_codes(indices: np.ndarray, values: np.ndarray, n_descriptions: int) ->
     rows, cols = np.nonzero(indices >= 0)
     out[rows, indices[rows, cols]] = values[rows, cols]
     return out
+
+
+def findings_table(rows: list[dict]) -> str:
+    """The per-layer findings in Markdown: significance, the PC's explained variance, and the
+    accuracy under the three mean ablations (second-order, first-order, total) next to the baseline."""
+    pct = lambda v: "" if v is None else f"{100 * v:.2f}"  # noqa: E731
+    acc = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
+    table = [{
+        "layer": r["layer"],
+        "significant (sample, neuron) pairs %": pct(r.get("significant_fraction")),
+        "significant neurons": "" if r.get("significant_neurons") is None
+        else f"{r['significant_neurons']} / {r.get('neurons') or '?'}",
+        "median PC variance explained %": pct(r.get("pc1_explained_median")),
+        "baseline acc %": acc(r.get("baseline")),
+        "2nd-order mean ablation acc %": acc(r.get("mean_ablate_all")),
+        "1st-order mean ablation acc %": acc(r.get("first_order_mean_ablation")),
+        "total mean ablation acc %": acc(r.get("total_mean_ablation")),
+    } for r in rows]
+    return md_table(table) + (
+        "\n\nSignificant pair: a val sample whose centred second-order effect norm exceeds the neuron's "
+        "threshold (`norms[:, 0]`); significant neuron: one with at least one such val sample.")
 
 
 def layer_meta(context, key: str, **metadata) -> None:
@@ -151,10 +181,12 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
                              pcas.read("norms")[:, 0], pcas.read("components"), reconstructions=dense @ dictionary)
                 out[key] = pa.Table.from_pylist(
                     [{"layer": int(key), "scenario": s, "accuracy": res.accuracy[s], "samples": len(labels),
-                      "logits": res.logits[s].tolist() if analysis.store_logits else None}
+                      "logits": res.logits[s].tolist() if analysis.store_logits else None,
+                      "significant_fraction": res.significant_fraction, "significant_neurons": res.significant_neurons}
                      for s in ALL_SCENARIOS], schema=ABLATION_SCHEMA)
-                layer_meta(context, key, preview=dg.MetadataValue.md(md_table(
-                    [{"scenario": s, "accuracy %": res.accuracy[s]} for s in ALL_SCENARIOS])))
+                layer_meta(context, key, significant_fraction=res.significant_fraction,
+                           significant_neurons=res.significant_neurons, preview=dg.MetadataValue.md(md_table(
+                               [{"scenario": s, "accuracy %": res.accuracy[s]} for s in ALL_SCENARIOS])))
         context.add_output_metadata({**meta, "rows": len(ALL_SCENARIOS), "samples": len(labels),
                                      "layers": ", ".join(context.partition_keys)})
         return out
@@ -162,23 +194,41 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
     @dg.asset(group_name="summary", io_manager_key="parquet_io_manager", kinds={"parquet", "matplotlib"},
               code_version=CODE_VERSION, automation_condition=EAGER,
               ins={"ablation_report": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(),
-                                                 # accuracies only: never the per-sample logits
+                                                 # accuracies and the layer's significance only: never the logits
                                                  metadata={"allow_missing_partitions": True,
-                                                           "columns": ["scenario", "accuracy"]})},
+                                                           "columns": ["scenario", "accuracy", "significant_fraction",
+                                                                       "significant_neurons"]}),
+                   "total_effects": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(),
+                                               metadata={"allow_missing_partitions": True,
+                                                         "columns": ["scenario", "accuracy"]}),
+                   "neuron_pcas": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(),
+                                             metadata={"allow_missing_partitions": True})},
               metadata={"dagster/column_schema": table_schema(SUMMARY_SCHEMA)},
-              description="Every materialized layer's ablation and reconstruction accuracies in one table, "
-              "and a plot of them against layer.")
-    def layer_summary(context: dg.AssetExecutionContext, ablation_report: dict) -> pa.Table:
+              description="Every materialized layer's accuracies in one table: the second-order ablations and "
+              "reconstruction, and side by side the three mean ablations (second-order `mean_ablate_all`, "
+              "first-order, total); a plot of them against layer; and a findings table (significant "
+              "(sample, neuron) pairs, significant neurons, median variance explained by the PC).")
+    def layer_summary(context: dg.AssetExecutionContext, ablation_report: dict, total_effects: dict,
+                      neuron_pcas: dict) -> pa.Table:
         rows = []
         for key in sorted(ablation_report, key=int):
-            acc = {r["scenario"]: r["accuracy"] for r in ablation_report[key].select(["scenario", "accuracy"]).to_pylist()}
-            rows.append({"layer": int(key), **{s: acc.get(s) for s in ALL_SCENARIOS}})
+            report = ablation_report[key].to_pylist()
+            acc = {r["scenario"]: r["accuracy"] for r in report}
+            if key in total_effects:
+                acc.update({r["scenario"]: r["accuracy"] for r in total_effects[key].to_pylist()})
+            explained = neuron_pcas[key].read("explained") if key in neuron_pcas else None
+            rows.append({"layer": int(key), **{s: acc.get(s) for s in (*ALL_SCENARIOS, *BASELINE_SCENARIOS)},
+                         "significant_fraction": report[0].get("significant_fraction") if report else None,
+                         "significant_neurons": report[0].get("significant_neurons") if report else None,
+                         "neurons": None if explained is None else len(explained),
+                         "pc1_explained_median": None if explained is None else float(np.median(explained))})
         table = pa.Table.from_pylist(rows, schema=SUMMARY_SCHEMA)
         context.add_output_metadata({
             "rows": len(rows), "layers": ", ".join(str(r["layer"]) for r in rows),
-            "preview": dg.MetadataValue.md(md_table(rows)),
-            "plot": dg.MetadataValue.md(markdown_image(accuracy_against_layer(rows, ALL_SCENARIOS),
-                                                       "accuracy against layer")),
+            "preview": dg.MetadataValue.md(md_table(rows, ["layer", *ALL_SCENARIOS, *BASELINE_SCENARIOS])),
+            "findings": dg.MetadataValue.md(findings_table(rows)),
+            "plot": dg.MetadataValue.md(markdown_image(
+                accuracy_against_layer(rows, [*ALL_SCENARIOS, *BASELINE_SCENARIOS]), "accuracy against layer")),
         })
         return table
 

@@ -21,10 +21,23 @@ ALL_SCENARIOS = (*SCENARIOS, RECONSTRUCTION)
 
 @dataclass(frozen=True)
 class AblationResult:
-    """``logits`` ``{scenario: [samples, classes]}`` and ``accuracy`` ``{scenario: top-1 %}``."""
+    """``logits`` ``{scenario: [samples, classes]}`` and ``accuracy`` ``{scenario: top-1 %}``;
+    ``significant`` ``[samples, neurons]``: the (sample, neuron) pairs whose centred effect norm
+    ``|effects - means|`` exceeds the neuron's threshold (what ``without_significant`` removes)."""
 
     logits: dict[str, np.ndarray]
     accuracy: dict[str, float]
+    significant: np.ndarray | None = None
+
+    @property
+    def significant_fraction(self) -> float | None:
+        """The fraction of (sample, neuron) pairs above the threshold."""
+        return None if self.significant is None else float(np.mean(self.significant))
+
+    @property
+    def significant_neurons(self) -> int | None:
+        """The number of significant neurons: those above their threshold on at least one sample."""
+        return None if self.significant is None else int(np.count_nonzero(self.significant.any(axis=0)))
 
     def table(self) -> list[dict]:
         return [{"scenario": s, "accuracy": self.accuracy[s]} for s in self.logits]
@@ -84,4 +97,4 @@ def ablate(
         rhat = rec / np.maximum(np.linalg.norm(rec, axis=1, keepdims=True), 1e-300)
         X[RECONSTRUCTION] = base + effects.projected_sum(rhat, centre=means)
     logits = {k: x @ W for k, x in X.items()}
-    return AblationResult(logits, {k: top1_accuracy(v, labels) for k, v in logits.items()})
+    return AblationResult(logits, {k: top1_accuracy(v, labels) for k, v in logits.items()}, np.asarray(significant))

@@ -222,6 +222,13 @@ class ModelAdapter(ABC):
         """LayerNorm module names between block ``block``'s attention output and the
         representation, in order."""
 
+    def layer_norms_after_mlp(self, mlp_layer: int) -> list[str]:
+        """LayerNorm module names on the direct path from MLP ``mlp_layer``'s output to the
+        representation (the residual stream, no later sublayer), in order.  Default (pre-LN): the
+        final norm only, the last name of :meth:`layer_norms_after_head` of the last block; families
+        with norms on the stream or after the MLP branch override this."""
+        return self.layer_norms_after_head(self.n_layers - 1)[-1:]
+
     def later_blocks(self, mlp_layer: int) -> list[int]:
         self.check_layer(mlp_layer)
         return list(range(mlp_layer + 1, self.n_layers))
@@ -296,6 +303,7 @@ class ModelAdapter(ABC):
         layer_norms = sorted(
             {n for layer in layers for j in self.later_blocks(layer) for n in self.layer_norms_before_head(layer, j)}
             | {n for j in blocks for n in self.layer_norms_after_head(j)}
+            | {n for layer in layers for n in self.layer_norms_after_mlp(layer)}
         )
         query_positions, readout = self.readout(inputs)
         bias = self.attention_bias(inputs)

@@ -96,6 +96,10 @@ class BertAdapter(TextAdapter):
             names += self._stream_norms(k)
         return names
 
+    def layer_norms_after_mlp(self, mlp_layer: int) -> list[str]:
+        """Post-LN: the MLP's own ``output.LayerNorm``, then both stream norms of every later block."""
+        return self.layer_norms_before_head(mlp_layer, mlp_layer + 1) + self.layer_norms_after_head(mlp_layer + 1)
+
     def attention_bias(self, inputs):
         return self._padding_bias(inputs, causal=False)
 

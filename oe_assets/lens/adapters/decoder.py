@@ -264,6 +264,9 @@ class Olmo2Adapter(DecoderLMAdapter):
     def layer_norms_before_head(self, mlp_layer: int, block: int) -> list[str]:
         return [f"{self.prefix}layers.{mlp_layer}.post_feedforward_layernorm"]
 
+    def layer_norms_after_mlp(self, mlp_layer: int) -> list[str]:
+        return [f"{self.prefix}layers.{mlp_layer}.post_feedforward_layernorm", f"{self.prefix}norm"]
+
     def layer_norms_after_head(self, block: int) -> list[str]:
         return [f"{self.prefix}layers.{block}.post_attention_layernorm", f"{self.prefix}norm"]
 
@@ -295,6 +298,9 @@ class Gemma2Adapter(DecoderLMAdapter):
     def layer_norms_before_head(self, mlp_layer: int, block: int) -> list[str]:
         return [f"{self.prefix}layers.{mlp_layer}.post_feedforward_layernorm",
                 f"{self.prefix}layers.{block}.input_layernorm"]
+
+    def layer_norms_after_mlp(self, mlp_layer: int) -> list[str]:
+        return [f"{self.prefix}layers.{mlp_layer}.post_feedforward_layernorm", f"{self.prefix}norm"]
 
     def layer_norms_after_head(self, block: int) -> list[str]:
         return [f"{self.prefix}layers.{block}.post_attention_layernorm", f"{self.prefix}norm"]

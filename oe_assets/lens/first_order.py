@@ -1,0 +1,126 @@
+"""First-order (direct) effects of MLP neurons, and the total effect of an MLP layer.
+
+First order: neuron ``n`` of MLP layer ``l`` writes ``a[b,t,n] W_out[:, n]`` into the stream at token
+``t``; along the residual stream alone (no later sublayer), with every LayerNorm on that path frozen
+at its forward-pass statistics (the ``"direct"`` convention of :mod:`oe_assets.lens.second_order`:
+``v -> gamma * (v - mean(v)) / sigma[b, t]``, no beta), it reaches the representation as
+
+    fo[b, n] = coefficient / |r[b]| * beta[b, n] * D[:, n]                        [batch, neurons, d_out]
+
+    beta[b, n] = sum_q w[b, q] s[b, q] a[b, pos_q, n]                            [batch, neurons]
+    D          = P^T L W_out                                                     [d_out, neurons]
+
+with ``w`` the readout pooling over query positions ``pos_q``, ``s`` the product of ``1/sigma`` of
+the norms of :meth:`ModelAdapter.layer_norms_after_mlp` at the queries (pre-LN families: the final
+norm; BERT: the MLP's own and every later stream norm), ``L`` their linear part
+(:func:`~oe_assets.lens.second_order.layer_norm_map`) and ``P`` the projection.  Summed over neurons
+(what a first-order mean ablation needs): ``sum_n fo[b, n] = scale[b] * beta[b] @ D^T`` ``[batch, d_out]``.
+
+Total: :func:`replaced_mlp_representations` runs the real forward pass with layer ``l``'s MLP output
+(the output of the adapter's ``mlp_out_pattern`` module, ``[batch, tokens, d_model]``) replaced by a
+fixed vector, everything downstream recomputed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+from .adapters import Capture, ModelAdapter, get_adapter
+from .second_order import layer_norm_map
+
+__all__ = ["FirstOrderLens", "first_order_effects", "replaced_mlp_representations", "token_mask"]
+
+
+class FirstOrderLens:
+    """First-order effects of one MLP layer's neurons (module docstring), built once per model and
+    layer.  ``lens(inputs)``: ``[batch, neurons, d_out]``; :meth:`summed_from_capture`: the sum over
+    neurons ``[batch, d_out]`` without the dense tensor."""
+
+    def __init__(self, model: torch.nn.Module | ModelAdapter, mlp_layer: int, coefficient: float = 100.0,
+                 pooling: str | None = None):
+        self.adapter = a = get_adapter(model, pooling)
+        a.check_layer(mlp_layer)
+        if not coefficient > 0:
+            raise ValueError(f"coefficient must be positive, got {coefficient!r}")
+        self.mlp_layer, self.coefficient = mlp_layer, float(coefficient)
+        self.norms = a.layer_norms_after_mlp(mlp_layer)
+        with torch.no_grad():
+            W_out, _ = a.mlp_out_weights(mlp_layer)
+            D = layer_norm_map(a, self.norms, "direct") @ W_out  # [d_model, N]
+            P = a.projection()
+            #: ``D`` ``[d_out, neurons]``: each neuron's direction in the output space
+            self.directions = D if P is None else P.T @ D
+
+    def capture(self, inputs: Any) -> Capture:
+        return self.adapter.capture(inputs, self.mlp_layer)
+
+    def __call__(self, inputs: Any) -> torch.Tensor:
+        return self.from_capture(self.capture(inputs))
+
+    @torch.no_grad()
+    def weights(self, cap: Capture) -> torch.Tensor:
+        """``scale[b] * beta[b, n]`` ``[batch, neurons]``: each neuron's coefficient on its direction."""
+        s = cap.ln_scale_queries(self.norms) * cap.readout  # [B, Q]: w / sigma
+        a = cap.activations[:, cap.query_positions.to(cap.activations.device), :]  # [B, Q, N]
+        beta = torch.einsum("bq,bqn->bn", s.to(a.dtype), a)
+        return beta * (self.coefficient / cap.representation.norm(dim=-1))[:, None]
+
+    @torch.no_grad()
+    def from_capture(self, cap: Capture) -> torch.Tensor:
+        """``[batch, neurons, d_out]`` first-order effects of a :class:`Capture` of this layer."""
+        return self.weights(cap)[:, :, None] * self.directions.T[None].to(cap.activations.dtype)
+
+    @torch.no_grad()
+    def summed_from_capture(self, cap: Capture) -> torch.Tensor:
+        """``sum_n fo[b, n]`` ``[batch, d_out]``."""
+        return self.weights(cap) @ self.directions.T.to(cap.activations.dtype)
+
+    @property
+    def n_neurons(self) -> int:
+        return self.adapter.d_mlp
+
+    @property
+    def d_out(self) -> int:
+        return self.adapter.d_out
+
+
+def first_order_effects(model: torch.nn.Module, inputs: Any, mlp_layer: int, coefficient: float = 100.0,
+                        pooling: str | None = None) -> torch.Tensor:
+    """One-call form of :class:`FirstOrderLens`: ``[batch, neurons, d_out]``."""
+    return FirstOrderLens(model, mlp_layer, coefficient, pooling)(inputs)
+
+
+def token_mask(inputs: Any, activations: torch.Tensor) -> torch.Tensor:
+    """``[batch, tokens]`` 1 for the real tokens of ``inputs`` (its ``attention_mask`` when it has one,
+    else every token), matching ``activations`` ``[batch, tokens, ...]``."""
+    mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
+    if mask is None:
+        return torch.ones(activations.shape[:2], dtype=activations.dtype, device=activations.device)
+    return torch.as_tensor(mask).to(device=activations.device, dtype=activations.dtype)
+
+
+@torch.no_grad()
+def replaced_mlp_representations(model: torch.nn.Module | ModelAdapter, inputs: Any, mlp_layer: int,
+                                 replacement: torch.Tensor | None, pooling: str | None = None) -> torch.Tensor:
+    """The unnormalised representation ``r`` ``[batch, d_out]`` of ``inputs`` when MLP ``mlp_layer``'s
+    output (module ``mlp_out_pattern``, ``[batch, tokens, d_model]``) is replaced by ``replacement``
+    (``[d_model]``: the same vector at every token; or the full ``[batch, tokens, d_model]``) inside
+    the real forward pass (None: unchanged)."""
+    a = get_adapter(model, pooling)
+    prepared = a.prepare_inputs(inputs)
+    if replacement is None:
+        return a.forward(prepared)
+    module = a.model.get_submodule(a.mlp_out_pattern.replace("*", str(mlp_layer)))
+    value = torch.as_tensor(replacement).to(device=a.device, dtype=a.dtype)
+
+    def replace(mod, args, output):
+        return value.expand_as(output).clone()
+
+    handle = module.register_forward_hook(replace)
+    try:
+        return a.forward(prepared)
+    finally:
+        handle.remove()
+
