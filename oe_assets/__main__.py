@@ -1,6 +1,9 @@
 """``python -m oe_assets``: materialize the whole asset graph, or run the lens demo.
 
     python -m oe_assets materialize [--profile demo] [--layers 0 4] [--force]
+    python -m oe_assets export --format official --layer L [--profile P] [--out DIR]
+                               [--dataset imagenet --model NAME --pretrained TAG]
+    python -m oe_assets import-official DIR --layer L [--profile P] [...]
     python -m oe_assets demo [...]            (same as python -m oe_assets.demo)
 """
 
@@ -94,6 +97,95 @@ def materialize_all(profile: str, first: str | None = None, last: str | None = N
     return 0
 
 
+def _official_setup(profile: str, model: str | None, dataset: str, pretrained: str, base_dir: str | None):
+    from .lens.official import OfficialNames
+    from .profiles import load_profile
+
+    cfg = load_profile(profile)
+    source = str(cfg["model"].get("source", "model"))
+    names = OfficialNames(dataset, model or os.path.basename(source.rstrip("/")) or "model", pretrained)
+    base = base_dir or cfg["storage"].get("base_dir", "data/materialized")
+    return cfg, names, base
+
+
+def model_dims(source: str) -> tuple[int | None, int | None]:
+    """``(d_out, MLP neurons)`` of a local model folder's ``config.json`` (CLIP: the projection and the
+    vision tower's MLP width; language models: hidden and intermediate size); Nones when unknown."""
+    import json
+    from pathlib import Path
+
+    path = Path(source) / "config.json"
+    if not path.is_file():
+        return None, None
+    c = json.loads(path.read_text())
+    vision = c.get("vision_config") or c
+    d_out = c.get("projection_dim") or vision.get("projection_dim") or c.get("hidden_size")
+    return d_out, vision.get("intermediate_size") or c.get("intermediate_size")
+
+
+def export_cmd(profile: str, layer: int, out: str | None, dataset: str, model: str | None, pretrained: str,
+               base_dir: str | None = None) -> int:
+    """Write the official output files of one layer from the profile's materialized assets."""
+    from .lens.official import export_official
+
+    try:
+        _, names, base = _official_setup(profile, model, dataset, pretrained, base_dir)
+        out = out or os.path.join(base, "official")
+        written = export_official(base, out, layer, names)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def import_official_cmd(directory: str, profile: str, layer: int, dataset: str, model: str | None, pretrained: str,
+                        top_k: int | None = None, base_dir: str | None = None, instance=None) -> int:
+    """Load the official output files of one layer as the profile's materialized assets, and record a
+    runless materialization per asset (metadata ``imported_from``) on the Dagster instance
+    (``DAGSTER_HOME``, as :func:`materialize_all`, unless one is given)."""
+    from .lens.official import import_official
+
+    try:
+        cfg, names, base = _official_setup(profile, model, dataset, pretrained, base_dir)
+        d_out, neurons = model_dims(str(cfg["model"].get("source", "")))
+        analysis = cfg.get("analysis") or {}
+        class_names = None
+        try:
+            from .resources.datasets import DatasetResource
+
+            class_names = DatasetResource(**cfg["dataset"]).classes()
+        except Exception:  # noqa: BLE001 - names are a nicety; labels are what matters
+            pass
+        result = import_official(directory, base, layer, names, top_k or int(analysis.get("top_k", 16)),
+                                 d_out=d_out, neurons=neurons, model=str(cfg["model"].get("source")),
+                                 coefficient=float(analysis.get("coefficient", 100.0)),
+                                 components=analysis.get("components"), class_names=class_names)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    warnings.filterwarnings("ignore")
+    import dagster as dg
+
+    if instance is None:
+        from .profiles import default_dagster_home
+
+        os.environ.setdefault("DAGSTER_HOME", str(default_dagster_home()))
+        os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
+        instance = dg.DagsterInstance.get()
+    for asset, partition, path, sources in result.assets:
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            asset_key=asset, partition=partition,
+            metadata={"imported_from": ", ".join(str(p.resolve()) for p in sources),
+                      "path": dg.MetadataValue.path(str(path))}))
+        print(f"imported {asset}{'' if partition is None else ' partition ' + partition} from "
+              f"{', '.join(p.name for p in sources)}")
+    for path, why in result.skipped:
+        print(f"not imported {path.name}: {why}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m oe_assets")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -101,8 +193,28 @@ def main(argv=None) -> int:
     m.add_argument("--profile", default=os.environ.get("OE_ASSETS_PROFILE", "demo"))
     m.add_argument("--layers", nargs=2, metavar=("FIRST", "LAST"), default=None)
     m.add_argument("--force", action="store_true", help="recompute every asset, also those up to date")
+    for name, help_ in (("export", "write a layer's assets as the official implementation's output files"),
+                        ("import-official", "load the official implementation's output files as assets")):
+        e = sub.add_parser(name, help=help_)
+        if name == "export":
+            e.add_argument("--format", choices=["official"], default="official")
+            e.add_argument("--out", default=None, help="folder (default: <base_dir>/official)")
+        else:
+            e.add_argument("directory")
+            e.add_argument("--top-k", type=int, default=None, help="the files' top_k (default: the profile's)")
+        e.add_argument("--layer", type=int, required=True)
+        e.add_argument("--profile", default=os.environ.get("OE_ASSETS_PROFILE", "demo"))
+        e.add_argument("--dataset", default="imagenet")
+        e.add_argument("--model", default=None, help="model name in the file names (default: the model folder's name)")
+        e.add_argument("--pretrained", default="openai")
+        e.add_argument("--base-dir", default=None, help="the store (default: the profile's storage.base_dir)")
     sub.add_parser("demo", help="run every stage of the lens on the MiniLM demo and print the table")
     args, rest = ap.parse_known_args(argv)
+    if args.command == "export":
+        return export_cmd(args.profile, args.layer, args.out, args.dataset, args.model, args.pretrained, args.base_dir)
+    if args.command == "import-official":
+        return import_official_cmd(args.directory, args.profile, args.layer, args.dataset, args.model,
+                                   args.pretrained, args.top_k, args.base_dir)
     if args.command == "materialize":
         first, last = args.layers or (None, None)
         return materialize_all(args.profile, first, last, force=args.force)

@@ -111,8 +111,12 @@ def count_samples(dataset: dict[str, Any], split: str) -> int:
             n = np.load(path, mmap_mode="r").shape[0]
         else:
             n = npz_shape(path, dataset.get(f"{split}_key", f"{split}_images"))[0]
+    elif kind in ("cifar10", "cifar100"):
+        from ..lens.cifar import load_cifar
+
+        n = len(load_cifar(path, kind, split)[1])
     else:
-        raise ValueError(f"dataset.kind: {kind!r}; choose 'text', 'image_folder' or 'npz'")
+        raise ValueError(f"dataset.kind: {kind!r}; choose 'text', 'image_folder', 'npz', 'cifar10' or 'cifar100'")
     return len(subsample(range(n), int(dataset.get("offset", 0)), int(dataset.get(f"{split}_stride", 1)),
                          dataset.get("limit")))
 

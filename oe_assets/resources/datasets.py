@@ -20,9 +20,11 @@ import numpy as np
 import torch
 
 from ..lens.adapters.text import tokenize
+from ..lens.cifar import CIFAR_KINDS, cifar_classes, cifar_image, load_cifar
 from ..lens.text_datasets import load_text_dataset, subsample
 
-__all__ = ["Split", "TextSplit", "ImageFolderSplit", "ArraySplit", "DatasetResource", "image_folder_samples"]
+__all__ = ["Split", "TextSplit", "ImageFolderSplit", "ArraySplit", "CifarSplit", "DatasetResource",
+           "image_folder_samples"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -163,6 +165,42 @@ class ArraySplit(Split):
             yield torch.from_numpy(np.ascontiguousarray(self.pixel_values[i:i + batch_size]))
 
 
+@dataclass
+class CifarSplit(Split):
+    """CIFAR images as ``[n, 3072]`` uint8 rows (CHW 32x32), through the model's image processor
+    like image folders (one PIL image per sample, in the DataLoader's workers)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    indices: np.ndarray
+    num_workers: int = 0
+
+    def describe(self, i: int) -> str:
+        return f"image #{int(self.indices[i])}"
+
+    def thumbnail(self, i: int, size: int = 96) -> bytes | None:
+        from PIL import Image
+
+        return _png(cifar_image(self.images[i]).resize((size, size), Image.NEAREST))
+
+    def batches(self, loaded, batch_size, max_length=128):
+        if loaded.image_processor is None:
+            raise ValueError(f"model {loaded.source} has no image processor; an image dataset needs one")
+        return self._loader(loaded, batch_size, _DecodeCifar(self.images, loaded.image_processor),
+                            torch.stack, self.num_workers)
+
+
+@dataclass
+class _DecodeCifar:
+    """Preprocess one CIFAR row: ``pixel_values`` ``[3, H, W]`` (in a worker)."""
+
+    images: np.ndarray
+    image_processor: Any
+
+    def __call__(self, i: int) -> torch.Tensor:
+        return self.image_processor(images=[cifar_image(self.images[i])], return_tensors="pt")["pixel_values"][0]
+
+
 def _png(img) -> bytes:
     import io
 
@@ -216,6 +254,10 @@ class DatasetResource(dg.ConfigurableResource):
     - ``kind="image_folder"``: ImageNet layout (``root/<wnid>/<image>``); ``class_index="imagenet"``
       labels folders by the 1000 ImageNet WordNet ids (ImageNet-R remaps onto them), ``"folders"``
       by sorted folder names.
+    - ``kind="cifar10"`` / ``"cifar100"``: the standard python-pickle archives, extracted
+      (``train_path`` / ``val_path``: the ``cifar-10-batches-py`` / ``cifar-100-python`` folder;
+      train is ``data_batch_1..5`` / ``train``, val is ``test_batch`` / ``test``); class names from
+      the archive's meta file (fine labels for CIFAR-100).
     - ``kind="npz"``: preprocessed arrays in one ``.npz`` (``train_key``, ``val_key``,
       ``train_labels_key``, ``val_labels_key``), and ``classes_path`` or ``n_classes``; a ``.npy``
       path is memory-mapped (unlabelled).
@@ -266,6 +308,8 @@ class DatasetResource(dg.ConfigurableResource):
 
                 return imagenet_classes()
             return image_folder_samples(Path(self.train_path))[2]
+        if self.kind in CIFAR_KINDS:
+            return cifar_classes(self.train_path, self.kind)
         if self.n_classes:
             return [f"class {i}" for i in range(self.n_classes)]
         raise ValueError(f"dataset kind {self.kind!r} needs classes_path (a JSON list of class names)")
@@ -312,4 +356,8 @@ class DatasetResource(dg.ConfigurableResource):
             pv = keep(data[key])
             labels = keep(data[labels_key]) if labels_key and labels_key in data else np.full(len(pv), -1)
             return ArraySplit(pv, np.asarray(labels, dtype=np.int64))
-        raise ValueError(f"dataset kind={self.kind!r}; choose 'text', 'image_folder' or 'npz'")
+        if self.kind in CIFAR_KINDS:
+            images, labels = load_cifar(path, self.kind, split)
+            indices = keep(np.arange(len(labels)))
+            return CifarSplit(images[indices], labels[indices], indices, self.workers())
+        raise ValueError(f"dataset kind={self.kind!r}; choose 'text', 'image_folder', 'npz', 'cifar10' or 'cifar100'")
