@@ -16,7 +16,8 @@ from .assets.baselines import build_baseline_assets
 from .assets.checks import build_checks
 from .assets.effects import build_effect_assets
 from .assets.inputs import (
-    classifier, model_asset, text_embeddings, train_representations, val_representations, vocabulary,
+    classifier, model_asset, text_embeddings, train_representations, val_r_representations, val_representations,
+    vocabulary,
 )
 from .profiles import load_profile
 from .profiles.validation import validate_profile
@@ -68,8 +69,11 @@ def build_definitions(profile: str | dict | None = None, base_dir: str | None = 
     model = ModelResource(**cfg["model"])
     layers = dg.StaticPartitionsDefinition(model_layers(model.source))
     store = ArtifactStore(**{**cfg["storage"], "base_dir": base_dir or cfg["storage"].get("base_dir", "data/materialized")})
+    dataset = DatasetResource(**cfg["dataset"])
+    imagenet_r = bool(dataset.val_r_path)  # the ImageNet-R assets, next to the val ones
     assets = [model_asset, vocabulary, text_embeddings, classifier, train_representations, val_representations,
-              *build_effect_assets(layers), *build_analysis_assets(layers),
+              *([val_r_representations] if imagenet_r else []),
+              *build_effect_assets(layers, imagenet_r), *build_analysis_assets(layers, imagenet_r),
               *build_baseline_assets(layers)]
     return dg.Definitions(
         assets=assets,
@@ -83,7 +87,7 @@ def build_definitions(profile: str | dict | None = None, base_dir: str | None = 
             default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30)],
         resources={
             "model": model,
-            "dataset": DatasetResource(**cfg["dataset"]),
+            "dataset": dataset,
             "analysis": AnalysisResource(**cfg.get("analysis", {})),
             "store": store,
             "hdf5_io_manager": HDF5IOManager(store=store),

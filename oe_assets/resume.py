@@ -29,6 +29,7 @@ _MODEL = ["model.source", "model.dtype", "model.pooling", "model.max_length"]
 _DATA = ["dataset.kind", "dataset.train_path", "dataset.val_path", "dataset.text_column", "dataset.label_column",
          "dataset.class_index", "dataset.offset", "dataset.limit", "dataset.train_key", "dataset.val_key",
          "dataset.train_labels_key", "dataset.val_labels_key"]
+_IMAGENET_R = ["dataset.val_r_path", "dataset.imagenet_r_classes", "dataset.val_stride"]
 #: the profile settings each asset reads (upstream changes reach it through its upstream assets)
 ASSET_SETTINGS: dict[str, list[str]] = {
     "text_embeddings": [*_MODEL, "analysis.vocabulary_path", "analysis.text_embeddings_path"],
@@ -40,6 +41,10 @@ ASSET_SETTINGS: dict[str, list[str]] = {
                              "storage.alpha_dtype"],
     "val_second_order_effects": [*_MODEL, *_DATA, "dataset.val_stride", "analysis.coefficient",
                                  "analysis.convention", "storage.alpha_dtype"],
+    "val_r_representations": [*_MODEL, *_DATA, *_IMAGENET_R, "analysis.coefficient"],
+    "val_r_second_order_effects": [*_MODEL, *_DATA, *_IMAGENET_R, "analysis.coefficient", "analysis.convention",
+                                   "storage.alpha_dtype"],
+    "ablation_report_r": ["dataset.imagenet_r_classes"],
     "first_order_effects": [*_MODEL, *_DATA, "dataset.train_stride", "dataset.val_stride", "analysis.coefficient"],
     "total_effects": [*_MODEL, *_DATA, "dataset.val_stride"],
     "neuron_pcas": ["analysis.top_k"],

@@ -27,10 +27,20 @@ ABLATION_SCHEMA = pa.schema([
 ])
 #: the per-layer findings of the summary, after the accuracy columns
 FINDINGS = ("significant_fraction", "significant_neurons", "neurons", "pc1_explained_median")
-SUMMARY_SCHEMA = pa.schema(
-    [("layer", pa.int64())] + [(s, pa.float64()) for s in (*ALL_SCENARIOS, *BASELINE_SCENARIOS)]
-    + [("significant_fraction", pa.float64()), ("significant_neurons", pa.int64()), ("neurons", pa.int64()),
-       ("pc1_explained_median", pa.float64())])
+#: the ImageNet-R accuracy columns of the summary (profiles with ``dataset.val_r_path``)
+IMAGENET_R_COLUMNS = tuple(f"imagenet_r_{s}" for s in ALL_SCENARIOS)
+
+
+def summary_schema(imagenet_r: bool = False) -> pa.Schema:
+    """The columns of ``layer_summary``: layer, accuracies (ImageNet-R's after the baselines), findings."""
+    accuracies = (*ALL_SCENARIOS, *BASELINE_SCENARIOS, *(IMAGENET_R_COLUMNS if imagenet_r else ()))
+    return pa.schema(
+        [("layer", pa.int64())] + [(s, pa.float64()) for s in accuracies]
+        + [("significant_fraction", pa.float64()), ("significant_neurons", pa.int64()), ("neurons", pa.int64()),
+           ("pc1_explained_median", pa.float64())])
+
+
+SUMMARY_SCHEMA = summary_schema()
 
 
 def table_schema(schema: pa.Schema) -> dg.TableSchema:
@@ -89,7 +99,8 @@ def same_vocabulary(text_embeddings, codes, key: str) -> None:
                          f"{a}; re-materialize sparse_codes (the vocabulary automation does this)")
 
 
-def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+def build_analysis_assets(partitions_def: dg.PartitionsDefinition, imagenet_r: bool = False) -> list[dg.AssetsDefinition]:
+    """The per-layer analysis assets and ``layer_summary``; with ``imagenet_r`` also ``ablation_report_r``."""
     layered = dict(partitions_def=partitions_def, code_version=CODE_VERSION,
                    backfill_policy=dg.BackfillPolicy.single_run())
 
@@ -157,80 +168,18 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
                                      "layers": ", ".join(context.partition_keys)})
         return out
 
-    @dg.asset(group_name="analysis", io_manager_key="parquet_io_manager", kinds={"numpy", "parquet"},
-              automation_condition=EAGER,
-              metadata={"dagster/column_schema": table_schema(ABLATION_SCHEMA)},
-              description="Val accuracy and logits under the five ablation scenarios and the sparse-code "
-              "reconstruction.", **layered)
+    report = dict(group_name="analysis", io_manager_key="parquet_io_manager", kinds={"numpy", "parquet"},
+                  automation_condition=EAGER, metadata={"dagster/column_schema": table_schema(ABLATION_SCHEMA)},
+                  **layered)
+
+    @dg.asset(description="Val accuracy and logits under the five ablation scenarios and the sparse-code "
+              "reconstruction.", **report)
     def ablation_report(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource,
                         val_representations,
                         val_second_order_effects: dict, classifier, neuron_pcas: dict, sparse_codes: dict,
                         text_embeddings):
-        reps, labels = val_representations.read("representations"), val_representations.read("labels")
-        W = classifier.read("classifier")
-        coefficient = float(val_representations.attrs.get("coefficient", 100.0))
-        dictionary = normalize_dictionary(text_embeddings.read("embeddings"), coefficient)
-        out, meta = {}, {}
-        with timer(meta):
-            for key in context.partition_keys:
-                pcas, codes = neuron_pcas[key], sparse_codes[key]
-                same_vocabulary(text_embeddings, codes, key)
-                dense = dense_codes(codes.read("indices"), codes.read("values"), dictionary.shape[0])
-                effects = open_effects(val_second_order_effects[key], device=model.compute_device())
-                res = ablate(reps, effects, W, labels, pcas.read("means"),
-                             pcas.read("norms")[:, 0], pcas.read("components"), reconstructions=dense @ dictionary)
-                out[key] = pa.Table.from_pylist(
-                    [{"layer": int(key), "scenario": s, "accuracy": res.accuracy[s], "samples": len(labels),
-                      "logits": res.logits[s].tolist() if analysis.store_logits else None,
-                      "significant_fraction": res.significant_fraction, "significant_neurons": res.significant_neurons}
-                     for s in ALL_SCENARIOS], schema=ABLATION_SCHEMA)
-                layer_meta(context, key, significant_fraction=res.significant_fraction,
-                           significant_neurons=res.significant_neurons, preview=dg.MetadataValue.md(md_table(
-                               [{"scenario": s, "accuracy %": res.accuracy[s]} for s in ALL_SCENARIOS])))
-        context.add_output_metadata({**meta, "rows": len(ALL_SCENARIOS), "samples": len(labels),
-                                     "layers": ", ".join(context.partition_keys)})
-        return out
-
-    @dg.asset(group_name="summary", io_manager_key="parquet_io_manager", kinds={"parquet", "matplotlib"},
-              code_version=CODE_VERSION, automation_condition=EAGER,
-              ins={"ablation_report": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(),
-                                                 # accuracies and the layer's significance only: never the logits
-                                                 metadata={"allow_missing_partitions": True,
-                                                           "columns": ["scenario", "accuracy", "significant_fraction",
-                                                                       "significant_neurons"]}),
-                   "total_effects": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(),
-                                               metadata={"allow_missing_partitions": True,
-                                                         "columns": ["scenario", "accuracy"]}),
-                   "neuron_pcas": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(),
-                                             metadata={"allow_missing_partitions": True})},
-              metadata={"dagster/column_schema": table_schema(SUMMARY_SCHEMA)},
-              description="Every materialized layer's accuracies in one table: the second-order ablations and "
-              "reconstruction, and side by side the three mean ablations (second-order `mean_ablate_all`, "
-              "first-order, total); a plot of them against layer; and a findings table (significant "
-              "(sample, neuron) pairs, significant neurons, median variance explained by the PC).")
-    def layer_summary(context: dg.AssetExecutionContext, ablation_report: dict, total_effects: dict,
-                      neuron_pcas: dict) -> pa.Table:
-        rows = []
-        for key in sorted(ablation_report, key=int):
-            report = ablation_report[key].to_pylist()
-            acc = {r["scenario"]: r["accuracy"] for r in report}
-            if key in total_effects:
-                acc.update({r["scenario"]: r["accuracy"] for r in total_effects[key].to_pylist()})
-            explained = neuron_pcas[key].read("explained") if key in neuron_pcas else None
-            rows.append({"layer": int(key), **{s: acc.get(s) for s in (*ALL_SCENARIOS, *BASELINE_SCENARIOS)},
-                         "significant_fraction": report[0].get("significant_fraction") if report else None,
-                         "significant_neurons": report[0].get("significant_neurons") if report else None,
-                         "neurons": None if explained is None else len(explained),
-                         "pc1_explained_median": None if explained is None else float(np.median(explained))})
-        table = pa.Table.from_pylist(rows, schema=SUMMARY_SCHEMA)
-        context.add_output_metadata({
-            "rows": len(rows), "layers": ", ".join(str(r["layer"]) for r in rows),
-            "preview": dg.MetadataValue.md(md_table(rows, ["layer", *ALL_SCENARIOS, *BASELINE_SCENARIOS])),
-            "findings": dg.MetadataValue.md(findings_table(rows)),
-            "plot": dg.MetadataValue.md(markdown_image(
-                accuracy_against_layer(rows, [*ALL_SCENARIOS, *BASELINE_SCENARIOS]), "accuracy against layer")),
-        })
-        return table
+        return ablation_tables(context, model, analysis, val_representations, val_second_order_effects,
+                               classifier.read("classifier"), neuron_pcas, sparse_codes, text_embeddings)
 
     @dg.asset(group_name="reports", io_manager_key="html_io_manager", kinds={"html"},
               automation_condition=EAGER,
@@ -275,4 +224,110 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
         context.add_output_metadata({**meta, "neurons": len(chosen), "layers": ", ".join(context.partition_keys)})
         return out
 
-    return [neuron_pcas, sparse_codes, ablation_report, layer_summary, neuron_report]
+    assets = [neuron_pcas, sparse_codes, ablation_report, neuron_report]
+    if imagenet_r:
+        @dg.asset(description="ImageNet-R accuracy and logits under the ablation scenarios (the val_r split of "
+                  "dataset.val_r_path): with imagenet_r_classes='subset' the classifier is restricted to the 200 "
+                  "ImageNet-R classes (the standard 200-way protocol), with 'all' it is the full 1000-way one.",
+                  **report)
+        def ablation_report_r(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource,
+                              dataset: DatasetResource, val_r_representations, val_r_second_order_effects: dict,
+                              classifier, neuron_pcas: dict, sparse_codes: dict, text_embeddings):
+            return ablation_tables(context, model, analysis, val_r_representations, val_r_second_order_effects,
+                                   imagenet_r_classifier(classifier.read("classifier"), dataset), neuron_pcas,
+                                   sparse_codes, text_embeddings)
+
+        assets.append(ablation_report_r)
+    return assets + [build_layer_summary(imagenet_r)]
+
+
+def imagenet_r_classifier(W: np.ndarray, dataset: DatasetResource) -> np.ndarray:
+    """The classifier of the ImageNet-R evaluation: the 1000-way ImageNet classifier ``[d, 1000]``,
+    restricted to the 200 ImageNet-R columns (``imagenet_r_classes="subset"``) or whole (``"all"``)."""
+    if W.shape[1] != 1000:
+        raise ValueError(f"the ImageNet-R evaluation needs the 1000-way ImageNet classifier (dataset.kind="
+                         f"'image_folder', class_index='imagenet'); the classifier has {W.shape[1]} columns")
+    columns = dataset.imagenet_r_columns()
+    return W if columns is None else W[:, columns]
+
+
+def ablation_tables(context, model: ModelResource, analysis: AnalysisResource, val_representations, effects_in: dict,
+                    W: np.ndarray, neuron_pcas: dict, sparse_codes: dict, text_embeddings) -> dict[str, pa.Table]:
+    """Every layer partition's ablation table (:data:`ABLATION_SCHEMA`) of one evaluation split:
+    its representations, its effects and the classifier ``W`` its labels index."""
+    reps, labels = val_representations.read("representations"), val_representations.read("labels")
+    coefficient = float(val_representations.attrs.get("coefficient", 100.0))
+    dictionary = normalize_dictionary(text_embeddings.read("embeddings"), coefficient)
+    out, meta = {}, {}
+    with timer(meta):
+        for key in context.partition_keys:
+            pcas, codes = neuron_pcas[key], sparse_codes[key]
+            same_vocabulary(text_embeddings, codes, key)
+            dense = dense_codes(codes.read("indices"), codes.read("values"), dictionary.shape[0])
+            effects = open_effects(effects_in[key], device=model.compute_device())
+            res = ablate(reps, effects, W, labels, pcas.read("means"),
+                         pcas.read("norms")[:, 0], pcas.read("components"), reconstructions=dense @ dictionary)
+            out[key] = pa.Table.from_pylist(
+                [{"layer": int(key), "scenario": s, "accuracy": res.accuracy[s], "samples": len(labels),
+                  "logits": res.logits[s].tolist() if analysis.store_logits else None,
+                  "significant_fraction": res.significant_fraction, "significant_neurons": res.significant_neurons}
+                 for s in ALL_SCENARIOS], schema=ABLATION_SCHEMA)
+            layer_meta(context, key, significant_fraction=res.significant_fraction,
+                       significant_neurons=res.significant_neurons, preview=dg.MetadataValue.md(md_table(
+                           [{"scenario": s, "accuracy %": res.accuracy[s]} for s in ALL_SCENARIOS])))
+    context.add_output_metadata({**meta, "rows": len(ALL_SCENARIOS), "samples": len(labels),
+                                 "classes": int(W.shape[1]), "layers": ", ".join(context.partition_keys)})
+    return out
+
+
+def build_layer_summary(imagenet_r: bool = False) -> dg.AssetsDefinition:
+    """``layer_summary``; with ``imagenet_r`` it also reads ``ablation_report_r`` and adds the
+    :data:`IMAGENET_R_COLUMNS`."""
+    all_layers = lambda **metadata: dg.AssetIn(partition_mapping=dg.AllPartitionMapping(),  # noqa: E731
+                                               metadata={"allow_missing_partitions": True, **metadata})
+    ins = {"ablation_report": all_layers(columns=["scenario", "accuracy", "significant_fraction",
+                                                  "significant_neurons"]),  # never the logits
+           "total_effects": all_layers(columns=["scenario", "accuracy"]),
+           "neuron_pcas": all_layers()}
+    if imagenet_r:
+        ins["ablation_report_r"] = all_layers(columns=["scenario", "accuracy"])
+    schema = summary_schema(imagenet_r)
+    accuracy_columns = [*ALL_SCENARIOS, *BASELINE_SCENARIOS, *(IMAGENET_R_COLUMNS if imagenet_r else ())]
+
+    @dg.asset(group_name="summary", io_manager_key="parquet_io_manager", kinds={"parquet", "matplotlib"},
+              code_version=CODE_VERSION, automation_condition=EAGER, ins=ins,
+              metadata={"dagster/column_schema": table_schema(schema)},
+              description="Every materialized layer's accuracies in one table: the second-order ablations and "
+              "reconstruction, and side by side the three mean ablations (second-order `mean_ablate_all`, "
+              "first-order, total); a plot of them against layer; and a findings table (significant "
+              "(sample, neuron) pairs, significant neurons, median variance explained by the PC)."
+              + (" With an ImageNet-R folder, its ablation accuracies too (`imagenet_r_*`)." if imagenet_r else ""))
+    def layer_summary(context: dg.AssetExecutionContext, ablation_report: dict, total_effects: dict,
+                      neuron_pcas: dict, **imagenet_r_report) -> pa.Table:
+        report_r = imagenet_r_report.get("ablation_report_r", {})
+        rows = []
+        for key in sorted(ablation_report, key=int):
+            report = ablation_report[key].to_pylist()
+            acc = {r["scenario"]: r["accuracy"] for r in report}
+            if key in total_effects:
+                acc.update({r["scenario"]: r["accuracy"] for r in total_effects[key].to_pylist()})
+            if key in report_r:
+                acc.update({f"imagenet_r_{r['scenario']}": r["accuracy"] for r in report_r[key].to_pylist()})
+            explained = neuron_pcas[key].read("explained") if key in neuron_pcas else None
+            rows.append({"layer": int(key), **{s: acc.get(s) for s in accuracy_columns},
+                         "significant_fraction": report[0].get("significant_fraction") if report else None,
+                         "significant_neurons": report[0].get("significant_neurons") if report else None,
+                         "neurons": None if explained is None else len(explained),
+                         "pc1_explained_median": None if explained is None else float(np.median(explained))})
+        table = pa.Table.from_pylist(rows, schema=schema)
+        context.add_output_metadata({
+            "rows": len(rows), "layers": ", ".join(str(r["layer"]) for r in rows),
+            "preview": dg.MetadataValue.md(md_table(rows, ["layer", *accuracy_columns])),
+            "findings": dg.MetadataValue.md(findings_table(rows)),
+            "plot": dg.MetadataValue.md(markdown_image(
+                accuracy_against_layer(rows, accuracy_columns), "accuracy against layer")),
+        })
+        return table
+
+    return layer_summary
+

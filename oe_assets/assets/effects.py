@@ -67,22 +67,35 @@ def stream_effects(context, split: str, model: ModelResource, analysis: Analysis
     return staged
 
 
-def build_effect_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+def _effects_asset(name: str, split: str, upstream: str, description: str, common: dict) -> dg.AssetsDefinition:
+    """The factorized effects asset ``name`` of one split, on top of its representations ``upstream``."""
+
+    @dg.asset(name=name, deps=[upstream, "model"], description=description, **common)
+    def effects(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource,
+                dataset: DatasetResource, store: ArtifactStore):
+        return stream_effects(context, split, model, analysis, dataset, store)
+
+    return effects
+
+
+def build_effect_assets(partitions_def: dg.PartitionsDefinition, imagenet_r: bool = False) -> list[dg.AssetsDefinition]:
+    """The train and val effects; with ``imagenet_r`` also ``val_r_second_order_effects`` (the
+    ImageNet-R split of ``dataset.val_r_path``)."""
     common = dict(group_name="second_order", partitions_def=partitions_def, io_manager_key="hdf5_io_manager",
                   kinds={"pytorch", "hdf5"}, code_version=CODE_VERSION, pool="gpu",
                   backfill_policy=dg.BackfillPolicy.single_run())
-
-    @dg.asset(deps=["train_representations", "model"], description="Per-neuron second-order effects [train samples, "
-              "neurons, d_out] of one MLP layer through every later attention head (fast path), stored factorized: "
-              "alpha [samples, J*H, neurons] and the layer's per-head factors.", **common)
-    def second_order_effects(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource,
-                             dataset: DatasetResource, store: ArtifactStore):
-        return stream_effects(context, "train", model, analysis, dataset, store)
-
-    @dg.asset(deps=["val_representations", "model"], description="Per-neuron second-order effects [val samples, "
-              "neurons, d_out] of one MLP layer (factorized), for the ablations.", **common)
-    def val_second_order_effects(context: dg.AssetExecutionContext, model: ModelResource,
-                                 analysis: AnalysisResource, dataset: DatasetResource, store: ArtifactStore):
-        return stream_effects(context, "val", model, analysis, dataset, store)
-
-    return [second_order_effects, val_second_order_effects]
+    assets = [
+        _effects_asset("second_order_effects", "train", "train_representations",
+                       "Per-neuron second-order effects [train samples, neurons, d_out] of one MLP layer through every "
+                       "later attention head (fast path), stored factorized: alpha [samples, J*H, neurons] and the "
+                       "layer's per-head factors.", common),
+        _effects_asset("val_second_order_effects", "val", "val_representations",
+                       "Per-neuron second-order effects [val samples, neurons, d_out] of one MLP layer (factorized), "
+                       "for the ablations.", common),
+    ]
+    if imagenet_r:
+        assets.append(_effects_asset(
+            "val_r_second_order_effects", "val_r", "val_r_representations",
+            "Per-neuron second-order effects [ImageNet-R samples, neurons, d_out] of one MLP layer (factorized), "
+            "for the ImageNet-R ablations.", common))
+    return assets

@@ -151,3 +151,12 @@ def train_representations(context: dg.AssetExecutionContext, model: ModelResourc
 def val_representations(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource,
                         dataset: DatasetResource):
     return _representations(context, "val", model, analysis, dataset)
+
+
+@dg.asset(group_name="inputs", io_manager_key="hdf5_io_manager", kinds={"pytorch", "hdf5"},
+          code_version=CODE_VERSION, pool="gpu", deps=[model_asset],
+          description="coefficient * r / |r| of every ImageNet-R sample (dataset.val_r_path, stride val_stride), "
+          "with labels (0..199 with imagenet_r_classes='subset', the 1000 ImageNet indices with 'all') and inputs.")
+def val_r_representations(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource,
+                          dataset: DatasetResource):
+    return _representations(context, "val_r", model, analysis, dataset)

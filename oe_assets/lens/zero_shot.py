@@ -13,7 +13,7 @@ from .adapters.text import tokenize
 
 __all__ = [
     "representations", "zero_shot_classifier", "project_texts", "clip_text_encoder",
-    "imagenet_classes", "imagenet_templates", "imagenet_wnids", "TextEncoder",
+    "imagenet_classes", "imagenet_templates", "imagenet_wnids", "imagenet_r_wnids", "TextEncoder",
 ]
 
 #: maps a list of strings to their embeddings ``[len(texts), d]``
@@ -37,6 +37,11 @@ def imagenet_templates() -> list[str]:
 def imagenet_wnids() -> list[str]:
     """The 1000 WordNet ids in class-index order (folder names of ImageNet and ImageNet-R)."""
     return _package_json("imagenet_wnids.json")
+
+
+def imagenet_r_wnids() -> list[str]:
+    """The 200 WordNet ids of ImageNet-R (its folder names), in ImageNet class-index order."""
+    return _package_json("imagenet_r_wnids.json")
 
 
 def representations(embeddings: torch.Tensor | np.ndarray, coefficient: float = 100.0):

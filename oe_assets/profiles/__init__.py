@@ -24,7 +24,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 #: files shipped with the package (``package:`` paths in a profile)
 PACKAGE_DATA = PACKAGE_DIR / "package_data"
 PROFILE_DIR = Path(__file__).resolve().parent
-PATH_KEYS = {"train_path", "val_path", "classes_path", "templates_path", "classifier_path", "text_embeddings_path",
+PATH_KEYS = {"train_path", "val_path", "val_r_path", "classes_path", "templates_path", "classifier_path", "text_embeddings_path",
              "vocabulary_path", "base_dir", "source"}
 SECTIONS = ("model", "dataset", "analysis", "storage")
 

@@ -210,6 +210,12 @@ def validate_profile(cfg: dict[str, dict[str, Any]], where: str = "profile") -> 
     for key in ("train_path", "val_path"):
         if key not in dataset:
             problems.append(f"dataset.{key}: missing")
+    if dataset.get("imagenet_r_classes", "subset") not in ("subset", "all"):
+        problems.append(f"dataset.imagenet_r_classes: {dataset['imagenet_r_classes']!r} must be 'subset' (200-way, "
+                        "the standard ImageNet-R protocol) or 'all' (1000-way)")
+    if dataset.get("val_r_path") and dataset.get("kind", "text") != "image_folder":
+        problems.append(f"dataset.val_r_path: an ImageNet-R folder needs dataset.kind 'image_folder' (the 1000-way "
+                        f"ImageNet classifier), not {dataset.get('kind', 'text')!r}")
     for section, key in (("dataset", "train_stride"), ("dataset", "val_stride"), ("model", "batch_size"),
                          ("analysis", "top_k"), ("analysis", "components")):
         value = (cfg.get(section) or {}).get(key)

@@ -26,6 +26,8 @@ from ..lens.text_datasets import load_text_dataset, subsample
 __all__ = ["Split", "TextSplit", "ImageFolderSplit", "ArraySplit", "CifarSplit", "DatasetResource",
            "image_folder_samples"]
 
+#: ``DatasetResource.imagenet_r_classes``: the 200-way subset (standard protocol) or all 1000 classes
+IMAGENET_R_CLASSES = ("subset", "all")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
@@ -262,6 +264,14 @@ class DatasetResource(dg.ConfigurableResource):
       ``train_labels_key``, ``val_labels_key``), and ``classes_path`` or ``n_classes``; a ``.npy``
       path is memory-mapped (unlabelled).
 
+    - ``val_r_path``: an ImageNet-R folder (``root/<wnid>/<image>``, the 200 ImageNet-R WordNet ids),
+      split ``"val_r"`` (stride ``val_stride``, the same ``offset`` / ``limit``): the ImageNet-R
+      assets (``val_r_representations``, ``val_r_second_order_effects``, ``ablation_report_r``) exist
+      only when it is set.  ``imagenet_r_classes="subset"`` (the standard ImageNet-R protocol, 200-way):
+      labels are indices into :func:`~oe_assets.lens.zero_shot.imagenet_r_wnids` (0..199) and the
+      reports restrict the 1000-way classifier to those 200 columns; ``"all"``: labels are the 1000
+      ImageNet class indices and the full classifier is used (1000-way).
+
     ``num_workers``: DataLoader workers that decode images / tokenize text ahead of the model
     (None: the CPU count less one, at most 8).
     """
@@ -283,6 +293,8 @@ class DatasetResource(dg.ConfigurableResource):
     val_labels_key: str = "val_labels"
     n_classes: int | None = None
     num_workers: int | None = None
+    val_r_path: str | None = None
+    imagenet_r_classes: str = "subset"
 
     def workers(self) -> int:
         n = default_workers() if self.num_workers is None else self.num_workers
@@ -290,8 +302,40 @@ class DatasetResource(dg.ConfigurableResource):
             raise ValueError(f"num_workers must be >= 0, got {n}")
         return n
 
+    def imagenet_r_columns(self) -> np.ndarray | None:
+        """The classifier columns of the ImageNet-R evaluation: the 200 ImageNet-R classes' indices
+        among the 1000 ImageNet classes (``imagenet_r_classes="subset"``), or None (``"all"``: every
+        column)."""
+        if self.imagenet_r_classes not in IMAGENET_R_CLASSES:
+            raise ValueError(f"imagenet_r_classes must be one of {IMAGENET_R_CLASSES}, got {self.imagenet_r_classes!r}")
+        if self.imagenet_r_classes == "all":
+            return None
+        from ..lens.zero_shot import imagenet_r_wnids, imagenet_wnids
+
+        index = {w: i for i, w in enumerate(imagenet_wnids())}
+        return np.asarray([index[w] for w in imagenet_r_wnids()], dtype=np.int64)
+
+    def _imagenet_r(self) -> ImageFolderSplit:
+        """The ``val_r`` split: ImageNet-R folders labelled by the 1000 ImageNet WordNet ids, remapped
+        to 0..199 in ``"subset"`` mode."""
+        from ..lens.zero_shot import imagenet_wnids
+
+        if not self.val_r_path:
+            raise ValueError("split 'val_r' needs dataset.val_r_path (an ImageNet-R folder)")
+        columns = self.imagenet_r_columns()
+        paths, labels, _ = image_folder_samples(Path(self.val_r_path), imagenet_wnids())
+        if columns is not None:
+            remap = np.full(len(imagenet_wnids()), -1, dtype=np.int64)
+            remap[columns] = np.arange(len(columns))
+            labels = remap[labels]
+            if (labels < 0).any():
+                raise ValueError(f"ImageNet-R folder {self.val_r_path} has class folders outside the 200 "
+                                 "ImageNet-R WordNet ids; use imagenet_r_classes='all'")
+        keep = lambda rows: subsample(rows, self.offset, self._stride("val"), self.limit)  # noqa: E731
+        return ImageFolderSplit(keep(paths), keep(labels), self.workers())
+
     def _stride(self, split: str) -> int:
-        stride = self.train_stride if split == "train" else self.val_stride
+        stride = self.train_stride if split == "train" else self.val_stride  # val_r: val_stride
         if stride < 1:
             raise ValueError(f"{split}_stride must be >= 1, got {stride}")
         return stride
@@ -318,14 +362,16 @@ class DatasetResource(dg.ConfigurableResource):
         """The subsampled split; raises naming the file when nothing is left."""
         data = self._split(split)
         if len(data) == 0:
-            path = self.train_path if split == "train" else self.val_path
+            path = {"train": self.train_path, "val_r": self.val_r_path}.get(split, self.val_path)
             raise ValueError(f"{split} split of {path} is empty after subsampling (offset={self.offset}, "
                              f"stride={self._stride(split)}, limit={self.limit})")
         return data
 
     def _split(self, split: str) -> Split:
+        if split == "val_r":
+            return self._imagenet_r()
         if split not in ("train", "val"):
-            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+            raise ValueError(f"split must be 'train', 'val' or 'val_r', got {split!r}")
         path = self.train_path if split == "train" else self.val_path
         stride = self._stride(split)
         keep = lambda rows: subsample(rows, self.offset, stride, self.limit)  # noqa: E731
