@@ -83,7 +83,14 @@ def test_import_round_trip(exported, tmp_path):
     assert event.asset_materialization.partition == str(LAYER)
     assert NAMES.pca(LAYER, 16, "pca") in event.asset_materialization.metadata["imported_from"].value
     assert instance.get_latest_materialization_event(dg.AssetKey("classifier")) is not None
-    assert not (fresh / "second_order_effects").exists()  # dense merged effects are never imported
+    # the merged effects come back exactly, as factorized files the rest of the graph reads
+    from oe_assets.lens.effects_file import open_factorized
+
+    for asset in ("second_order_effects", "val_second_order_effects"):
+        a = open_factorized(base / asset / f"{LAYER}.h5")[:, :, :]
+        b = open_factorized(fresh / asset / f"{LAYER}.h5")
+        assert b.n_paths == a.shape[2] and g(fresh, asset, f"{LAYER}.h5").attrs["imported"]
+        assert np.abs(b[:, :, :] - a).max() <= 1e-6 * np.abs(a).max()
 
 
 def test_import_recomputes_means_from_merged_and_refuses_without(exported, tmp_path, reference):
@@ -98,7 +105,8 @@ def test_import_recomputes_means_from_merged_and_refuses_without(exported, tmp_p
     means = H5Group(tmp_path / "a" / "neuron_pcas" / f"{LAYER}.h5").read("means")
     exp = d[f"neuron_means_layer{LAYER}"]
     assert np.abs(means - exp).max() / np.abs(exp).max() <= 1e-5
-    assert {p.name for p, _ in result.skipped} == {NAMES.merged("train", LAYER), NAMES.merged("val", LAYER)}
+    assert not result.skipped
+    assert {a for a, *_ in result.assets} >= {"second_order_effects", "val_second_order_effects"}
     (src / NAMES.merged("train", LAYER)).unlink()
     with pytest.raises(OfficialFormatError, match="neither .*_mean.npy nor .*train_mlps.*merged.npy"):
         import_official(src, tmp_path / "b", LAYER, NAMES, 16)

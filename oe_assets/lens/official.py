@@ -14,7 +14,8 @@ The original scripts write, per dataset, split, model and MLP layer (``m`` = ``{
 
 The store side is the project layout ``<base_dir>/<asset>/<partition or all>.h5`` (see
 :class:`oe_assets.resources.store.ArtifactStore`).  No Dagster here: the CLI records the catalog
-events.  The dense merged effects are exported (densified one neuron block at a time into a
+events.  Imported merged effects become factorized effects files by the exact identity
+factorization (:func:`import_merged`).  The dense merged effects are exported (densified one neuron block at a time into a
 ``np.lib.format.open_memmap``) but never imported: they cannot be turned into the factorized layout
 exactly; an import checks their shape and uses the train file only to recompute missing means.
 """
@@ -330,7 +331,39 @@ def import_official(src: str | Path, base: str | Path, layer: int, names: Offici
                "descriptions": int(codes.shape[1]), "vocabulary_version": vocab.get("vocabulary_version")},
               [sparse_npz])
     for s, p in merged.items():
-        result.skipped.append((p, "dense merged effects are not imported (the factorized layout cannot hold them "
-                               f"exactly); materialize {'second_order_effects' if s == 'train' else 'val_second_order_effects'} "
-                               f"for layer {layer} to recompute them"))
+        asset = "second_order_effects" if s == "train" else "val_second_order_effects"
+        path = store_path(base, asset, str(layer))
+        import_merged(p, path, {**common, "layer": layer, "coefficient": coefficient, "convention": "reference",
+                                "split": s, "shape": list(_shape(p)), "imported_from": str(p.resolve())})
+        result.assets.append((asset, str(layer), path, [p]))
     return result
+
+
+def import_merged(merged_path: Path, target: Path, attrs: dict[str, Any], batch: int = 64) -> Path:
+    """A dense merged ``[samples, neurons, d]`` effects file as a factorized effects file, exactly:
+    one path per output dimension, ``M[n, p, :] = e_p`` (``left`` ``[d, d, 1]`` the identity,
+    ``right`` ``[d, 1, neurons]`` ones), ``alpha[s, p, n] = merged[s, n, p]``, ``scale = 1``, no
+    ``const``.  It stores as many bytes as the dense file (nothing to factor in it), streamed from the
+    memory-mapped ``.npy`` ``batch`` samples at a time and renamed into place when complete."""
+    import torch
+
+    from .effects_file import FactorizedEffectsWriter
+    from .factorized import FactorizedEffects, HeadFactors
+
+    merged = np.load(merged_path, mmap_mode="r")
+    S, N, d = merged.shape
+    factors = HeadFactors(torch.eye(d)[:, :, None], torch.ones(d, 1, N))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.partial-{uuid.uuid4().hex[:8]}")
+    try:
+        with FactorizedEffectsWriter(tmp, S, factors, with_const=False, batch_size=batch) as writer:
+            for s0 in range(0, S, batch):
+                block = torch.from_numpy(np.ascontiguousarray(merged[s0:s0 + batch], dtype=np.float32))
+                writer.write(FactorizedEffects(block.transpose(1, 2), torch.ones(block.shape[0]), factors))
+            writer.close(attrs={k: v if isinstance(v, (str, int, float, bool)) else "json:" + json.dumps(v)
+                                for k, v in attrs.items()})
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return target
