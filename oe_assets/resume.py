@@ -44,11 +44,12 @@ ASSET_SETTINGS: dict[str, list[str]] = {
     "val_r_representations": [*_MODEL, *_DATA, *_IMAGENET_R, "analysis.coefficient"],
     "val_r_second_order_effects": [*_MODEL, *_DATA, *_IMAGENET_R, "analysis.coefficient", "analysis.convention",
                                    "storage.alpha_dtype"],
-    "ablation_report_r": ["dataset.imagenet_r_classes"],
+    "ablation_report": ["analysis.store_logits"],
+    "ablation_report_r": ["dataset.imagenet_r_classes", "analysis.store_logits"],
     "first_order_effects": [*_MODEL, *_DATA, "dataset.train_stride", "dataset.val_stride", "analysis.coefficient"],
     "total_effects": [*_MODEL, *_DATA, "dataset.val_stride"],
     "neuron_pcas": ["analysis.top_k"],
-    "sparse_codes": ["analysis.components", "analysis.coefficient"],
+    "sparse_codes": ["analysis.components", "analysis.coefficient", "analysis.sparse_dtype"],
     "neuron_report": ["analysis.report_neurons", "dataset.classes_path"],
 }
 
