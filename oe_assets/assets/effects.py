@@ -5,7 +5,7 @@ import time
 
 import dagster as dg
 
-from ..lens import SecondOrderLens
+from ..lens import FirstOrderLens, FirstOrderSums, SecondOrderLens
 from ..lens.batching import Progress, iter_factorized
 from ..lens.effects_file import FactorizedEffectsWriter
 from ..resources.datasets import DatasetResource
@@ -19,13 +19,17 @@ def stream_effects(context, split: str, model: ModelResource, analysis: Analysis
     """For every layer partition of the step: the factorized effects of the split (``alpha``
     ``[samples, J*H, neurons]``, ``scale``, ``const``, the layer's per-head factors; see
     :mod:`oe_assets.lens.effects_file`) in a staged HDF5 file, written batch by batch.  Each batch is
-    decoded and run once for all the step's layers; the model is loaded once."""
+    decoded and run once for all the step's layers; the model is loaded once.  The same pass adds
+    the first-order sums over neurons ``first_order_sum`` ``[samples, d_out]`` and the MLP output's
+    mean ``mlp_out_mean`` ``[d_model]`` to each file (the inputs of ``first_order_effects``)."""
     loaded = model.load()
     data = dataset.split(split)
     keys = list(context.partition_keys)
     t0 = time.perf_counter()
     lenses = {int(key): SecondOrderLens(loaded.adapter, int(key), coefficient=analysis.coefficient,
                                         convention=analysis.convention, dense_cache_bytes=0) for key in keys}
+    first_order = FirstOrderSums({layer: FirstOrderLens(loaded.adapter, layer, coefficient=analysis.coefficient)
+                                  for layer in lenses})
     staged: dict[str, StagedH5] = {}
     writers: dict[str, FactorizedEffectsWriter] = {}
     try:
@@ -38,13 +42,16 @@ def stream_effects(context, split: str, model: ModelResource, analysis: Analysis
                 alpha_dtype=store.alpha_dtype, compression=store.compression(),
                 n_tokens=loaded.adapter.fixed_tokens)
         progress = Progress(len(data), f"layers {', '.join(keys)} {split} effects", log=context.log.info)
-        for _, effects in iter_factorized(lenses, data.batches(loaded, model.batch_size, model.max_length), progress):
+        batches = data.batches(loaded, model.batch_size, model.max_length)
+        for _, effects in iter_factorized(lenses, batches, progress, on_capture=first_order.add):
             for layer, fe in effects.items():
                 writers[str(layer)].write(fe)
+        fo_sums, mlp_means = first_order.sums(), first_order.mlp_out_means()
         for key in keys:
             lens = lenses[int(key)]
             shape = (len(data), lens.n_neurons, lens.d_out)
-            writers.pop(key).close(labels=data.labels)
+            writers.pop(key).close(labels=data.labels, extras={"first_order_sum": fo_sums[int(key)],
+                                                               "mlp_out_mean": mlp_means[int(key)]})
             staged[key].attrs = {"model": model.source, "layer": int(key), "coefficient": analysis.coefficient,
                                  "convention": lens.convention, "split": split, "shape": list(shape),
                                  "code_version": CODE_VERSION}

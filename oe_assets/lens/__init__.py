@@ -10,7 +10,7 @@
 
 from .ablations import ALL_SCENARIOS, SCENARIOS, AblationResult, ablate, top1_accuracy
 from .adapters import ModelAdapter, get_adapter, register_adapter
-from .first_order import FirstOrderLens, first_order_effects, replaced_mlp_representations, token_mask
+from .first_order import FirstOrderLens, FirstOrderSums, first_order_effects, replaced_mlp_representations, token_mask
 from .hooks import HookNeverFired, HookRegistry
 from .pca import NeuronPCA, neuron_pca
 from .second_order import CONVENTIONS, SecondOrderLens, second_order_effects
@@ -22,8 +22,8 @@ from .zero_shot import (
 )
 
 __all__ = [
-    "ALL_SCENARIOS", "AblationResult", "CONVENTIONS", "FirstOrderLens", "HookNeverFired", "HookRegistry", "ModelAdapter",
-    "NeuronPCA",
+    "ALL_SCENARIOS", "AblationResult", "CONVENTIONS", "FirstOrderLens", "FirstOrderSums", "HookNeverFired",
+    "HookRegistry", "ModelAdapter", "NeuronPCA",
     "SCENARIOS", "SecondOrderLens", "SparseCodes", "ablate", "clip_text_encoder", "get_adapter",
     "imagenet_classes", "imagenet_templates", "imagenet_wnids", "neuron_pca", "nonzeros_by_magnitude", "normalize_dictionary",
     "first_order_effects", "project_texts", "register_adapter", "replaced_mlp_representations",

@@ -51,12 +51,14 @@ class Progress:
                 self._bar.close()
 
 
-def iter_factorized(lenses: Mapping[int, Any], batches: Iterable[Any],
-                    progress: Progress | None = None) -> Iterator[tuple[slice, dict[int, FactorizedEffects]]]:
+def iter_factorized(lenses: Mapping[int, Any], batches: Iterable[Any], progress: Progress | None = None,
+                    on_capture: Callable[[Any, dict], None] | None = None,
+                    ) -> Iterator[tuple[slice, dict[int, FactorizedEffects]]]:
     """One data pass for several layers: per batch, one forward pass with hooks for every layer of
     ``lenses`` (``{mlp_layer: SecondOrderLens}`` over one model), then each layer's factorized
     effects from that single capture.  Yields ``(samples, {layer: FactorizedEffects})``: ``samples``
-    the batch's slice of the data, each effects ``[batch, neurons, d_out]``."""
+    the batch's slice of the data, each effects ``[batch, neurons, d_out]``.  ``on_capture(batch,
+    {layer: Capture})`` sees every batch's captures, so other statistics share the same pass."""
     if not lenses:
         raise ValueError("lenses is empty")
     adapter = next(iter(lenses.values())).adapter
@@ -65,6 +67,8 @@ def iter_factorized(lenses: Mapping[int, Any], batches: Iterable[Any],
     start = 0
     for batch in batches:
         caps = adapter.capture_layers(batch, list(lenses))
+        if on_capture is not None:
+            on_capture(batch, caps)
         out = {layer: lens.factorized_from_capture(caps[layer]) for layer, lens in lenses.items()}
         n = int(next(iter(out.values())).alpha.shape[0])
         yield slice(start, start + n), out

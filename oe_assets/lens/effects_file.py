@@ -157,14 +157,17 @@ class FactorizedEffectsWriter:
             self.const[s0:s1] = fe.const.double().cpu().numpy()
         self.written = s1
 
-    def close(self, labels: np.ndarray | None = None, attrs: dict[str, Any] | None = None) -> None:
-        """Check that all ``n_samples`` were written, store ``labels`` ``[n_samples]`` (or None) and
-        ``attrs``, and close the file."""
+    def close(self, labels: np.ndarray | None = None, attrs: dict[str, Any] | None = None,
+              extras: dict[str, np.ndarray] | None = None) -> None:
+        """Check that every sample was written, then add ``labels`` ``[samples]``, ``extras`` (named
+        arrays that came from the same data pass, e.g. first-order sums) and ``attrs``; close."""
         try:
             if self.written != self.n_samples:
                 raise RuntimeError(f"{self.path}: wrote {self.written} of {self.n_samples} samples")
             if labels is not None:
                 self.file.create_dataset("labels", data=np.asarray(labels))
+            for name, arr in (extras or {}).items():
+                self.file.create_dataset(name, data=np.asarray(arr))
             self.file.attrs["layout"] = LAYOUT
             self.file.attrs["alpha_dtype"] = self.alpha_dtype
             self.file.attrs["alpha_form"] = "tokens" if self.token_form else "alpha"

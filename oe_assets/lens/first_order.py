@@ -25,12 +25,13 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
 from .adapters import Capture, ModelAdapter, get_adapter
 from .second_order import layer_norm_map
 
-__all__ = ["FirstOrderLens", "first_order_effects", "replaced_mlp_representations", "token_mask"]
+__all__ = ["FirstOrderLens", "FirstOrderSums", "first_order_effects", "replaced_mlp_representations", "token_mask"]
 
 
 class FirstOrderLens:
@@ -90,6 +91,43 @@ def first_order_effects(model: torch.nn.Module, inputs: Any, mlp_layer: int, coe
                         pooling: str | None = None) -> torch.Tensor:
     """One-call form of :class:`FirstOrderLens`: ``[batch, neurons, d_out]``."""
     return FirstOrderLens(model, mlp_layer, coefficient, pooling)(inputs)
+
+
+class FirstOrderSums:
+    """Accumulates over a data pass, for every layer of ``lenses`` (``{layer: FirstOrderLens}``), the
+    sum over neurons of the first-order effects ``[samples, d_out]`` and the MLP output's mean over
+    samples and real tokens ``[d_model]`` (what first-order and total mean ablations need).  Feed it
+    ``add(batch, {layer: Capture})`` per batch, e.g. as ``iter_factorized``'s ``on_capture``."""
+
+    def __init__(self, lenses: Mapping[int, "FirstOrderLens"]):
+        self.lenses = dict(lenses)
+        self._sums = {layer: [] for layer in self.lenses}
+        self._act = {layer: 0.0 for layer in self.lenses}
+        self._tokens = 0.0
+
+    @torch.no_grad()
+    def add(self, batch: Any, caps: Mapping[int, Capture]) -> None:
+        mask = None
+        for layer, lens in self.lenses.items():
+            cap = caps[layer]
+            self._sums[layer].append(lens.summed_from_capture(cap).double().cpu().numpy())
+            mask = token_mask(batch, cap.activations)
+            self._act[layer] = self._act[layer] + torch.einsum("bt,btn->n", mask, cap.activations).double().cpu()
+        self._tokens += float(mask.sum())
+
+    def sums(self) -> dict[int, np.ndarray]:
+        """``{layer: sum_n fo [samples, d_out]}``."""
+        return {layer: np.concatenate(parts) for layer, parts in self._sums.items()}
+
+    @torch.no_grad()
+    def mlp_out_means(self) -> dict[int, np.ndarray]:
+        """``{layer: mean MLP output [d_model]}``: ``W_out mean(a) + b_out`` over samples and real tokens."""
+        out = {}
+        for layer, lens in self.lenses.items():
+            W_out, b_out = lens.adapter.mlp_out_weights(layer)
+            mean_act = (self._act[layer] / self._tokens).to(W_out.device, W_out.dtype)
+            out[layer] = (W_out @ mean_act + b_out).double().cpu().numpy()
+        return out
 
 
 def token_mask(inputs: Any, activations: torch.Tensor) -> torch.Tensor:
