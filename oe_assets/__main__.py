@@ -37,7 +37,7 @@ def materialize_all(profile: str, first: str | None = None, last: str | None = N
 
     from .definitions import MATERIALIZE_JOBS, build_definitions, layer_range_tags, layers_job
     from .profiles.validation import ProfileError, validate_layers
-    from .resume import plan_materialization, settings_tags
+    from .resume import observe_sources, plan_materialization, settings_tags
 
     t0 = time.perf_counter()
     try:
@@ -52,6 +52,11 @@ def materialize_all(profile: str, first: str | None = None, last: str | None = N
     first, last = first or layers[0], last or layers[-1]
     in_range = layers[layers.index(first): layers.index(last) + 1]
     instance = dg.DagsterInstance.get()
+    failed = observe_sources(defs, instance)  # the runs record the sources' current data versions
+    if failed:
+        print(f"error: observing the source assets failed ({', '.join(failed)}); see the Dagster run log",
+              file=sys.stderr)
+        return 1
     graph = defs.resolve_asset_graph()
     jobs = {job.name: [k for k in graph.toposorted_asset_keys
                        if k in defs.resolve_job_def(job.name).asset_layer.selected_asset_keys] for job in MATERIALIZE_JOBS}

@@ -1,5 +1,6 @@
 """The Dagster definitions: every stage an asset, partitioned by layer, with checks, IO managers, one
-model resource, the vocabulary schedule and the automation sensor.
+model resource, the observation schedules of the vocabulary and the dataset files, and the automation
+sensor.
 
 The profile comes from ``OE_ASSETS_PROFILE`` (a name in ``oe_assets/profiles/`` or a YAML path;
 default ``demo``).  ``dagster dev`` loads ``defs`` through ``workspace.yaml``.
@@ -16,8 +17,8 @@ from .assets.baselines import build_baseline_assets
 from .assets.checks import build_checks
 from .assets.effects import build_effect_assets
 from .assets.inputs import (
-    classifier, model_asset, text_embeddings, train_representations, val_r_representations, val_representations,
-    vocabulary,
+    classifier, model_asset, text_embeddings, train_data, train_representations, val_data, val_r_data,
+    val_r_representations, val_representations, vocabulary,
 )
 from .profiles import load_profile
 from .profiles.validation import validate_profile
@@ -28,6 +29,10 @@ from .resources.model import AnalysisResource, ModelResource, model_layers
 
 #: the job the schedule runs: observe the vocabulary file (its data version is the content hash)
 observe_vocabulary_job = dg.define_asset_job("observe_vocabulary", selection=dg.AssetSelection.keys("vocabulary"))
+#: the job that observes the dataset files (``train_data``, ``val_data``, ``val_r_data``: data version = order hash)
+OBSERVE_DATASETS = "observe_datasets"
+#: the observation jobs, run by their schedules and by ``python -m oe_assets materialize`` before its runs
+OBSERVE_JOBS = ("observe_vocabulary", OBSERVE_DATASETS)
 
 #: the asset groups of the layer-partitioned assets (every asset outside them is unpartitioned)
 LAYER_GROUPS = ("second_order", "analysis", "reports")
@@ -71,16 +76,23 @@ def build_definitions(profile: str | dict | None = None, base_dir: str | None = 
     store = ArtifactStore(**{**cfg["storage"], "base_dir": base_dir or cfg["storage"].get("base_dir", "data/materialized")})
     dataset = DatasetResource(**cfg["dataset"])
     imagenet_r = bool(dataset.val_r_path)  # the ImageNet-R assets, next to the val ones
-    assets = [model_asset, vocabulary, text_embeddings, classifier, train_representations, val_representations,
-              *([val_r_representations] if imagenet_r else []),
+    observe_datasets_job = dg.define_asset_job(
+        OBSERVE_DATASETS, selection=dg.AssetSelection.keys("train_data", "val_data", *(["val_r_data"] if imagenet_r else [])),
+        description="Observe the dataset files: a changed file marks the assets made from it stale.")
+    sources = [train_data, val_data, *([val_r_data] if imagenet_r else [])]
+    assets = [model_asset, vocabulary, *sources, text_embeddings, classifier, train_representations,
+              val_representations, *([val_r_representations] if imagenet_r else []),
               *build_effect_assets(layers, imagenet_r), *build_analysis_assets(layers, imagenet_r),
               *build_baseline_assets(layers)]
     return dg.Definitions(
         assets=assets,
         asset_checks=build_checks(layers),
-        jobs=[observe_vocabulary_job, *MATERIALIZE_JOBS],
+        jobs=[observe_vocabulary_job, observe_datasets_job, *MATERIALIZE_JOBS],
         schedules=[dg.ScheduleDefinition(name="observe_vocabulary_schedule", job=observe_vocabulary_job,
                                          cron_schedule="*/10 * * * *",
+                                         default_status=dg.DefaultScheduleStatus.RUNNING),
+                   dg.ScheduleDefinition(name="observe_datasets_schedule", job=observe_datasets_job,
+                                         cron_schedule="5 * * * *",  # hourly: large image folders are listed
                                          default_status=dg.DefaultScheduleStatus.RUNNING)],
         sensors=[dg.AutomationConditionSensorDefinition(
             "vocabulary_automation", target=dg.AssetSelection.all(),

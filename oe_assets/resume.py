@@ -20,7 +20,7 @@ from typing import Any
 import dagster as dg
 from dagster._core.definitions.data_version import CODE_VERSION_TAG
 
-__all__ = ["SETTINGS_TAG", "Plan", "plan_materialization", "settings_tags", "format_partitions"]
+__all__ = ["SETTINGS_TAG", "Plan", "plan_materialization", "settings_tags", "format_partitions", "observe_sources"]
 
 #: run tag with the profile settings a CLI run used (JSON), compared per asset on the next run
 SETTINGS_TAG = "oe_assets/settings"
@@ -69,6 +69,23 @@ def settings_tags(defs: dg.Definitions) -> dict[str, str]:
     keys = sorted({k for ks in ASSET_SETTINGS.values() for k in ks})
     s = _settings(defs)
     return {SETTINGS_TAG: json.dumps({k: s.get(k) for k in keys}, sort_keys=True, default=str)}
+
+
+def observe_sources(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[str]:
+    """Observe every observable source asset (the vocabulary, the dataset files) on ``instance`` by
+    running the observation jobs (:data:`oe_assets.definitions.OBSERVE_JOBS`), as their schedules do.
+
+    Run before the CLI's materializations, so their recorded input data versions are the observed
+    ones: the daemon's next observation of unchanged files is then no change, and the automation
+    sensor requests nothing.  Returns the names of the jobs that failed (their runs say why)."""
+    from .definitions import OBSERVE_JOBS
+
+    failed = []
+    for job in OBSERVE_JOBS:
+        result = defs.resolve_job_def(job).execute_in_process(instance=instance, raise_on_error=False)
+        if not result.success:
+            failed.append(job)
+    return failed
 
 
 def format_partitions(keys: list[str], all_keys: list[str]) -> str:

@@ -12,11 +12,12 @@ from ..lens import (
 from ..plots import accuracy_against_layer, explained_variance_profile, markdown_image, significance_histogram
 from ..reports import NeuronSection, render_report
 from ..resources.datasets import DatasetResource
-from ..resources.store import ArtifactStore, H5Payload, open_effects
+from ..provenance import entry, split_record
+from ..resources.store import ArtifactStore, H5Payload, open_effects, table_attrs, table_with_attrs
 from ..resources.model import AnalysisResource, ModelResource
 from ..lens.loading import resolve_dtype
 from .baselines import BASELINE_SCENARIOS
-from .common import CODE_VERSION, EAGER, md_table, timer
+from .common import CODE_VERSION, EAGER, md_table, provenance, timer
 
 ABLATION_SCHEMA = pa.schema([
     ("layer", pa.int64()), ("scenario", pa.string()), ("accuracy", pa.float64()), ("samples", pa.int64()),
@@ -113,6 +114,9 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition, imagenet_r: b
         out, meta, thresholds, explained = {}, {}, {}, {}
         with timer(meta):
             for key in context.partition_keys:
+                attrs = provenance(context, "neuron_pcas",
+                                   {entry("second_order_effects", key): second_order_effects[key].attrs},
+                                   {"top_k": analysis.top_k}, CODE_VERSION, partition=key)
                 effects = open_effects(second_order_effects[key], device=model.compute_device())
                 pca = neuron_pca(effects, analysis.top_k,
                                  progress=lambda done, total, key=key: context.log.debug(
@@ -125,7 +129,7 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition, imagenet_r: b
                 out[key] = H5Payload({"components": pca.components, "norms": pca.norms, "means": pca.means,
                                       "explained": pca.explained},
                                      {"layer": int(key), "top_k": analysis.top_k, "code_version": CODE_VERSION,
-                                      **second_order_effects[key].attrs})
+                                      **second_order_effects[key].attrs, **attrs})
         meta["significance"] = dg.MetadataValue.md(markdown_image(significance_histogram(thresholds),
                                                                    "neuron significance per layer"))
         meta["explained_variance"] = dg.MetadataValue.md(markdown_image(explained_variance_profile(explained),
@@ -147,6 +151,10 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition, imagenet_r: b
         with timer(meta):
             for key in context.partition_keys:
                 pcas = neuron_pcas[key]
+                attrs = provenance(context, "sparse_codes", {entry("neuron_pcas", key): pcas.attrs,
+                                                             "text_embeddings": text_embeddings.attrs},
+                                   {"components": analysis.components, "coefficient": analysis.coefficient,
+                                    "sparse_dtype": analysis.sparse_dtype}, CODE_VERSION, partition=key)
                 codes = sparse_decompose(pcas.read("components"), emb, analysis.components,
                                          coefficient=analysis.coefficient, device=model.compute_device(),
                                          dtype=resolve_dtype(analysis.sparse_dtype))
@@ -162,7 +170,8 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition, imagenet_r: b
                 out[key] = H5Payload({"indices": idx, "values": val},
                                      {"layer": int(key), "components": analysis.components,
                                       "max_nonzeros": int(max_nonzeros), "descriptions": len(texts), "vocabulary_version":
-                                      text_embeddings.attrs.get("vocabulary_version"), "code_version": CODE_VERSION})
+                                      text_embeddings.attrs.get("vocabulary_version"), "code_version": CODE_VERSION,
+                                      **attrs})
         context.add_output_metadata({**meta, "indices_shape": str(list(idx.shape)), "rows": idx.shape[0],
                                      "components": analysis.components, "descriptions": len(texts),
                                      "layers": ", ".join(context.partition_keys)})
@@ -179,10 +188,11 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition, imagenet_r: b
                         val_second_order_effects: dict, classifier, neuron_pcas: dict, sparse_codes: dict,
                         text_embeddings):
         return ablation_tables(context, model, analysis, val_representations, val_second_order_effects,
-                               classifier.read("classifier"), neuron_pcas, sparse_codes, text_embeddings)
+                               classifier.read("classifier"), neuron_pcas, sparse_codes, text_embeddings,
+                               classifier_attrs=classifier.attrs)
 
     @dg.asset(group_name="reports", io_manager_key="html_io_manager", kinds={"html"},
-              automation_condition=EAGER,
+              automation_condition=EAGER, deps=["train_data"],
               description="A static HTML report per layer: the most significant neurons (first "
               "`report_neurons`), each with its top sparse-code descriptions and its top inputs by "
               "second-order effect norm (image thumbnails or sentences).  Offline, no scripts.", **layered)
@@ -192,12 +202,17 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition, imagenet_r: b
                       second_order_effects: dict, text_embeddings):
         texts = text_embeddings.read("texts")
         train = dataset.split("train")
+        train_record = split_record("train", train)  # the effects' sample indices must point into it
         classes = dataset.classes()
         label = lambda y: classes[y] if 0 <= y < len(classes) else str(y)  # noqa: E731
         out, meta = {}, {}
         with timer(meta):
             for key in context.partition_keys:
                 pcas, codes = neuron_pcas[key], sparse_codes[key]
+                provenance(context, "neuron_report", {
+                    entry("neuron_pcas", key): pcas.attrs, entry("sparse_codes", key): codes.attrs,
+                    entry("second_order_effects", key): second_order_effects[key].attrs,
+                    "text_embeddings": text_embeddings.attrs}, train_record, CODE_VERSION, partition=key)
                 same_vocabulary(text_embeddings, codes, key)
                 thresholds = pcas.read("norms")[:, 0]
                 explained = pcas.read("explained")
@@ -235,7 +250,7 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition, imagenet_r: b
                               classifier, neuron_pcas: dict, sparse_codes: dict, text_embeddings):
             return ablation_tables(context, model, analysis, val_r_representations, val_r_second_order_effects,
                                    imagenet_r_classifier(classifier.read("classifier"), dataset), neuron_pcas,
-                                   sparse_codes, text_embeddings)
+                                   sparse_codes, text_embeddings, split="val_r", classifier_attrs=classifier.attrs)
 
         assets.append(ablation_report_r)
     return assets + [build_layer_summary(imagenet_r)]
@@ -252,9 +267,11 @@ def imagenet_r_classifier(W: np.ndarray, dataset: DatasetResource) -> np.ndarray
 
 
 def ablation_tables(context, model: ModelResource, analysis: AnalysisResource, val_representations, effects_in: dict,
-                    W: np.ndarray, neuron_pcas: dict, sparse_codes: dict, text_embeddings) -> dict[str, pa.Table]:
-    """Every layer partition's ablation table (:data:`ABLATION_SCHEMA`) of one evaluation split:
-    its representations, its effects and the classifier ``W`` its labels index."""
+                    W: np.ndarray, neuron_pcas: dict, sparse_codes: dict, text_embeddings, split: str = "val",
+                    classifier_attrs: dict | None = None) -> dict[str, pa.Table]:
+    """Every layer partition's ablation table (:data:`ABLATION_SCHEMA`) of one evaluation split
+    (``split``: ``val`` or ``val_r``): its representations, its effects and the classifier ``W`` its
+    labels index; refused when these inputs were made from different data or settings."""
     reps, labels = val_representations.read("representations"), val_representations.read("labels")
     coefficient = float(val_representations.attrs.get("coefficient", 100.0))
     dictionary = normalize_dictionary(text_embeddings.read("embeddings"), coefficient)
@@ -262,16 +279,22 @@ def ablation_tables(context, model: ModelResource, analysis: AnalysisResource, v
     with timer(meta):
         for key in context.partition_keys:
             pcas, codes = neuron_pcas[key], sparse_codes[key]
+            attrs = provenance(context, context.asset_key.to_user_string(), {
+                f"{split}_representations": val_representations.attrs,
+                entry(f"{split}_second_order_effects", key): effects_in[key].attrs,
+                "classifier": classifier_attrs or {}, entry("neuron_pcas", key): pcas.attrs,
+                entry("sparse_codes", key): codes.attrs, "text_embeddings": text_embeddings.attrs},
+                {}, CODE_VERSION, partition=key)
             same_vocabulary(text_embeddings, codes, key)
             dense = dense_codes(codes.read("indices"), codes.read("values"), dictionary.shape[0])
             effects = open_effects(effects_in[key], device=model.compute_device())
             res = ablate(reps, effects, W, labels, pcas.read("means"),
                          pcas.read("norms")[:, 0], pcas.read("components"), reconstructions=dense @ dictionary)
-            out[key] = pa.Table.from_pylist(
+            out[key] = table_with_attrs(pa.Table.from_pylist(
                 [{"layer": int(key), "scenario": s, "accuracy": res.accuracy[s], "samples": len(labels),
                   "logits": res.logits[s].tolist() if analysis.store_logits else None,
                   "significant_fraction": res.significant_fraction, "significant_neurons": res.significant_neurons}
-                 for s in ALL_SCENARIOS], schema=ABLATION_SCHEMA)
+                 for s in ALL_SCENARIOS], schema=ABLATION_SCHEMA), attrs)
             layer_meta(context, key, significant_fraction=res.significant_fraction,
                        significant_neurons=res.significant_neurons, preview=dg.MetadataValue.md(md_table(
                            [{"scenario": s, "accuracy %": res.accuracy[s]} for s in ALL_SCENARIOS])))
@@ -305,6 +328,12 @@ def build_layer_summary(imagenet_r: bool = False) -> dg.AssetsDefinition:
     def layer_summary(context: dg.AssetExecutionContext, ablation_report: dict, total_effects: dict,
                       neuron_pcas: dict, **imagenet_r_report) -> pa.Table:
         report_r = imagenet_r_report.get("ablation_report_r", {})
+        inputs = {}
+        for name, by_layer in (("ablation_report", ablation_report), ("total_effects", total_effects),
+                               ("ablation_report_r", report_r)):
+            inputs.update({entry(name, k): table_attrs(t) for k, t in by_layer.items()})
+        inputs.update({entry("neuron_pcas", k): g.attrs for k, g in neuron_pcas.items()})
+        attrs = provenance(context, "layer_summary", inputs, {}, CODE_VERSION)
         rows = []
         for key in sorted(ablation_report, key=int):
             report = ablation_report[key].to_pylist()
@@ -319,7 +348,7 @@ def build_layer_summary(imagenet_r: bool = False) -> dg.AssetsDefinition:
                          "significant_neurons": report[0].get("significant_neurons") if report else None,
                          "neurons": None if explained is None else len(explained),
                          "pc1_explained_median": None if explained is None else float(np.median(explained))})
-        table = pa.Table.from_pylist(rows, schema=schema)
+        table = table_with_attrs(pa.Table.from_pylist(rows, schema=schema), attrs)
         context.add_output_metadata({
             "rows": len(rows), "layers": ", ".join(str(r["layer"]) for r in rows),
             "preview": dg.MetadataValue.md(md_table(rows, ["layer", *accuracy_columns])),

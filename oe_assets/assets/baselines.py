@@ -11,8 +11,9 @@ from ..lens import representations, replaced_mlp_representations, top1_accuracy
 from ..lens.batching import Progress
 from ..resources.datasets import DatasetResource
 from ..resources.model import AnalysisResource, ModelResource
-from ..resources.store import H5Payload
-from .common import CODE_VERSION, EAGER, md_table, timer
+from ..provenance import entry, model_record, split_record
+from ..resources.store import H5Payload, table_with_attrs
+from .common import CODE_VERSION, EAGER, md_table, provenance, timer
 
 #: the scenarios of ``total_effects``, in report order
 BASELINE_SCENARIOS = ("first_order_mean_ablation", "total_mean_ablation")
@@ -38,6 +39,9 @@ def build_baseline_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
         with timer(meta):
             for key in context.partition_keys:
                 train, val = second_order_effects[key], val_second_order_effects[key]
+                attrs = provenance(context, "first_order_effects",
+                                   {entry("second_order_effects", key): train.attrs,
+                                    entry("val_second_order_effects", key): val.attrs}, {}, CODE_VERSION, partition=key)
                 for group in (train, val):
                     if "first_order_sum" not in group.names:
                         raise ValueError(f"{group.path} has no first-order sums (written by an earlier version); "
@@ -49,12 +53,13 @@ def build_baseline_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
                 out[key] = H5Payload({"val_sum": val_sum, "train_mean_sum": train_mean,
                                       "mlp_out_mean": train.read("mlp_out_mean")},
                                      {"model": train.attrs.get("model"), "layer": int(key),
-                                      "coefficient": train.attrs.get("coefficient"), "code_version": CODE_VERSION})
+                                      "coefficient": train.attrs.get("coefficient"), "code_version": CODE_VERSION,
+                                      **attrs})
         context.add_output_metadata({**meta, "layers": ", ".join(context.partition_keys), "data_passes": 0})
         return out
 
     @dg.asset(io_manager_key="parquet_io_manager", kinds={"pytorch", "parquet"}, automation_condition=EAGER,
-              deps=["model"],
+              deps=["model", "val_data"],
               description="Val accuracy and mean representation change |X - rep| under the layer's first-order "
               "mean ablation (rep - sum_n fo + train mean of sum_n fo) and total mean ablation (the MLP output "
               "replaced by its train mean over samples and tokens inside the real forward pass, everything "
@@ -66,10 +71,14 @@ def build_baseline_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
         coefficient = float(val_representations.attrs.get("coefficient", analysis.coefficient))
         loaded = model.load()
         data = dataset.split("val")
+        made_from = {**model_record(model.source), "dtype": model.dtype, **split_record("val", data)}
         out, meta = {}, {}
         with timer(meta), torch.no_grad():
             for key in context.partition_keys:
                 fo = first_order_effects[key]
+                attrs = provenance(context, "total_effects", {
+                    "val_representations": val_representations.attrs, "classifier": classifier.attrs,
+                    entry("first_order_effects", key): fo.attrs}, made_from, CODE_VERSION, partition=key)
                 X_fo = reps - fo.read("val_sum") + fo.read("train_mean_sum")
                 replacement = torch.as_tensor(fo.read("mlp_out_mean"))
                 progress = Progress(len(data), f"layer {key} total mean ablation", log=context.log.info)
@@ -82,7 +91,7 @@ def build_baseline_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
                 rows = [{"layer": int(key), "scenario": s, "accuracy": top1_accuracy(X[s] @ W, labels),
                          "mean_change": float(np.linalg.norm(X[s] - reps, axis=1).mean()), "samples": len(labels)}
                         for s in BASELINE_SCENARIOS]
-                out[key] = pa.Table.from_pylist(rows, schema=BASELINE_SCHEMA)
+                out[key] = table_with_attrs(pa.Table.from_pylist(rows, schema=BASELINE_SCHEMA), attrs)
                 context.add_asset_metadata({"layer": int(key), "preview": dg.MetadataValue.md(md_table(
                     rows, ["scenario", "accuracy", "mean_change"]))}, partition_key=key)
         context.add_output_metadata({**meta, "rows": len(BASELINE_SCENARIOS), "samples": len(labels),

@@ -9,6 +9,8 @@ from typing import Any
 import dagster as dg
 import numpy as np
 
+from ..provenance import PROVENANCE_ATTR, check, entry
+
 #: bumped when an asset's computation changes meaning; recorded as code_version and in file attrs
 CODE_VERSION = "2"  # 2: effects stored factorized (earlier dense files must be re-materialized)
 
@@ -36,5 +38,27 @@ def timer(metadata: dict):
     metadata["run_time_s"] = dg.MetadataValue.float(round(time.perf_counter() - t0, 3))
 
 
-#: eager, but the external `model` node (never materialized) does not count as a missing dependency
-EAGER = dg.AutomationCondition.eager().ignore(dg.AssetSelection.keys("model"))
+#: the observable source assets of the dataset files (data version: the split's order hash)
+DATASET_SOURCES = ("train_data", "val_data", "val_r_data")
+#: eager, but the external `model` node (never materialized) does not count as a missing dependency,
+#: and a changed dataset file only marks its downstream assets stale (they run the model: no
+#: automatic GPU work)
+EAGER = dg.AutomationCondition.eager().ignore(dg.AssetSelection.keys("model", *DATASET_SOURCES))
+
+
+def provenance(context, asset: str, inputs: dict[str, dict], own: dict, code_version: str,
+               partition: str | None = None) -> dict[str, Any]:
+    """Check the provenance of an asset's inputs (:func:`oe_assets.provenance.check`: ``inputs``
+    maps each input's entry to its file attributes, ``own`` is what the asset reads now), record the
+    asset's own record and its inputs' data versions in the materialization metadata, and return the
+    file attributes that store its lineage."""
+    lineage = check(entry(asset, partition), inputs, own, code_version)
+    record = lineage["records"][lineage["entry"]]
+    metadata = {"provenance": dg.MetadataValue.json(record),
+                "made_from": dg.MetadataValue.json({e: r.get("data_version") for e, r in lineage["records"].items()
+                                                    if e != lineage["entry"]})}
+    if partition is None:
+        context.add_output_metadata(metadata)
+    else:
+        context.add_asset_metadata(metadata, partition_key=partition)
+    return {PROVENANCE_ATTR: lineage}

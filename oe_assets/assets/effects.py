@@ -8,10 +8,11 @@ import dagster as dg
 from ..lens import FirstOrderLens, FirstOrderSums, SecondOrderLens
 from ..lens.batching import Progress, iter_factorized
 from ..lens.effects_file import FactorizedEffectsWriter
+from ..provenance import model_record, split_record
 from ..resources.datasets import DatasetResource
 from ..resources.model import AnalysisResource, ModelResource
 from ..resources.store import ArtifactStore, StagedH5
-from .common import CODE_VERSION
+from .common import CODE_VERSION, provenance
 
 
 def stream_effects(context, split: str, model: ModelResource, analysis: AnalysisResource, dataset: DatasetResource,
@@ -30,6 +31,8 @@ def stream_effects(context, split: str, model: ModelResource, analysis: Analysis
                                         convention=analysis.convention, dense_cache_bytes=0) for key in keys}
     first_order = FirstOrderSums({layer: FirstOrderLens(loaded.adapter, layer, coefficient=analysis.coefficient)
                                   for layer in lenses})
+    made_from = {**model_record(model.source), "dtype": model.dtype, "coefficient": analysis.coefficient,
+                 "alpha_dtype": store.alpha_dtype, **split_record(split, data)}
     staged: dict[str, StagedH5] = {}
     writers: dict[str, FactorizedEffectsWriter] = {}
     try:
@@ -52,9 +55,11 @@ def stream_effects(context, split: str, model: ModelResource, analysis: Analysis
             shape = (len(data), lens.n_neurons, lens.d_out)
             writers.pop(key).close(labels=data.labels, extras={"first_order_sum": fo_sums[int(key)],
                                                                "mlp_out_mean": mlp_means[int(key)]})
+            attrs = provenance(context, context.asset_key.to_user_string(), {},
+                               {**made_from, "convention": lens.convention}, CODE_VERSION, partition=key)
             staged[key].attrs = {"model": model.source, "layer": int(key), "coefficient": analysis.coefficient,
                                  "convention": lens.convention, "split": split, "shape": list(shape),
-                                 "code_version": CODE_VERSION}
+                                 "code_version": CODE_VERSION, **attrs}
             context.add_asset_metadata({"layer": int(key), "effects_shape": str(list(shape)),
                                         "alpha_shape": str([len(data), lens.factors.n_paths, lens.n_neurons])},
                                        partition_key=key)
@@ -77,7 +82,7 @@ def stream_effects(context, split: str, model: ModelResource, analysis: Analysis
 def _effects_asset(name: str, split: str, upstream: str, description: str, common: dict) -> dg.AssetsDefinition:
     """The factorized effects asset ``name`` of one split, on top of its representations ``upstream``."""
 
-    @dg.asset(name=name, deps=[upstream, "model"], description=description, **common)
+    @dg.asset(name=name, deps=[upstream, "model", f"{split}_data"], description=description, **common)
     def effects(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource,
                 dataset: DatasetResource, store: ArtifactStore):
         return stream_effects(context, split, model, analysis, dataset, store)

@@ -1,4 +1,5 @@
-"""Stage inputs: the vocabulary (observed), text embeddings, the classifier, representations."""
+"""Stage inputs: the vocabulary and the dataset files (observed), text embeddings, the classifier,
+representations."""
 
 
 import numpy as np
@@ -10,10 +11,11 @@ from ..lens import project_texts, representations
 from ..lens.batching import Progress
 from ..lens.vocabulary import load_vocabulary, tokenizer_vocabulary, vocabulary_hash
 from ..lens.zero_shot import imagenet_templates
+from ..provenance import model_record, split_fingerprint, split_record
 from ..resources.datasets import DatasetResource
 from ..resources.io_managers import H5Payload
 from ..resources.model import AnalysisResource, ModelResource
-from .common import CODE_VERSION, EAGER, array_metadata, md_table, timer
+from .common import CODE_VERSION, EAGER, array_metadata, md_table, provenance, timer
 
 
 def read_descriptions(analysis: AnalysisResource, model: ModelResource) -> list[str]:
@@ -57,6 +59,28 @@ def vocabulary(analysis: AnalysisResource, model: ModelResource) -> dg.ObserveRe
     )
 
 
+def _dataset_source(split: str) -> dg.SourceAsset:
+    """The observable source asset ``<split>_data``: the dataset split the profile reads."""
+
+    @dg.observable_source_asset(
+        name=f"{split}_data", group_name="inputs",
+        description=f"The {split} split of the profile's dataset (after subsampling).  Its data version is the "
+        "split's order hash (every sample with its label, in order: a changed, added, removed or reordered "
+        f"sample changes it), so the assets made from it show as stale when the file changes.",
+    )
+    def observe(dataset: DatasetResource) -> dg.ObserveResult:
+        fingerprint = split_fingerprint(dataset.split(split))
+        path = {"train": dataset.train_path, "val": dataset.val_path, "val_r": dataset.val_r_path}[split]
+        return dg.ObserveResult(data_version=dg.DataVersion(fingerprint["order"]),
+                                metadata={"path": str(path), **fingerprint})
+
+    return observe
+
+
+#: the dataset splits as observable source assets (``val_r_data`` only with ``dataset.val_r_path``)
+train_data, val_data, val_r_data = (_dataset_source(s) for s in ("train", "val", "val_r"))
+
+
 def _model_meta(model: ModelResource, analysis: AnalysisResource) -> dict:
     return {"model": model.source, "coefficient": analysis.coefficient}
 
@@ -83,8 +107,11 @@ def text_embeddings(context: dg.AssetExecutionContext, model: ModelResource, ana
     meta.update(array_metadata("embeddings", emb), vocabulary_version=version, **_model_meta(model, analysis),
                 preview=dg.MetadataValue.md(", ".join(texts[:20])))
     context.add_output_metadata(meta)
+    made_from = {"text_embeddings_path": analysis.text_embeddings_path} if analysis.text_embeddings_path \
+        else model_record(model.source)
+    attrs = provenance(context, "text_embeddings", {}, {**made_from, "vocabulary": version}, CODE_VERSION)
     return H5Payload({"embeddings": emb, "texts": texts},
-                     {"model": model.source, "vocabulary_version": version, "code_version": CODE_VERSION})
+                     {"model": model.source, "vocabulary_version": version, "code_version": CODE_VERSION, **attrs})
 
 
 @dg.asset(
@@ -112,7 +139,11 @@ def classifier(context: dg.AssetExecutionContext, model: ModelResource, analysis
     meta.update(array_metadata("classifier", W), classes=len(classes), **_model_meta(model, analysis),
                 preview=dg.MetadataValue.md(", ".join(classes[:20])))
     context.add_output_metadata(meta)
-    return H5Payload({"classifier": W, "classes": classes}, {"model": model.source, "code_version": CODE_VERSION})
+    made_from = {"classifier_path": analysis.classifier_path} if analysis.classifier_path \
+        else model_record(model.source)
+    attrs = provenance(context, "classifier", {}, {**made_from, "classes": len(classes)}, CODE_VERSION)
+    return H5Payload({"classifier": W, "classes": classes},
+                     {"model": model.source, "code_version": CODE_VERSION, **attrs})
 
 
 def _representations(context, split: str, model: ModelResource, analysis: AnalysisResource, dataset: DatasetResource):
@@ -131,14 +162,17 @@ def _representations(context, split: str, model: ModelResource, analysis: Analys
                 preview=dg.MetadataValue.md(md_table([{"sample": i, "label": int(data.labels[i]),
                                                        "input": data.describe(i)[:80]} for i in range(min(5, len(data)))])))
     context.add_output_metadata(meta)
+    attrs = provenance(context, f"{split}_representations", {},
+                       {**model_record(model.source), "dtype": model.dtype, "coefficient": analysis.coefficient,
+                        **split_record(split, data)}, CODE_VERSION)
     return H5Payload({"representations": reps, "labels": data.labels,
                       "inputs": [data.describe(i) for i in range(len(data))]},
                      {"model": model.source, "coefficient": analysis.coefficient, "split": split,
-                      "code_version": CODE_VERSION})
+                      "code_version": CODE_VERSION, **attrs})
 
 
 @dg.asset(group_name="inputs", io_manager_key="hdf5_io_manager", kinds={"pytorch", "hdf5"},
-          code_version=CODE_VERSION, pool="gpu", deps=[model_asset],
+          code_version=CODE_VERSION, pool="gpu", deps=[model_asset, train_data],
           description="coefficient * r / |r| of every train sample, with labels and inputs.")
 def train_representations(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource,
                           dataset: DatasetResource):
@@ -146,7 +180,7 @@ def train_representations(context: dg.AssetExecutionContext, model: ModelResourc
 
 
 @dg.asset(group_name="inputs", io_manager_key="hdf5_io_manager", kinds={"pytorch", "hdf5"},
-          code_version=CODE_VERSION, pool="gpu", deps=[model_asset],
+          code_version=CODE_VERSION, pool="gpu", deps=[model_asset, val_data],
           description="coefficient * r / |r| of every val sample, with labels and inputs.")
 def val_representations(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource,
                         dataset: DatasetResource):
@@ -154,7 +188,7 @@ def val_representations(context: dg.AssetExecutionContext, model: ModelResource,
 
 
 @dg.asset(group_name="inputs", io_manager_key="hdf5_io_manager", kinds={"pytorch", "hdf5"},
-          code_version=CODE_VERSION, pool="gpu", deps=[model_asset],
+          code_version=CODE_VERSION, pool="gpu", deps=[model_asset, val_r_data],
           description="coefficient * r / |r| of every ImageNet-R sample (dataset.val_r_path, stride val_stride), "
           "with labels (0..199 with imagenet_r_classes='subset', the 1000 ImageNet indices with 'all') and inputs.")
 def val_r_representations(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource,

@@ -21,7 +21,8 @@ import dagster as dg
 import h5py
 import numpy as np
 
-__all__ = ["ArtifactStore", "H5Payload", "StagedH5", "H5Group", "LazyH5Array", "atomic_path", "write_h5"]
+__all__ = ["ArtifactStore", "H5Payload", "StagedH5", "H5Group", "LazyH5Array", "atomic_path", "write_h5",
+           "table_attrs", "table_with_attrs"]
 
 
 @contextlib.contextmanager
@@ -128,6 +129,20 @@ def _write_attrs(obj, attrs: dict[str, Any]) -> None:
         if v is None:
             continue
         obj.attrs[k] = v if isinstance(v, (str, int, float, bool, np.number)) else "json:" + json.dumps(v)
+
+
+def table_with_attrs(table, attrs: dict[str, Any]):
+    """A ``pyarrow.Table`` carrying ``attrs`` in its schema metadata (written with the Parquet file),
+    encoded as HDF5 attributes are (JSON for non-scalars)."""
+    encoded = {k: (v if isinstance(v, str) else "json:" + json.dumps(v)) for k, v in attrs.items() if v is not None}
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), **{k.encode(): v.encode()
+                                                                              for k, v in encoded.items()}})
+
+
+def table_attrs(table) -> dict[str, Any]:
+    """The attributes :func:`table_with_attrs` stored in a table's schema metadata (pandas' own excluded)."""
+    meta = table.schema.metadata or {}
+    return {k.decode(): _attr_value(v) for k, v in meta.items() if k != b"pandas"}
 
 
 def _chunks(shape: tuple[int, ...]) -> tuple[int, ...] | None:
