@@ -1,0 +1,270 @@
+"""Provenance, checked: every asset file records what it was made from, and a consumer refuses inputs
+made from different data or settings (the silent partial reruns of issue 13), naming both assets and
+the field.  And the CLI observes the source assets, so the daemon's first observation of unchanged
+files requests nothing.
+
+The graph is the tiny BERT one of ``test_assets`` (6 train / 6 val sentences), materialized once for
+layer 0 with paths relative to its folder; each test works on a copy of that folder."""
+
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import dagster as dg
+import h5py
+import pytest
+import yaml
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._core.loader import LoadingContextForTest
+
+from oe_assets import __main__ as cli
+from oe_assets.definitions import OBSERVE_DATASETS, build_definitions, inputs_job
+from oe_assets.provenance import PROVENANCE_ATTR, ProvenanceError, check, split_fingerprint, weights_hash
+from oe_assets.resources.datasets import TextSplit
+from oe_assets.resources.store import H5Group
+from test_assets import materialize, run_job, tiny_bert_folder, tiny_bert_profile
+
+warnings.filterwarnings("ignore")
+
+LAYER0 = ["second_order_effects", "val_second_order_effects", "neuron_pcas", "sparse_codes", "ablation_report",
+          "neuron_report"]
+
+
+def relative_profile(**analysis) -> dict:
+    """The tiny BERT profile with paths relative to the working directory (so a copied folder is
+    the same graph: the same recorded model id)."""
+    return {
+        "model": {"source": "./model", "dtype": "float64", "device": "cpu", "batch_size": 4},
+        "dataset": {"kind": "text", "train_path": "train.jsonl", "val_path": "val.jsonl",
+                    "classes_path": "classes.json"},
+        "analysis": {"top_k": 3, "components": 2, "templates_path": "templates.json",
+                     "vocabulary_path": "vocab.txt", **analysis},
+        "storage": {"base_dir": "store"},
+    }
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A folder with the tiny BERT files and every layer-0 asset materialized (consistent)."""
+    root = tiny_bert_folder(tmp_path_factory.mktemp("provenance"))
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        defs = build_definitions(relative_profile())
+        instance = dg.DagsterInstance.ephemeral()
+        run_job(defs, inputs_job, instance)
+        materialize(defs, LAYER0, instance, partition_key="0")
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+@pytest.fixture
+def work(built, tmp_path, monkeypatch):
+    """A copy of the built folder as the working directory."""
+    folder = tmp_path / "work"
+    shutil.copytree(built, folder)
+    monkeypatch.chdir(folder)
+    return folder
+
+
+def refused(defs, selection, partition_key=None) -> str:
+    """Materialize ``selection`` and return the ProvenanceError's message (it must fail with one)."""
+    with pytest.raises(Exception) as e:
+        materialize(defs, selection, dg.DagsterInstance.ephemeral(), partition_key=partition_key)
+    errors = [e.value, e.value.__cause__, getattr(e.value, "user_exception", None)]
+    error = next((x for x in errors if isinstance(x, ProvenanceError)), None)
+    assert error is not None, f"expected a ProvenanceError, got {e.value!r}"
+    return str(error)
+
+
+def stale_status(instance, defs, key: str) -> StaleStatus:
+    """The status the UI shows for an asset (fresh or stale, from the recorded data versions)."""
+    resolver = CachingStaleStatusResolver(instance, defs.resolve_asset_graph(), LoadingContextForTest(instance))
+    return resolver.get_status(dg.AssetKey(key))
+
+
+def reorder(path: Path, order) -> None:
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[i] for i in order) + "\n")
+
+
+# ---------------------------------------------------------------- the silent cases of the issue
+def test_shuffled_val_then_only_val_representations_and_ablation_report_is_refused(work):
+    defs = build_definitions(relative_profile())
+    reorder(work / "val.jsonl", [5, 4, 3, 2, 1, 0])  # same samples, another order
+    materialize(defs, ["val_representations"], dg.DagsterInstance.ephemeral())
+    msg = refused(defs, ["ablation_report"], "0")
+    assert msg.startswith("ablation_report layer 0:")
+    assert "val.order" in msg and "val.content" not in msg and "val.samples" not in msg
+    assert "val_representations has" in msg and "val_second_order_effects layer 0 has" in msg
+    assert "Re-materialize val_second_order_effects layer 0" in msg  # the older of the two
+    # doing what the message says makes them agree again
+    materialize(defs, ["val_second_order_effects", "ablation_report"], dg.DagsterInstance.ephemeral(),
+                partition_key="0")
+
+
+def test_coefficient_change_then_only_val_representations_and_ablation_report_is_refused(work):
+    defs = build_definitions(relative_profile(coefficient=50.0))
+    materialize(defs, ["val_representations"], dg.DagsterInstance.ephemeral())
+    msg = refused(defs, ["ablation_report"], "0")
+    assert "- coefficient: " in msg and "50.0" in msg and "100.0" in msg
+    assert "val_representations" in msg and "second_order_effects layer 0" in msg
+
+
+def test_shuffled_train_then_only_neuron_report_is_refused(work):
+    defs = build_definitions(relative_profile())
+    reorder(work / "train.jsonl", [3, 4, 5, 0, 1, 2])
+    msg = refused(defs, ["neuron_report"], "0")
+    assert msg.startswith("neuron_report layer 0:")
+    assert "- train.order: " in msg and "train.content" not in msg
+    assert "second_order_effects layer 0" in msg and "neuron_report layer 0 (the profile and data it reads now)" in msg
+    assert "Re-materialize second_order_effects layer 0" in msg
+
+
+def test_halved_train_is_a_provenance_error_not_an_index_error(work):
+    defs = build_definitions(relative_profile())
+    reorder(work / "train.jsonl", [0, 1, 2])
+    msg = refused(defs, ["neuron_report"], "0")
+    assert "- train.samples: " in msg and "has 6" in msg and "has 3" in msg
+    assert "second_order_effects layer 0" in msg and "neuron_report" in msg
+
+
+def test_a_consistent_rerun_is_accepted(work):
+    """Re-materializing an input from the same data and settings gives the same data version."""
+    defs = build_definitions(relative_profile())
+    before = H5Group(work / "store" / "val_representations" / "all.h5").attrs[PROVENANCE_ATTR]
+    materialize(defs, ["val_representations"], dg.DagsterInstance.ephemeral())
+    after = H5Group(work / "store" / "val_representations" / "all.h5").attrs[PROVENANCE_ATTR]
+    record = lambda lineage: lineage["records"]["val_representations"]  # noqa: E731
+    assert record(after)["data_version"] == record(before)["data_version"]
+    assert record(after)["made_at"] > record(before)["made_at"]
+    materialize(defs, ["ablation_report", "neuron_report"], dg.DagsterInstance.ephemeral(), partition_key="0")
+
+
+def test_files_without_provenance_are_checked_on_their_plain_attributes(work):
+    """Files written before provenance was recorded are accepted; their plain attributes (coefficient,
+    model, convention, ...) are still compared."""
+    defs = build_definitions(relative_profile())
+    path = work / "store" / "val_representations" / "all.h5"
+    with h5py.File(path, "a") as f:
+        del f.attrs[PROVENANCE_ATTR]
+    materialize(defs, ["ablation_report"], dg.DagsterInstance.ephemeral(), partition_key="0")
+    with h5py.File(path, "a") as f:
+        f.attrs["coefficient"] = 50.0
+    msg = refused(defs, ["ablation_report"], "0")
+    assert "- coefficient: val_representations has 50.0" in msg
+
+
+# ---------------------------------------------------------------- what is recorded
+def test_every_file_records_its_lineage(built):
+    store = built / "store"
+    pcas = H5Group(store / "neuron_pcas" / "0.h5").attrs[PROVENANCE_ATTR]
+    assert pcas["entry"] == "neuron_pcas[0]"
+    effects = pcas["records"]["second_order_effects[0]"]
+    for field in ("model", "weights", "coefficient", "convention", "train.samples", "train.content", "train.order",
+                  "code_version", "data_version"):
+        assert effects.get(field) is not None, field
+    assert pcas["records"]["neuron_pcas[0]"]["top_k"] == 3
+    codes = H5Group(store / "sparse_codes" / "0.h5").attrs[PROVENANCE_ATTR]["records"]
+    assert codes["sparse_codes[0]"]["components"] == 2 and codes["text_embeddings"]["vocabulary"]
+    import pyarrow.parquet as pq
+
+    from oe_assets.resources.store import table_attrs
+
+    report = table_attrs(pq.read_table(store / "ablation_report" / "0.parquet", columns=["scenario"]))
+    assert {"val_representations", "val_second_order_effects[0]", "classifier", "sparse_codes[0]",
+            "ablation_report[0]"} <= set(report[PROVENANCE_ATTR]["records"])
+    assert weights_hash(str(built / "model")) == effects["weights"]
+
+
+def test_materialization_metadata_carries_the_provenance(tmp_path):
+    defs = build_definitions(tiny_bert_profile(tmp_path))
+    instance = dg.DagsterInstance.ephemeral()
+    materialize(defs, ["val_representations"], instance)
+    md = instance.get_latest_materialization_event(dg.AssetKey("val_representations")).asset_materialization.metadata
+    record = md["provenance"].value
+    assert record["coefficient"] == 100.0 and record["val.samples"] == 6 and record["weights"]
+
+
+def test_fingerprint_and_weights_hash():
+    split = TextSplit(["a", "b", "c"], [0, 1, 0])
+    fp = split_fingerprint(split)
+    shuffled = split_fingerprint(TextSplit(["c", "a", "b"], [0, 0, 1]))
+    relabelled = split_fingerprint(TextSplit(["a", "b", "c"], [0, 1, 1]))
+    assert shuffled["content"] == fp["content"] and shuffled["order"] != fp["order"]
+    assert relabelled["content"] != fp["content"] and fp["samples"] == 3
+
+
+def test_weights_hash_follows_the_weight_bytes(tmp_path):
+    folder = tiny_bert_folder(tmp_path) / "model"
+    first = weights_hash(str(folder))
+    assert weights_hash(str(folder)) == first
+    weights = next(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert weights_hash(str(folder)) != first
+
+
+def test_check_names_both_assets_the_field_and_the_values():
+    a = {PROVENANCE_ATTR: {"entry": "x", "records": {"x": {"coefficient": 50.0, "made_at": 2.0,
+                                                           "data_version": "1"}}}}
+    b = {PROVENANCE_ATTR: {"entry": "y[0]", "records": {"y[0]": {"coefficient": 100.0, "made_at": 1.0,
+                                                                 "data_version": "2"}}}}
+    with pytest.raises(ProvenanceError) as e:
+        check("z[0]", {"x": a, "y[0]": b}, {})
+    msg = str(e.value)
+    assert "- coefficient: x has 50.0, y layer 0 has 100.0" in msg and "Re-materialize y layer 0" in msg
+    lineage = check("z[0]", {"x": a}, {"top_k": 3}, "2")
+    assert set(lineage["records"]) == {"x", "z[0]"} and lineage["records"]["z[0]"]["top_k"] == 3
+
+
+# ---------------------------------------------------------------- dataset files as observed sources
+def test_a_changed_dataset_file_marks_its_assets_stale(tmp_path):
+    prof = tiny_bert_profile(tmp_path)
+    defs = build_definitions(prof)
+    instance = dg.DagsterInstance.ephemeral()
+    observe = defs.resolve_job_def(OBSERVE_DATASETS)
+    observe.execute_in_process(instance=instance)
+    materialize(defs, ["val_representations"], instance)
+    graph = defs.resolve_asset_graph()
+    status = lambda: stale_status(instance, defs, "val_representations")  # noqa: E731
+    assert status() == StaleStatus.FRESH
+    observe.execute_in_process(instance=instance)  # unchanged: still fresh
+    assert status() == StaleStatus.FRESH
+    reorder(Path(prof["dataset"]["val_path"]), [1, 0, 2, 3, 4, 5])
+    observe.execute_in_process(instance=instance)
+    assert status() == StaleStatus.STALE
+    assert "val_data" in {k.to_user_string() for k in graph.get(dg.AssetKey("val_second_order_effects")).parent_keys}
+
+
+# ---------------------------------------------------------------- item 6: no rerun after a CLI materialization
+def test_first_observation_after_a_cli_materialization_requests_nothing(tmp_path, monkeypatch, capsys):
+    prof = tiny_bert_profile(tmp_path)
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(prof))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    assert cli.main(["materialize", "--profile", str(path), "--layers", "0", "0"]) == 0, capsys.readouterr().err
+    defs = build_definitions(prof)
+    with dg.DagsterInstance.get() as instance:
+        tick = dg.evaluate_automation_conditions(defs=defs, instance=instance)  # the sensor's first tick
+        assert tick.total_requested == 0
+        for job in ("observe_vocabulary", OBSERVE_DATASETS):  # the schedules' first observations
+            defs.resolve_job_def(job).execute_in_process(instance=instance)
+        tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+        assert tick.total_requested == 0, {r.key.to_user_string() for r in tick.results if r.true_subset.size}
+        # a changed dataset file marks its assets stale, and runs nothing by itself (they run the model)
+        reorder(Path(prof["dataset"]["train_path"]), [5, 4, 3, 2, 1, 0])
+        defs.resolve_job_def(OBSERVE_DATASETS).execute_in_process(instance=instance)
+        tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+        assert tick.total_requested == 0
+        assert stale_status(instance, defs, "train_representations") == StaleStatus.STALE
+        assert stale_status(instance, defs, "val_representations") == StaleStatus.FRESH
+        vocab = Path(prof["analysis"]["vocabulary_path"])
+        vocab.write_text(vocab.read_text() + "\nreferee")
+        defs.resolve_job_def("observe_vocabulary").execute_in_process(instance=instance)
+        tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+        assert {r.key.to_user_string() for r in tick.results if r.true_subset.size} == {"text_embeddings"}
+
