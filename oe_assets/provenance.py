@@ -168,11 +168,6 @@ def lineage_of(attrs: dict[str, Any], name: str) -> dict[str, dict]:
     return {name: {**legacy, "data_version": None, "made_at": None}}
 
 
-def _when(record: dict) -> str:
-    t = record.get("made_at")
-    return "at an unknown time" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-
-
 def check(consumer: str, inputs: dict[str, dict[str, Any]], own: dict[str, Any], code_version: str | None = None
           ) -> dict[str, Any]:
     """Refuse inputs made from different data or settings; return the consumer's lineage attribute.
@@ -192,15 +187,11 @@ def check(consumer: str, inputs: dict[str, dict[str, Any]], own: dict[str, Any],
             merged.setdefault(name, record)
     now = {**own, "made_at": None}
     seen.append((consumer, None, now))
-    problems = []
+    problems = []  # (field, [occurrences])
     for field in SHARED_FIELDS:
-        values = [(n, v, r) for n, v, r in seen if r.get(field) is not None]
-        distinct = {json.dumps(r[field], default=str) for _, _, r in values}
-        if len(distinct) > 1:
-            first = values[0]
-            other = next(x for x in values if json.dumps(x[2][field], default=str) != json.dumps(first[2][field],
-                                                                                                  default=str))
-            problems.append((field, first, other))
+        values = [item for item in seen if item[2].get(field) is not None]
+        if len({_key(item[2][field]) for item in values}) > 1:
+            problems.append((field, values))
     if not problems:  # one entry through two inputs: the same data version
         by_entry: dict[str, tuple] = {}
         for item in seen:
@@ -211,7 +202,7 @@ def check(consumer: str, inputs: dict[str, dict[str, Any]], own: dict[str, Any],
             if prior[2]["data_version"] != record["data_version"]:  # name the settings that differ, if any
                 fields = [k for k in dict.fromkeys([*prior[2], *record]) if k not in ("made_at", "data_version")
                           and prior[2].get(k) != record.get(k)] or ["data_version"]
-                problems += [(f, prior, item) for f in fields]
+                problems += [(f, [prior, item]) for f in fields]
                 break
     if problems:
         raise ProvenanceError(_message(consumer, problems))
@@ -220,33 +211,42 @@ def check(consumer: str, inputs: dict[str, dict[str, Any]], own: dict[str, Any],
     return {"entry": consumer, "records": {**merged, consumer: record}}
 
 
-def _message(consumer: str, problems: list[tuple]) -> str:
+def _key(value) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _message(consumer: str, problems: list[tuple[str, list[tuple]]]) -> str:
+    """One line per field: the current value and who has it, then each other value and who has it;
+    then what to re-materialize: every record holding an other value.  The current value is that of
+    the consumer's own reading now (profile, data files) where it has the field, else that of the
+    record made last."""
     def name(item) -> str:
         n, via, record = item
         if n == consumer and record.get("made_at") is None:
             return f"{_describe(consumer)} (the profile and data it reads now)"
         return _describe(n) + (f" (as {_describe(via)} was made from it)" if via else "")
 
+    def rank(item):  # the consumer's reading now first, then the newest record
+        n, _, record = item
+        now = n == consumer and record.get("made_at") is None
+        return (not now, -(record.get("made_at") or 0))
+
     lines = [f"{_describe(consumer)}: its inputs were made from different data or settings; refusing to "
              "compute on them:"]
-    older_names = []
-    for field, a, b in problems:
-        lines.append(f"- {field}: {name(a)} has {a[2].get(field)!r}, {name(b)} has {b[2].get(field)!r}")
-        older = _older(a, b, consumer)
-        older_names.append(_describe(older[0]))
-    stale = ", ".join(dict.fromkeys(older_names))
-    lines.append(f"Re-materialize {stale} (made {_when(_older(*problems[0][1:], consumer)[2])}, from the other "
-                 f"value) and the assets downstream of it, then {_describe(consumer)}, so that every input is "
-                 "made from the current data and profile.")
+    stale: dict[str, None] = {}
+    for field, items in problems:
+        groups: dict[str, list] = {}
+        for item in sorted(items, key=rank):
+            groups.setdefault(_key(item[2].get(field)), []).append(item)
+        parts = []
+        for i, members in enumerate(groups.values()):
+            who = ", ".join(dict.fromkeys(name(m) for m in members))
+            parts.append(f"{who} {'has' if len(set(m[0] for m in members)) == 1 else 'have'} "
+                         f"{members[0][2].get(field)!r}")
+            if i:
+                stale.update((_describe(m[0]), None) for m in members)
+        lines.append(f"- {field}: " + "; ".join(parts))
+    lines.append(f"Re-materialize {', '.join(stale)} (made from other data or settings than the newest inputs) and "
+                 f"the assets downstream of {'it' if len(stale) == 1 else 'them'}, then {_describe(consumer)}, so "
+                 "that every input is made from the current data and profile.")
     return "\n".join(lines)
-
-
-def _older(a, b, consumer: str):
-    """Of two disagreeing records, the one to re-materialize: never the consumer's own reading now;
-    else the one made first (an unknown time counts as oldest)."""
-    if a[0] == consumer and a[2].get("made_at") is None:
-        return b
-    if b[0] == consumer and b[2].get("made_at") is None:
-        return a
-    ta, tb = a[2].get("made_at"), b[2].get("made_at")
-    return a if (ta or 0) <= (tb or 0) else b

@@ -7,6 +7,7 @@ The graph is the tiny BERT one of ``test_assets`` (6 train / 6 val sentences), m
 layer 0 with paths relative to its folder; each test works on a copy of that folder."""
 
 import os
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -109,8 +110,12 @@ def test_coefficient_change_then_only_val_representations_and_ablation_report_is
     defs = build_definitions(relative_profile(coefficient=50.0))
     materialize(defs, ["val_representations"], dg.DagsterInstance.ephemeral())
     msg = refused(defs, ["ablation_report"], "0")
-    assert "- coefficient: " in msg and "50.0" in msg and "100.0" in msg
-    assert "val_representations" in msg and "second_order_effects layer 0" in msg
+    line = next(line for line in msg.splitlines() if line.startswith("- coefficient: "))
+    assert line.startswith("- coefficient: val_representations has 50.0; ") and line.endswith(" have 100.0")
+    assert "val_second_order_effects layer 0" in line and "second_order_effects layer 0 (as neuron_pcas" in line
+    # every input made with the other coefficient is to be re-materialized, not only the first one
+    advice = msg.splitlines()[-1]
+    assert "val_second_order_effects layer 0" in advice and re.search(r"(?<!val_)second_order_effects layer 0", advice)
 
 
 def test_shuffled_train_then_only_neuron_report_is_refused(work):
@@ -154,7 +159,7 @@ def test_files_without_provenance_are_checked_on_their_plain_attributes(work):
     with h5py.File(path, "a") as f:
         f.attrs["coefficient"] = 50.0
     msg = refused(defs, ["ablation_report"], "0")
-    assert "- coefficient: val_representations has 50.0" in msg
+    assert "- coefficient: " in msg and "; val_representations has 50.0" in msg
 
 
 # ---------------------------------------------------------------- what is recorded
@@ -216,7 +221,7 @@ def test_check_names_both_assets_the_field_and_the_values():
     with pytest.raises(ProvenanceError) as e:
         check("z[0]", {"x": a, "y[0]": b}, {})
     msg = str(e.value)
-    assert "- coefficient: x has 50.0, y layer 0 has 100.0" in msg and "Re-materialize y layer 0" in msg
+    assert "- coefficient: x has 50.0; y layer 0 has 100.0" in msg and "Re-materialize y layer 0 (" in msg
     lineage = check("z[0]", {"x": a}, {"top_k": 3}, "2")
     assert set(lineage["records"]) == {"x", "z[0]"} and lineage["records"]["z[0]"]["top_k"] == 3
 
