@@ -188,7 +188,7 @@ def _check_paths(cfg: dict[str, dict[str, Any]]) -> list[str]:
             if key == "source":
                 from ..lens.hub import ModelSourceError, resolve_source
 
-                from . import project_root
+                from . import project_root  # where the profile resolved a relative source
 
                 try:  # a model folder, or an id shaped like one that is cached when offline (no network)
                     resolve_source(value, project_root())
@@ -256,8 +256,6 @@ def validate_profile(cfg: dict[str, dict[str, Any]], where: str = "profile") -> 
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             problems.append(f"{section}.{key}: {value!r} must be a positive integer")
     measured: dict[str, Any] = {}
-    from ..lens.hub import ModelSourceError
-
     if problems:  # sizes need readable paths and sane numbers
         raise ProfileError(problems, where)
     try:
@@ -277,6 +275,8 @@ def validate_profile(cfg: dict[str, dict[str, Any]], where: str = "profile") -> 
                             f"analysis.{key} ({analysis[key]!r})")
     except (OSError, ValueError, KeyError) as e:
         problems.append(f"analysis.vocabulary_path: {analysis.get('vocabulary_path')!r}: {e}")
+    from ..lens.hub import ModelSourceError
+
     try:
         measured["d_out"] = d = model_d_out(model["source"])
         if analysis["components"] > d:
