@@ -27,7 +27,12 @@ def materialize_all(profile: str, first: str | None = None, last: str | None = N
 
     Resumable: (asset, partition)s already materialized and up to date are skipped
     (:mod:`oe_assets.resume`), one line per asset says what is skipped and what runs and why;
-    ``force`` recomputes everything.  The profile is validated first."""
+    ``force`` recomputes everything.  The profile is validated first.
+
+    Killed runs (:mod:`oe_assets.recovery`): each run is tagged with this process (pid, host, start
+    time); at start, runs whose process is dead are marked failed and their pool slots freed, one line
+    each.  Before each run, a pool slot held by a live run is waited for here, saying which run holds
+    it; Ctrl-C / SIGTERM end the wait (exit 130 / 143)."""
     from .profiles import default_dagster_home
 
     os.environ["DAGSTER_HOME"] = str(default_dagster_home())

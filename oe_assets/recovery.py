@@ -202,7 +202,10 @@ def _describe(instance, run_id: str) -> str:
     if run is None:
         return f"run {run_id} (not in this instance's run storage)"
     process = _run_process(instance, run)
-    return f"run {run_id} ({run.job_name}, {run.status.value}" + (f", {process})" if process else ")")
+    if process is None:
+        return (f"run {run_id} ({run.job_name}, {run.status.value}, its process unknown: if it is not running, "
+                "terminate it in the Dagster UI to free the slot)")
+    return f"run {run_id} ({run.job_name}, {run.status.value}, {process})"
 
 
 def wait_for_pools(instance, pools, poll_seconds: float = 1.0, out=print) -> None:

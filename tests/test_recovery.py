@@ -275,3 +275,53 @@ def test_ci_run_keeps_the_users_venv(tmp_path):
     ignored = (ROOT / ".gitignore").read_text().splitlines()
     assert all(f"{name}/" in ignored for name in ci_venv)
 
+
+
+WATCHED_RUN = """
+import os, sys, uuid, warnings
+warnings.filterwarnings("ignore")
+import dagster as dg
+from oe_assets.recovery import watch_pool_wait
+
+@dg.op(pool="gpu")
+def step():
+    pass
+
+@dg.job
+def job():
+    step()
+
+with dg.DagsterInstance.get() as instance:
+    run_id = sys.argv[1]
+    with watch_pool_wait(instance, run_id, ["gpu"], poll_seconds=0.2):
+        job.execute_in_process(instance=instance, run_id=run_id)
+"""
+
+
+def test_a_run_blocked_on_a_pool_inside_dagster_says_so_and_stops_on_ctrl_c(instance, tmp_path):
+    """The slot taken between the check and the run: Dagster's executor waits, recording Ctrl-C
+    without acting on it; the watch says what the run waits for and ends it."""
+    live = started_run(instance, process_tags(), slot_pool="gpu")
+    run_id = "0f0e0d0c-0000-4000-8000-000000000001"
+    script = tmp_path / "watched.py"
+    script.write_text(WATCHED_RUN)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, str(script), run_id], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "waits for a slot of pool gpu" in line:
+                break
+        assert lines and live.run_id in lines[-1] and run_id in lines[-1], "".join(lines)
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)  # today: "Step blocked by limit" until killed
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, rest
+    assert f"interrupted while run {run_id} waited for a slot of pool gpu held by run {live.run_id}" in rest
+    assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
+    assert holders(instance) == {live.run_id}
+    assert all(p.run_id != run_id for p in instance.event_log_storage.get_concurrency_info("gpu").pending_steps)
