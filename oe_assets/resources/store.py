@@ -10,6 +10,7 @@ resource; assets and checks that need a path, a staging file or a lazy read ask 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import uuid
@@ -21,14 +22,16 @@ import dagster as dg
 import h5py
 import numpy as np
 
-__all__ = ["ArtifactStore", "H5Payload", "StagedH5", "H5Group", "LazyH5Array", "atomic_path", "write_h5"]
+from ..recovery import is_dead, staging_suffix, staging_writer
+
+__all__ = ["ArtifactStore", "H5Payload", "StagedH5", "H5Group", "LazyH5Array", "atomic_path", "staging_path", "write_h5"]
 
 
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it to ``target`` only if the block succeeds."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.partial-{uuid.uuid4().hex[:8]}")
+    tmp = staging_path(target)
     try:
         yield tmp
         _fsync(tmp)
@@ -37,6 +40,18 @@ def atomic_path(target: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def staging_path(target: Path) -> Path:
+    """A fresh staging path beside ``target`` that names its writer (this process:
+    ``<target name>.partial-<random>-<pid>-<start tick>@<host>``).  Staging files of the same target
+    left by a writer that is dead (a killed run) are removed first; a live writer's are kept."""
+    for sibling in target.parent.glob(f"{glob.escape(target.name)}.partial-*"):
+        writer = staging_writer(sibling.name)
+        if writer is not None and is_dead(writer):
+            with contextlib.suppress(FileNotFoundError):
+                sibling.unlink()
+    return target.with_name(target.name + staging_suffix(uuid.uuid4().hex[:8]))
 
 
 def _fsync(path: Path) -> None:
@@ -192,10 +207,11 @@ class ArtifactStore(dg.ConfigurableResource):
 
     # ---- writing -------------------------------------------------------------------------
     def stage(self, asset_key: dg.AssetKey | str, partition: str | None = None, suffix: str = ".h5") -> Path:
-        """A fresh staging path beside the asset's final file, for streaming writes."""
+        """A fresh staging path beside the asset's final file, for streaming writes
+        (:func:`staging_path`: dead writers' staging files of that file are removed)."""
         final = self.path_for(asset_key, partition, suffix)
         final.parent.mkdir(parents=True, exist_ok=True)
-        return final.with_name(f"{final.name}.partial-{uuid.uuid4().hex[:8]}")
+        return staging_path(final)
 
     def commit(self, staged: Path, target: Path) -> None:
         """Move a complete staging file into place: fsync it, rename, fsync the folder."""
