@@ -9,7 +9,8 @@ projects each stage to the published size:
 - classifier: prompts/s; text embeddings: descriptions/s;
 - representations and effects (all 11 layers in one pass): images/s, decoding included;
 - PCA (layers 0 and 9, interpolated in the number of paths) and sparse codes: neurons/s;
-- ablations (layers 0 and 9): val samples/s;
+- ablations (layers 0 and 9): val samples/s plus a fixed cost a layer (two sample counts, fitted),
+  side by side with that layer's own effects pass;
 - disk: measured bytes per sample of every layer's effects files.
 
     python benchmarks/bench_published_setting.py [--device cpu] [--images 64] [--workers N]
@@ -150,6 +151,10 @@ def main() -> None:
 
         eff = rate(effects, len(split), dev)
         rows.append([f"effects, all {LAYERS} layers in one pass", f"{eff:.1f} images/s", (TRAIN + VAL) / eff])
+        # one layer's own effects pass, the yardstick of that layer's ablations (issue target)
+        layer_pass = {}
+        for layer in (0, 9):
+            layer_pass[layer] = rate(lambda one={layer: lenses[layer]}: effects(one), len(split), dev)
         del vision
 
         # disk: measured bytes per sample of every layer's files, from real path weights
@@ -167,20 +172,30 @@ def main() -> None:
         del lenses
 
         # PCA and ablations on path weights of the real shapes (layers 0 and 9)
-        per_layer = {}
+        per_layer, ablation_seconds = {}, {}
         for layer in (0, 9):
             train = synthetic_effects(work / f"train{layer}.h5", TRAIN, layer, dev, neurons=args.pca_neurons)
             sub = train.factors
             t0 = time.perf_counter()
             neuron_pca(train, TOP_K)
             pca_rate = args.pca_neurons / (time.perf_counter() - t0)
-            val = synthetic_effects(work / f"val{layer}.h5", args.ablation_samples, layer, dev)
-            rng = np.random.default_rng(0)
-            t0 = time.perf_counter()
-            ablate(rng.normal(size=(args.ablation_samples, D_OUT)), val, rng.normal(size=(D_OUT, 1000)),
-                   rng.integers(0, 1000, args.ablation_samples), rng.normal(size=(NEURONS, D_OUT)),
-                   rng.uniform(size=NEURONS), rng.normal(size=(NEURONS, D_OUT)), rng.normal(size=(NEURONS, D_OUT)))
-            ablation_rate = args.ablation_samples / (time.perf_counter() - t0)
+            # ablations: time at two sample counts, fitted affine (the per-layer Gram matrices and
+            # directions are a fixed cost; reading the effects is per sample)
+            seconds = []
+            for samples in (args.ablation_samples // 2, args.ablation_samples):
+                val = synthetic_effects(work / f"val{layer}_{samples}.h5", samples, layer, dev)
+                rng = np.random.default_rng(0)
+                t0 = time.perf_counter()
+                ablate(rng.normal(size=(samples, D_OUT)), val, rng.normal(size=(D_OUT, 1000)),
+                       rng.integers(0, 1000, samples), rng.normal(size=(NEURONS, D_OUT)), rng.uniform(size=NEURONS),
+                       rng.normal(size=(NEURONS, D_OUT)), rng.normal(size=(NEURONS, D_OUT)))
+                sync(dev)
+                seconds.append(time.perf_counter() - t0)
+                del val
+            per_sample = max(1e-9, (seconds[1] - seconds[0]) / (args.ablation_samples - args.ablation_samples // 2))
+            fixed = max(0.0, seconds[1] - per_sample * args.ablation_samples)
+            ablation_rate = 1 / per_sample
+            ablation_seconds[layer] = fixed + per_sample * VAL
             per_layer[layer] = (sub.n_paths, pca_rate, ablation_rate)
         (p0, pca0, abl0), (p9, pca9, abl9) = per_layer[0], per_layer[9]
         paths = [(LAYERS - layer) * 12 for layer in range(LAYERS)]
@@ -198,8 +213,12 @@ def main() -> None:
         sparse_rate = args.sparse_neurons / (time.perf_counter() - t0)
         rows.append([f"sparse codes ({COMPONENTS} of {len(vocabulary)}, float32)", f"{sparse_rate:.1f} neurons/s",
                      LAYERS * NEURONS / sparse_rate])
-        rows.append([f"ablations ({VAL} val samples)", f"{abl0:.0f} / {abl9:.0f} samples/s (layer 0 / 9)",
-                     VAL * interpolate(abl0, abl9)])
+        fixed = [ablation_seconds[layer] - VAL / per_layer[layer][2] for layer in (0, 9)]
+        rows.append([f"ablations ({VAL} val samples)", f"{abl0:.0f} / {abl9:.0f} samples/s + {fixed[0]:.0f} / "
+                     f"{fixed[1]:.0f} s a layer (layer 0 / 9)", VAL * interpolate(abl0, abl9)
+                     + sum(fixed[1] + (fixed[0] - fixed[1]) * (p - p9) / (p0 - p9) for p in paths)])
+        side_by_side = [[f"layer {layer}", VAL / layer_pass[layer], ablation_seconds[layer],
+                         ablation_seconds[layer] / (VAL / layer_pass[layer])] for layer in (0, 9)]
     finally:
         shutil.rmtree(work)
     total = sum(r[2] for r in rows)
@@ -208,6 +227,9 @@ def main() -> None:
           f"{os.cpu_count()} CPUs): {TRAIN} + {VAL} images, {LAYERS} layers")
     print(tabulate(table, ["stage", "measured rate", "projected minutes"], floatfmt=".1f"))
     print(f"disk: {disk:.1f} GB of effects (float32 path weights, both splits, all layers)")
+    print(f"\nablation_report of one layer against that layer's own effects pass over the {VAL} val images "
+          "(target: ratio <= 1)")
+    print(tabulate(side_by_side, ["layer", "effects pass s", "ablations s", "ratio"], floatfmt=".2f"))
 
 
 if __name__ == "__main__":

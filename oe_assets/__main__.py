@@ -14,6 +14,7 @@ import os
 import resource
 import sys
 import time
+import uuid
 import warnings
 
 
@@ -26,7 +27,12 @@ def materialize_all(profile: str, first: str | None = None, last: str | None = N
 
     Resumable: (asset, partition)s already materialized and up to date are skipped
     (:mod:`oe_assets.resume`), one line per asset says what is skipped and what runs and why;
-    ``force`` recomputes everything.  The profile is validated first."""
+    ``force`` recomputes everything.  The profile is validated first.
+
+    Killed runs (:mod:`oe_assets.recovery`): each run is tagged with this process (pid, host, start
+    time); at start, runs whose process is dead are marked failed and their pool slots freed, one line
+    each.  Before each run, a pool slot held by a live run is waited for here, saying which run holds
+    it; Ctrl-C / SIGTERM end the wait (exit 130 / 143)."""
     from .profiles import default_dagster_home
 
     os.environ["DAGSTER_HOME"] = str(default_dagster_home())
@@ -37,6 +43,7 @@ def materialize_all(profile: str, first: str | None = None, last: str | None = N
 
     from .definitions import MATERIALIZE_JOBS, build_definitions, layer_range_tags, layers_job
     from .profiles.validation import ProfileError, validate_layers
+    from .recovery import PoolWaitInterrupted, fail_stale_runs, process_tags, wait_for_pools, watch_pool_wait
     from .resume import observe_sources, plan_materialization, settings_tags
 
     t0 = time.perf_counter()
@@ -52,7 +59,8 @@ def materialize_all(profile: str, first: str | None = None, last: str | None = N
     first, last = first or layers[0], last or layers[-1]
     in_range = layers[layers.index(first): layers.index(last) + 1]
     instance = dg.DagsterInstance.get()
-    failed = observe_sources(defs, instance)  # the runs record the sources' current data versions
+    fail_stale_runs(instance)  # runs left STARTED by a killed process: failed, their pool slots freed
+    failed = observe_sources(defs, instance, process_tags())  # the runs record the sources' current data versions
     if failed:
         print(f"error: observing the source assets failed ({', '.join(failed)}); see the Dagster run log",
               file=sys.stderr)
@@ -63,7 +71,7 @@ def materialize_all(profile: str, first: str | None = None, last: str | None = N
     plan = plan_materialization(defs, instance, [k for ks in jobs.values() for k in ks], in_range, force=force)
     for line in plan.lines():
         print(line, flush=True)
-    settings = settings_tags(defs)
+    settings = {**settings_tags(defs), **process_tags()}  # the process tags let a later start see it died
     ran = 0
     for job in MATERIALIZE_JOBS:  # one process: the model resource's cache loads the model once
         keys = [k for k in jobs[job.name] if plan.to_run(k)]
@@ -85,8 +93,17 @@ def materialize_all(profile: str, first: str | None = None, last: str | None = N
             runs = [(keys, {}, "")]
         for selection, tags, where in runs:
             print(f"materializing {', '.join(k.to_user_string() for k in selection)}{where}", flush=True)
-            result = defs.resolve_job_def(job.name).execute_in_process(
-                instance=instance, tags={**tags, **settings}, asset_selection=selection, raise_on_error=False)
+            pools = sorted({p for k in selection if (p := defs.resolve_assets_def(k).op.pool)})
+            try:  # Dagster's executor waits for a slot ignoring Ctrl-C: wait here, interruptibly
+                wait_for_pools(instance, pools)
+            except PoolWaitInterrupted as e:
+                print(f"error: {e}", file=sys.stderr)
+                return e.exit_code
+            run_id = str(uuid.uuid4())
+            with watch_pool_wait(instance, run_id, pools):  # a slot taken meanwhile: still interruptible
+                result = defs.resolve_job_def(job.name).execute_in_process(
+                    instance=instance, run_id=run_id, tags={**tags, **settings}, asset_selection=selection,
+                    raise_on_error=False)
             ran += 1
             if not result.success:
                 print("run failed; see the Dagster run log (a rerun starts where it failed)", file=sys.stderr)

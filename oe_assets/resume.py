@@ -71,18 +71,20 @@ def settings_tags(defs: dg.Definitions) -> dict[str, str]:
     return {SETTINGS_TAG: json.dumps({k: s.get(k) for k in keys}, sort_keys=True, default=str)}
 
 
-def observe_sources(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[str]:
+def observe_sources(defs: dg.Definitions, instance: dg.DagsterInstance, tags: dict[str, str] | None = None
+                    ) -> list[str]:
     """Observe every observable source asset (the vocabulary, the dataset files) on ``instance`` by
     running the observation jobs (:data:`oe_assets.definitions.OBSERVE_JOBS`), as their schedules do.
 
     Run before the CLI's materializations, so their recorded input data versions are the observed
     ones: the daemon's next observation of unchanged files is then no change, and the automation
-    sensor requests nothing.  Returns the names of the jobs that failed (their runs say why)."""
+    sensor requests nothing.  ``tags``: run tags (the CLI's process tags).  Returns the names of the
+    jobs that failed (their runs say why)."""
     from .definitions import OBSERVE_JOBS
 
     failed = []
     for job in OBSERVE_JOBS:
-        result = defs.resolve_job_def(job).execute_in_process(instance=instance, raise_on_error=False)
+        result = defs.resolve_job_def(job).execute_in_process(instance=instance, tags=tags or {}, raise_on_error=False)
         if not result.success:
             failed.append(job)
     return failed

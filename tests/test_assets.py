@@ -16,7 +16,9 @@ import pytest
 import torch
 
 from conftest import REFERENCE, _need_reference
-from oe_assets.assets.checks import check_fast_equals_slow, check_norms, check_pca, check_sparsity, check_unit_columns
+from oe_assets.assets.checks import (
+    check_fast_equals_slow, check_neurons, check_norms, check_pca, check_sparsity, check_unit_columns,
+)
 from oe_assets.definitions import (
     MATERIALIZE_JOBS, build_definitions, inputs_job, job_asset_keys, layer_range_tags, layers_job, summary_job,
 )
@@ -376,6 +378,27 @@ def test_fast_equals_slow_check_catches_a_corrupted_file(reference_model, refere
     bad = good.copy()
     bad[0, 3, 1] += 0.01
     assert not check_fast_equals_slow(lens, batch, bad, 1e-8)[0]
+
+
+def test_fast_equals_slow_check_catches_a_broken_fast_path(reference_model, reference, monkeypatch):
+    # the check as the asset runs it: its spread neurons, dense values of those neurons only
+    d, _ = reference
+    lens = SecondOrderLens(reference_model, 1, dense_cache_bytes=0)
+    batch = torch.from_numpy(d["train_images"][:2])
+    stored = lens(batch).numpy()
+    neurons = check_neurons(lens.n_neurons)
+    assert check_fast_equals_slow(lens, batch, stored, 1e-8, neurons=neurons)[0]
+    fast = lens.factorized
+
+    def without_last_head(inputs):  # a fast path that forgets the last later head's path
+        fe = fast(inputs)
+        fe.alpha = fe.alpha.clone()
+        fe.alpha[:, -1, :] = 0
+        return fe
+
+    monkeypatch.setattr(lens, "factorized", without_last_head)
+    ok, errors = check_fast_equals_slow(lens, batch, stored, 1e-8, neurons=neurons)
+    assert not ok and errors["fast_vs_slow"] > 1e-3 and errors["file_vs_slow"] <= 1e-8
 
 
 # ---------------------------------------------------------------- atomic writes

@@ -93,6 +93,16 @@ def test_statistics_over_neurons_equal_the_dense_ones(case):
     assert rel(small.masked_sum(mask, centre=centre), ref.masked_sum(mask, centre=centre)) <= RTOL
     assert rel(small.projected_sum(U, centre=centre), ref.projected_sum(U, centre=centre)) <= RTOL
     assert rel(small.mean(), dense.mean(0)) <= RTOL
+    # several sums from one read of alpha (what the ablations use), each equal to its own slow sum
+    V = rng.normal(size=(N, d))
+    for effects in (fe, small):
+        (whole, part, rest), (along_u, along_v) = effects.sums([None, mask, ~mask], [U, V], centre=centre)
+        assert rel(whole, ref.masked_sum(None, centre=centre)) <= RTOL
+        assert rel(part, ref.masked_sum(mask, centre=centre)) <= RTOL
+        assert rel(rest, ref.masked_sum(~mask, centre=centre)) <= RTOL
+        assert rel(along_u, ref.projected_sum(U, centre=centre)) <= RTOL
+        assert rel(along_v, ref.projected_sum(V, centre=centre)) <= RTOL
+    assert rel(fe.sums([mask], [V])[1][0], ref.projected_sum(V)) <= RTOL  # no centre
 
 
 def test_pca_and_ablations_equal_the_dense_ones(case):

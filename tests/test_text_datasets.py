@@ -227,7 +227,7 @@ def test_missing_label_column(tmp_path):
 
 def test_jsonl_row_missing_a_key(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"text": "a", "label": 1}, {"text": "b"}])
-    with pytest.raises(ValueError, match=r"d\.jsonl: row 1 \(0-based\) has no 'label' field"):
+    with pytest.raises(ValueError, match=r"d\.jsonl: row 1 \(0-based, line 2\) has no 'label' field"):
         load_text_dataset(path)
 
 
@@ -236,7 +236,7 @@ def test_empty_or_non_string_text_jsonl(tmp_path, bad_text):
     rows = base_rows()
     rows[4]["text"] = bad_text
     path = write_jsonl(tmp_path / "d.jsonl", rows)
-    with pytest.raises(ValueError, match=r"d\.jsonl: row 4 \(0-based\) has empty or non-string text"):
+    with pytest.raises(ValueError, match=r"d\.jsonl: row 4 \(0-based, line 5\) has empty or non-string text"):
         load_text_dataset(path)
 
 
@@ -277,7 +277,7 @@ def test_non_integer_labels(tmp_path, bad):
     path = tmp_path / "d.jsonl"
     # json.dumps turns nan into NaN, which json.loads reads back as float('nan')
     write_jsonl(path, rows)
-    with pytest.raises(ValueError, match=r"d\.jsonl: row 7 \(0-based\)"):
+    with pytest.raises(ValueError, match=r"d\.jsonl: row 7 \(0-based, line 8\)"):
         load_text_dataset(path)
 
 
@@ -314,10 +314,10 @@ def test_bad_offset_and_limit(tmp_path):
 def test_invalid_jsonl(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"text": "a", "label": 0}\n{not json}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"d\.jsonl: line 2 is not valid JSON"):
+    with pytest.raises(ValueError, match=r"d\.jsonl line 2: not valid JSON \(Expecting property name .* at column 2\)"):
         load_text_dataset(path)
     path.write_text('["a", 0]\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"d\.jsonl: line 1 must be a JSON object, got list"):
+    with pytest.raises(ValueError, match=r"d\.jsonl line 1: must be a JSON object, got list"):
         load_text_dataset(path)
 
 

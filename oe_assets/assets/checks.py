@@ -68,18 +68,30 @@ def check_sparsity(indices: np.ndarray, values: np.ndarray, components: int,
 STORED_RTOL = {"float64": 0.0, "float32": 1e-5, "float16": 1e-2, "bfloat16": 5e-2}
 
 
+#: neurons the fast = slow check compares per layer, spread over the layer: the slow path's
+#: per-neuron token tensors are its cost, and the check must stay a small part of the effects pass
+CHECK_NEURONS = 16
+
+
+def check_neurons(n_neurons: int, count: int = CHECK_NEURONS) -> np.ndarray:
+    """``count`` neuron indices spread evenly over ``0..n_neurons - 1``, first and last included."""
+    return np.unique(np.linspace(0, n_neurons - 1, count).astype(int))
+
+
 def check_fast_equals_slow(lens: SecondOrderLens, batch, stored, rtol: float,
                            file_rtol: float | None = None, neurons=None) -> tuple[bool, dict]:
     """The fast path equals the literal slow path on ``batch`` to ``rtol``, and the stored file
-    (``stored``: effects of the batch's samples, dense or factorized) to ``file_rtol`` (default
-    ``rtol``); over ``neurons`` (indices; None: every neuron)."""
+    (``stored``: effects whose first samples are the batch's, dense or factorized) to ``file_rtol``
+    (default ``rtol``); over ``neurons`` (indices; None: every neuron).  Give the lens
+    ``dense_cache_bytes=0`` to form only those neurons' directions."""
     idx = np.arange(lens.n_neurons) if neurons is None else np.asarray(neurons)
     with torch.no_grad():
-        fast = lens.factorized(batch)[:, idx, :]
+        fast = lens.factorized(batch)
+        n = fast.shape[0]
+        fast = torch.from_numpy(fast[:, idx, :])  # only these neurons' dense values are formed
         slow = slow_second_order_effects(lens.adapter, batch, lens.mlp_layer, lens.coefficient, lens.convention,
                                          neurons=torch.as_tensor(idx))
-    fast = torch.from_numpy(fast)
-    stored = np.asarray(stored[:, idx, :])
+    stored = np.asarray(stored[:n, idx, :])  # the batch's samples: a lazy file reads just those
     slow = slow.double()
     scale = float(slow.abs().max())
     err_fast = float((fast - slow).abs().max()) / scale
@@ -129,13 +141,13 @@ def build_checks(partitions_def) -> list:
         batch = next(iter(split.batches(loaded, 2, model.max_length)))
         results = []
         for key in _layers(context, store, "second_order_effects"):
-            lens = SecondOrderLens(loaded.adapter, int(key), analysis.coefficient, analysis.convention)
+            lens = SecondOrderLens(loaded.adapter, int(key), analysis.coefficient, analysis.convention,
+                                   dense_cache_bytes=0)
             group = store.open_h5("second_order_effects", key)
-            stored = store.open_effects("second_order_effects", key)[:2]  # the check's two samples
+            stored = store.open_effects("second_order_effects", key)
             rtol = 1e-8 if loaded.adapter.dtype == torch.float64 else 1e-3
             file_rtol = max(rtol, STORED_RTOL[group.attrs.get("alpha_dtype", "float32")])
-            # 32 neurons spread over the layer: the slow path's per-neuron token tensors are the cost
-            neurons = np.unique(np.linspace(0, lens.n_neurons - 1, 32).astype(int))
+            neurons = check_neurons(lens.n_neurons)
             results.append(check_fast_equals_slow(lens, batch, stored, rtol, file_rtol, neurons))
         ok = all(r[0] for r in results)
         worst = {k: max(r[1][k] for r in results) for k in ("fast_vs_slow", "file_vs_slow")} if results else {}

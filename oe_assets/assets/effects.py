@@ -22,7 +22,11 @@ def stream_effects(context, split: str, model: ModelResource, analysis: Analysis
     :mod:`oe_assets.lens.effects_file`) in a staged HDF5 file, written batch by batch.  Each batch is
     decoded and run once for all the step's layers; the model is loaded once.  The same pass adds
     the first-order sums over neurons ``first_order_sum`` ``[samples, d_out]`` and the MLP output's
-    mean ``mlp_out_mean`` ``[d_model]`` to each file (the inputs of ``first_order_effects``)."""
+    mean ``mlp_out_mean`` ``[d_model]`` to each file (the inputs of ``first_order_effects``).
+
+    The files' expected size is checked against the store's free space before the data pass; a
+    write that fails anyway (a full disk) closes every file and removes every staged file of the
+    step before raising the store's error naming the file, the free and the needed space."""
     loaded = model.load()
     data = dataset.split(split)
     keys = list(context.partition_keys)
@@ -33,12 +37,18 @@ def stream_effects(context, split: str, model: ModelResource, analysis: Analysis
                                   for layer in lenses})
     made_from = {**model_record(model.source), "dtype": model.dtype, "coefficient": analysis.coefficient,
                  "alpha_dtype": store.alpha_dtype, **split_record(split, data)}
+    needed = sum(FactorizedEffectsWriter.expected_bytes(
+        len(data), lenses[int(key)].factors, with_const=lenses[int(key)].convention == "reference",
+        alpha_dtype=store.alpha_dtype, n_tokens=loaded.adapter.fixed_tokens,
+        extra_bytes_per_sample=8 * lenses[int(key)].d_out) for key in keys)  # + first_order_sum
+    store.require_free_space(context.asset_key, keys, needed)
     staged: dict[str, StagedH5] = {}
     writers: dict[str, FactorizedEffectsWriter] = {}
+    writing = None  # the file being written when a write fails
     try:
         for key in keys:
             lens = lenses[int(key)]
-            path = store.stage(context.asset_key, key)
+            path = writing = store.stage(context.asset_key, key)
             staged[key] = StagedH5(path)
             writers[key] = FactorizedEffectsWriter(
                 path, len(data), lens.factors, with_const=lens.convention == "reference", batch_size=model.batch_size,
@@ -48,11 +58,13 @@ def stream_effects(context, split: str, model: ModelResource, analysis: Analysis
         batches = data.batches(loaded, model.batch_size, model.max_length)
         for _, effects in iter_factorized(lenses, batches, progress, on_capture=first_order.add):
             for layer, fe in effects.items():
+                writing = staged[str(layer)].path
                 writers[str(layer)].write(fe)
         fo_sums, mlp_means = first_order.sums(), first_order.mlp_out_means()
         for key in keys:
             lens = lenses[int(key)]
             shape = (len(data), lens.n_neurons, lens.d_out)
+            writing = staged[key].path
             writers.pop(key).close(labels=data.labels, extras={"first_order_sum": fo_sums[int(key)],
                                                                "mlp_out_mean": mlp_means[int(key)]})
             attrs = provenance(context, context.asset_key.to_user_string(), {},
@@ -63,11 +75,13 @@ def stream_effects(context, split: str, model: ModelResource, analysis: Analysis
             context.add_asset_metadata({"layer": int(key), "effects_shape": str(list(shape)),
                                         "alpha_shape": str([len(data), lens.factors.n_paths, lens.n_neurons])},
                                        partition_key=key)
-    except BaseException:
-        for writer in writers.values():
+    except BaseException as exc:
+        for writer in writers.values():  # every handle closed before a file goes
             writer.abort()
         for value in staged.values():  # every layer of the step, not only the one that failed
             store.discard(value.path)
+        if isinstance(exc, OSError) and writing is not None:
+            raise store.write_error(context.asset_key, keys, writing, exc, needed) from exc
         raise
     seconds = time.perf_counter() - t0
     context.log.info(f"layers {', '.join(keys)}: {split} effects of {len(data)} samples in one data pass, {seconds:.1f} s")

@@ -68,9 +68,9 @@ def ablate(
       ``sparse_reconstruction``: ``base + sum_n (D[n] . rhat_n) rhat_n``, ``rhat_n`` its unit vector.
 
     Logits are ``X @ classifier`` ``[samples, classes]``.  Computed in float64 from the effects'
-    masked and projected sums over neurons (:meth:`FactorizedEffects.masked_sum`,
-    :meth:`~FactorizedEffects.projected_sum`): factorized effects are never densified beyond one
-    neuron block."""
+    norms and their masked and projected sums over neurons, all sums from one read of the effects
+    (:meth:`FactorizedEffects.sums`; ``sum_n D[n] [|D[n]| <= threshold_n]`` as ``sum_n D[n]`` less the
+    significant part): factorized effects are never densified beyond one neuron block."""
     rep = np.asarray(representations, dtype=np.float64)
     S = rep.shape[0]
     effects = as_effects(effects)
@@ -83,18 +83,22 @@ def ablate(
     pcs = np.asarray(components, dtype=np.float64)
     thr = np.asarray(thresholds, dtype=np.float64)
     W = np.asarray(classifier, dtype=np.float64)
-    base = rep - effects.masked_sum() + means.sum(axis=0)
     significant = effects.norms(centre=means) > thr  # [S, N]
+    directions = [pcs]
+    if reconstructions is not None:
+        rec = np.asarray(reconstructions, dtype=np.float64)
+        directions.append(rec / np.maximum(np.linalg.norm(rec, axis=1, keepdims=True), 1e-300))
+    # one read of the effects for every sum: D summed over all neurons and over the significant ones
+    (all_d, significant_d), projected = effects.sums([None, significant], directions, centre=means)
+    base = rep - all_d  # rep - sum_n effects + sum_n means
     X = {
         "baseline": rep,
         "mean_ablate_all": base,
-        "without_significant": base + effects.masked_sum(~significant, centre=means),
-        "without_insignificant": base + effects.masked_sum(significant, centre=means),
-        "projected_to_pc": base + effects.projected_sum(pcs, centre=means),
+        "without_significant": base + (all_d - significant_d),
+        "without_insignificant": base + significant_d,
+        "projected_to_pc": base + projected[0],
     }
     if reconstructions is not None:
-        rec = np.asarray(reconstructions, dtype=np.float64)
-        rhat = rec / np.maximum(np.linalg.norm(rec, axis=1, keepdims=True), 1e-300)
-        X[RECONSTRUCTION] = base + effects.projected_sum(rhat, centre=means)
+        X[RECONSTRUCTION] = base + projected[1]
     logits = {k: x @ W for k, x in X.items()}
     return AblationResult(logits, {k: top1_accuracy(v, labels) for k, v in logits.items()}, np.asarray(significant))

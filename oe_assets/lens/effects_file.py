@@ -16,6 +16,10 @@ Datasets (see :mod:`.factorized` for the formula):
 - ``left`` ``[paths, d_out, d_head]``, ``right`` ``[paths, d_head, neurons]``: the layer's per-head
   factors, once per file.
 
+Every dataset carries HDF5's ``fletcher32`` checksum (chunked): a flipped byte is a read error
+naming the file (:class:`CorruptFileError`), never a wrong number.  Files written before the
+checksums read as they are.
+
 ``attrs["layout"] == "factorized"`` marks the layout.  A file of the earlier dense layout (one
 ``effects`` dataset ``[samples, neurons, d_out]``) is refused by :func:`open_factorized`, never
 misread.  Writers stream batch by batch (:class:`FactorizedEffectsWriter`); making the file appear
@@ -24,6 +28,9 @@ atomically is the caller's business (write to a staging path, rename when comple
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +40,8 @@ import torch
 
 from .factorized import FactorizedEffects, HeadFactors
 
-__all__ = ["ALPHA_DTYPES", "FactorizedEffectsWriter", "open_factorized", "LAYOUT", "DenseLayoutError"]
+__all__ = ["ALPHA_DTYPES", "FactorizedEffectsWriter", "open_factorized", "LAYOUT", "DenseLayoutError",
+           "CorruptFileError", "H5Handle", "H5Dataset", "checksummed", "is_disk_full", "discard_h5"]
 
 LAYOUT = "factorized"
 #: storage dtypes of ``alpha``
@@ -44,6 +52,138 @@ NEURON_CHUNK = 64
 
 class DenseLayoutError(ValueError):
     """An effects file written in the earlier dense layout."""
+
+
+class CorruptFileError(OSError):
+    """An HDF5 artifact that cannot be read: truncated, or a chunk failing its checksum."""
+
+
+# ---------------------------------------------------------------------------- checked HDF5 IO
+#: elements per chunk of the small datasets that get a chunk only for their checksum
+CHECKSUM_CHUNK = 1 << 20
+
+
+def checksummed(shape: tuple[int, ...], chunks: tuple[int, ...] | None = None) -> dict:
+    """``h5py.create_dataset`` keywords adding the ``fletcher32`` checksum filter, which needs chunks:
+    ``chunks`` if given, else whole rows up to :data:`CHECKSUM_CHUNK` elements.  Scalars and empty
+    arrays (nothing to chunk) get no filter."""
+    shape = tuple(int(s) for s in shape)
+    if not shape or 0 in shape:
+        return {}
+    if chunks is None:
+        row = int(np.prod(shape[1:], dtype=np.int64))
+        chunks = (max(1, min(shape[0], CHECKSUM_CHUNK // max(1, row))), *shape[1:])
+    return {"chunks": tuple(chunks), "fletcher32": True}
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether an error of a write is the disk (or quota) being full."""
+    return isinstance(exc, OSError) and (exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                                         or "No space left on device" in str(exc))
+
+
+#: h5py objects of files whose close failed even so: kept, never deallocated (HDF5 crashes on them)
+_UNCLOSED: list = []
+
+
+def discard_h5(file: h5py.File | None, path: str | Path) -> bool:
+    """Close an HDF5 file opened for writing whose content is discarded (a failed or aborted write),
+    deterministically and without raising: the file is truncated to 0 bytes first, so the flush that
+    closing does finds room even when the disk is full (a close that fails there leaves the handle
+    open, and HDF5 crashes later on it); then every object of the file is closed.  Returns whether
+    the file is closed; when not, the caller keeps its objects (:data:`_UNCLOSED`)."""
+    with contextlib.suppress(OSError):
+        os.truncate(path, 0)
+    if file is None:
+        return True
+    for _ in range(2):  # a second try after a close that failed half-way
+        with contextlib.suppress(Exception):
+            if file.id.valid:
+                file.close()
+    return not file.id.valid
+
+
+def _read_error(path: Path, what: str | None, exc: OSError, name: str | None = None) -> CorruptFileError:
+    asset = what or f"the asset stored at {path}"
+    where = f"dataset {name!r} of " if name else ""
+    if "filter returned failure" in str(exc) or "checksum" in str(exc).lower():
+        return CorruptFileError(f"{path}: checksum mismatch in {where}the file (HDF5: {exc}): the file is corrupt, "
+                                f"re-materialize {asset}")
+    return CorruptFileError(f"{path}: cannot read {where}the file (HDF5: {exc}): it is truncated or corrupt, "
+                            f"re-materialize {asset}")
+
+
+class H5Handle:
+    """One read-only handle on an HDF5 artifact, held for a whole read: every dataset read through it
+    comes from the same file, even when another run replaces the path meanwhile (POSIX keeps a
+    replaced file's data while it is open).  ``what`` names the asset in errors.  ``close()`` or a
+    ``with`` block closes it (garbage collection does otherwise).  Pickled, it reopens the path in the
+    other process and refuses a file replaced since it was first opened (``(device, inode)``)."""
+
+    def __init__(self, path: str | Path, what: str | None = None):
+        self.path, self.what = Path(path), what
+        self.file = self._open()
+        self.identity = self._identity()
+
+    def _open(self) -> h5py.File:
+        try:
+            return h5py.File(self.path, "r")
+        except (FileNotFoundError, PermissionError, IsADirectoryError):
+            raise
+        except OSError as e:
+            raise _read_error(self.path, self.what, e) from e
+
+    def _identity(self) -> tuple[int, int]:
+        st = os.fstat(self.file.id.get_vfd_handle())
+        return (st.st_dev, st.st_ino)
+
+    def read(self, name: str, index=()):
+        """``file[name][index]``; a failing checksum or an unreadable chunk raises
+        :class:`CorruptFileError` naming the file, the dataset and the asset."""
+        try:
+            return self.file[name][index]
+        except OSError as e:
+            raise _read_error(self.path, self.what, e, name) from e
+
+    def close(self) -> None:
+        if self.file is not None and self.file.id.valid:
+            self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __getstate__(self):
+        return {"path": self.path, "what": self.what, "identity": self.identity}
+
+    def __setstate__(self, state):
+        self.path, self.what, self.identity = state["path"], state["what"], state["identity"]
+        self.file = self._open()
+        if self._identity() != self.identity:
+            self.file.close()
+            raise CorruptFileError(f"{self.path} was replaced since it was opened (another run re-materialized "
+                                   f"{self.what or 'it'}); load the input again")
+
+    def __repr__(self):
+        return f"H5Handle({str(self.path)!r})"
+
+
+class H5Dataset:
+    """One dataset read through an :class:`H5Handle`: ``shape``, ``dtype``, ``chunks``, indexing."""
+
+    def __init__(self, handle: H5Handle, name: str):
+        self.handle, self.name = handle, name
+        ds = handle.file[name]
+        self.shape, self.chunks, self.dtype = tuple(ds.shape), ds.chunks, ds.dtype
+
+    @property
+    def path(self) -> Path:
+        return self.handle.path
+
+    def __getitem__(self, index):
+        return self.handle.read(self.name, index)
 
 
 def _encode(alpha: torch.Tensor, alpha_dtype: str) -> np.ndarray:
@@ -83,26 +223,15 @@ class _TokenAlpha:
         return torch.bmm(w, a).numpy()
 
 
-class _LazyDataset:
-    """One dataset of a file, opened on every read (picklable; no file handle held open)."""
-
-    def __init__(self, path: Path, name: str):
-        self.path, self.name = Path(path), name
-        with h5py.File(self.path, "r") as f:
-            self.shape, self.chunks, self.dtype = tuple(f[name].shape), f[name].chunks, f[name].dtype
-
-    def __getitem__(self, index):
-        with h5py.File(self.path, "r") as f:
-            return f[self.name][index]
-
-
 class FactorizedEffectsWriter:
     """Streams factorized effects of ``n_samples`` samples into a new HDF5 file at ``path``.
 
     ``write(fe)`` appends one batch (a :class:`FactorizedEffects` from
     :meth:`oe_assets.lens.SecondOrderLens.factorized_from_capture`); ``close(labels, attrs)`` checks
     that every sample was written and adds labels and attributes.  ``compression``: keyword
-    arguments of ``h5py.create_dataset`` (e.g. ``{"compression": "lzf"}``)."""
+    arguments of ``h5py.create_dataset`` (e.g. ``{"compression": "lzf"}``).  A write or close that
+    fails (a full disk: ``OSError`` ENOSPC) closes every handle of the file before raising
+    (:meth:`abort`); the caller removes the staging file."""
 
     def __init__(self, path: str | Path, n_samples: int, factors: HeadFactors, with_const: bool,
                  batch_size: int, alpha_dtype: str = "float32", compression: dict | None = None,
@@ -115,24 +244,54 @@ class FactorizedEffectsWriter:
         self.factors, self.written = factors, 0
         P, N, d = factors.n_paths, factors.n_neurons, factors.d_out
         store = np.uint16 if alpha_dtype == "bfloat16" else np.dtype(alpha_dtype)
-        self.file = h5py.File(self.path, "w")
-        b = min(n_samples, batch_size)
-        #: the token form when it is smaller: every input has n_tokens tokens and n_tokens < paths
-        self.token_form = n_tokens is not None and n_tokens < P
-        if self.token_form:
-            self.path_weights = self.file.create_dataset("path_weights", shape=(n_samples, P, n_tokens), dtype=store,
-                                                         chunks=(b, P, n_tokens), **(compression or {}))
-            self.activations = self.file.create_dataset(
-                "activations", shape=(n_samples, n_tokens, N), dtype=store,
-                chunks=(b, n_tokens, min(N, NEURON_CHUNK)), **(compression or {}))
-        else:
-            self.alpha = self.file.create_dataset("alpha", shape=(n_samples, P, N), dtype=store,
-                                                  chunks=(b, P, min(N, NEURON_CHUNK)), **(compression or {}))
-        self.scale = self.file.create_dataset("scale", shape=(n_samples,), dtype=np.float64)
-        self.const = self.file.create_dataset("const", shape=(n_samples, d), dtype=np.float64) if with_const else None
-        for name, value in (("left", factors.left), ("right", factors.right)):
-            self.file.create_dataset(name, data=torch.as_tensor(value).to(factor_dtype).cpu().numpy(),
-                                     **(compression or {}))
+        self._forget()
+        # no chunk cache: every batch write fills whole chunks, and nothing waits in memory for a
+        # flush that a full disk would fail at close
+        self.file = h5py.File(self.path, "w", rdcc_nbytes=0)
+        try:
+            b = min(n_samples, batch_size)
+            #: the token form when it is smaller: every input has n_tokens tokens and n_tokens < paths
+            self.token_form = _token_form(factors, n_tokens)
+            create = self._create
+            if self.token_form:
+                self.path_weights = create("path_weights", (n_samples, P, n_tokens), store, (b, P, n_tokens),
+                                           compression)
+                self.activations = create("activations", (n_samples, n_tokens, N), store,
+                                          (b, n_tokens, min(N, NEURON_CHUNK)), compression)
+            else:
+                self.alpha = create("alpha", (n_samples, P, N), store, (b, P, min(N, NEURON_CHUNK)), compression)
+            self.scale = create("scale", (n_samples,), np.float64, (b,))
+            self.const = create("const", (n_samples, d), np.float64, (b, d)) if with_const else None
+            for name, value in (("left", factors.left), ("right", factors.right)):
+                self._create_from(name, torch.as_tensor(value).to(factor_dtype).cpu().numpy(), compression)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _create(self, name, shape, dtype, chunks, compression=None):
+        return self.file.create_dataset(name, shape=shape, dtype=dtype, **checksummed(shape, chunks),
+                                        **(compression or {}))
+
+    def _create_from(self, name, data: np.ndarray, compression=None):
+        return self.file.create_dataset(name, data=data, **checksummed(data.shape), **(compression or {}))
+
+    @staticmethod
+    def expected_bytes(n_samples: int, factors: HeadFactors, with_const: bool, alpha_dtype: str = "float32",
+                       n_tokens: int | None = None, factor_dtype: torch.dtype = torch.float32,
+                       extra_bytes_per_sample: int = 0) -> int:
+        """The size of the file before compression: ``n_samples`` x the stored bytes per sample
+        (``alpha`` ``P*N`` or its token form ``P*T + T*N`` at ``alpha_dtype``, ``scale`` and
+        ``const`` ``d_out`` in float64, ``labels`` and ``extra_bytes_per_sample`` (e.g. a
+        ``[samples, d_out]`` float64 extra: ``8 * d_out``)), plus the factors and 1 MiB + 1 % for
+        HDF5's metadata and chunk checksums.  Compression only makes the file smaller."""
+        P, N, d = factors.n_paths, factors.n_neurons, factors.d_out
+        item = 2 if alpha_dtype == "bfloat16" else np.dtype(alpha_dtype).itemsize
+        alpha = (P * n_tokens + n_tokens * N) if _token_form(factors, n_tokens) else P * N
+        per_sample = alpha * item + 8 + (8 * d if with_const else 0) + 8 + extra_bytes_per_sample
+        factor_item = torch.empty(0, dtype=factor_dtype).element_size()
+        fixed = (factors.left.numel() + factors.right.numel()) * factor_item
+        data = n_samples * per_sample + fixed
+        return int(data + data // 100 + (1 << 20))
 
     def write(self, fe: FactorizedEffects) -> None:
         """Append one batch's ``alpha`` ``[batch, paths, neurons]`` (or its token form), ``scale``
@@ -144,17 +303,21 @@ class FactorizedEffectsWriter:
         if (fe.const is None) != (self.const is None):
             raise ValueError(f"{self.path}: a batch {'with' if fe.const is not None else 'without'} const was written "
                              f"to a file {'with' if self.const is not None else 'without'} it")
-        if self.token_form:
-            if fe.tokens is None:
-                raise ValueError(f"{self.path}: the token form needs the batch's path weights and activations")
-            weights, activations = fe.tokens
-            self.path_weights[s0:s1] = _encode(weights, self.alpha_dtype)
-            self.activations[s0:s1] = _encode(activations, self.alpha_dtype)
-        else:
-            self.alpha[s0:s1] = _encode(torch.as_tensor(fe.alpha), self.alpha_dtype)
-        self.scale[s0:s1] = fe.scale.double().cpu().numpy()
-        if self.const is not None:
-            self.const[s0:s1] = fe.const.double().cpu().numpy()
+        if self.token_form and fe.tokens is None:
+            raise ValueError(f"{self.path}: the token form needs the batch's path weights and activations")
+        try:
+            if self.token_form:
+                weights, activations = fe.tokens
+                self.path_weights[s0:s1] = _encode(weights, self.alpha_dtype)
+                self.activations[s0:s1] = _encode(activations, self.alpha_dtype)
+            else:
+                self.alpha[s0:s1] = _encode(torch.as_tensor(fe.alpha), self.alpha_dtype)
+            self.scale[s0:s1] = fe.scale.double().cpu().numpy()
+            if self.const is not None:
+                self.const[s0:s1] = fe.const.double().cpu().numpy()
+        except OSError:
+            self.abort()
+            raise
         self.written = s1
 
     def close(self, labels: np.ndarray | None = None, attrs: dict[str, Any] | None = None,
@@ -165,20 +328,35 @@ class FactorizedEffectsWriter:
             if self.written != self.n_samples:
                 raise RuntimeError(f"{self.path}: wrote {self.written} of {self.n_samples} samples")
             if labels is not None:
-                self.file.create_dataset("labels", data=np.asarray(labels))
+                self._create_from("labels", np.asarray(labels))
             for name, arr in (extras or {}).items():
-                self.file.create_dataset(name, data=np.asarray(arr))
+                self._create_from(name, np.asarray(arr))
             self.file.attrs["layout"] = LAYOUT
             self.file.attrs["alpha_dtype"] = self.alpha_dtype
             self.file.attrs["alpha_form"] = "tokens" if self.token_form else "alpha"
             for k, v in (attrs or {}).items():
                 self.file.attrs[k] = v
-        finally:
+            self.file.flush()  # a full disk fails here, while the file can still be closed cleanly
             self.file.close()
+        except BaseException:
+            self.abort()
+            raise
+        self.file = None
+        self._forget()
 
     def abort(self) -> None:
-        """Close without completing (the caller discards the staging file)."""
-        self.file.close()
+        """Close without completing, deterministically (:func:`discard_h5`: the staging file is
+        truncated, every dataset and the file closed, no error raised); the caller removes the file.
+        Safe to call more than once."""
+        file, self.file = self.file, None
+        # the datasets close with the file, before their objects go
+        if file is not None and not discard_h5(file, self.path):
+            _UNCLOSED.append((file, self.alpha, self.path_weights, self.activations, self.scale, self.const))
+        self._forget()
+
+    def _forget(self) -> None:
+        """Drop the dataset objects, so no h5py object of the closed file is used or collected later."""
+        self.alpha = self.path_weights = self.activations = self.scale = self.const = None
 
     def __enter__(self):
         return self
@@ -188,37 +366,52 @@ class FactorizedEffectsWriter:
             self.abort()
 
 
-def check_layout(path: str | Path) -> None:
+def _token_form(factors: HeadFactors, n_tokens: int | None) -> bool:
+    """Whether ``alpha`` is stored as its token factors: every input has ``n_tokens`` tokens and
+    ``n_tokens < paths``."""
+    return n_tokens is not None and n_tokens < factors.n_paths
+
+
+def check_layout(path: str | Path | H5Handle) -> None:
     """Raise :class:`DenseLayoutError` (naming the file) unless ``path`` is a factorized effects file."""
-    with h5py.File(path, "r") as f:
-        layout = f.attrs.get("layout")
-        layout = layout.decode() if isinstance(layout, bytes) else layout
-        if layout == LAYOUT:
-            return
-        if "effects" in f:
-            raise DenseLayoutError(
-                f"{path} holds second-order effects in the earlier dense layout (dataset 'effects' "
-                f"{tuple(f['effects'].shape)}); this version reads the factorized layout only. Re-materialize "
-                "second_order_effects and val_second_order_effects for this layer (Dagster UI, or "
-                "`python -m oe_assets materialize`), then delete the old file")
-        raise ValueError(f"{path} is not a factorized effects file (no layout attribute, datasets {sorted(f)})")
+    if isinstance(path, H5Handle):
+        return _check_layout(path.file, path.path)
+    with H5Handle(path) as handle:
+        _check_layout(handle.file, handle.path)
 
 
-def open_factorized(path: str | Path, dtype: torch.dtype = torch.float64, device=None,
-                    block_bytes: int | None = None) -> FactorizedEffects:
+def _check_layout(f: h5py.File, path: Path) -> None:
+    layout = f.attrs.get("layout")
+    layout = layout.decode() if isinstance(layout, bytes) else layout
+    if layout == LAYOUT:
+        return
+    if "effects" in f:
+        raise DenseLayoutError(
+            f"{path} holds second-order effects in the earlier dense layout (dataset 'effects' "
+            f"{tuple(f['effects'].shape)}); this version reads the factorized layout only. Re-materialize "
+            "second_order_effects and val_second_order_effects for this layer (Dagster UI, or "
+            "`python -m oe_assets materialize`), then delete the old file")
+    raise ValueError(f"{path} is not a factorized effects file (no layout attribute, datasets {sorted(f)})")
+
+
+def open_factorized(path: str | Path | H5Handle, dtype: torch.dtype = torch.float64, device=None,
+                    block_bytes: int | None = None, what: str | None = None) -> FactorizedEffects:
     """The effects of a file as :class:`FactorizedEffects` ``[samples, neurons, d_out]``, read lazily
-    (``alpha`` block by block; ``scale``, ``const`` and the factors at once)."""
-    path = Path(path)
-    check_layout(path)
-    with h5py.File(path, "r") as f:
-        alpha_dtype = f.attrs.get("alpha_dtype", "float32")
-        token_form = f.attrs.get("alpha_form", "alpha") == "tokens"
-        scale = f["scale"][()]
-        const = f["const"][()] if "const" in f else None
-        factors = HeadFactors(torch.from_numpy(f["left"][()]), torch.from_numpy(f["right"][()]))
+    (``alpha`` block by block; ``scale``, ``const`` and the factors at once), all through one open
+    handle (:class:`H5Handle`; pass one to share it, e.g. an :class:`~oe_assets.resources.store.H5Group`'s,
+    or close it with a ``with`` block): a concurrent replacement of the file cannot mix two files.
+    ``what`` names the asset in errors."""
+    handle = path if isinstance(path, H5Handle) else H5Handle(path, what)
+    check_layout(handle)
+    f = handle.file
+    alpha_dtype = f.attrs.get("alpha_dtype", "float32")
+    token_form = f.attrs.get("alpha_form", "alpha") == "tokens"
+    scale = handle.read("scale")
+    const = handle.read("const") if "const" in f else None
+    factors = HeadFactors(torch.from_numpy(handle.read("left")), torch.from_numpy(handle.read("right")))
 
     def dataset(name):
-        ds = _LazyDataset(path, name)
+        ds = H5Dataset(handle, name)
         return _BFloat16Dataset(ds) if alpha_dtype == "bfloat16" else ds
 
     alpha: Any = _TokenAlpha(dataset("path_weights"), dataset("activations")) if token_form else dataset("alpha")

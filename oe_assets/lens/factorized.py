@@ -348,46 +348,57 @@ class FactorizedEffects:
         neurons]``, None: every neuron; ``centre`` ``[neurons, d_out]`` or None).  Through the factors,
         never a dense block:
         ``scale[s] (sum_p left[p] sum_n right[p, :, n] mask alpha[s, p, n] + const[s] sum_n mask)``."""
-        S, N, d = self.shape
-        out = np.empty((S, d))
-        c = None if centre is None else _tensor(centre, self.dtype, self.device)
-        step = self._sample_step(0)
-        for s0 in range(0, S, step):
-            run = slice(s0, min(S, s0 + step))
-            a = self._alpha(run, np.arange(N))
-            m = torch.ones(a.shape[0], N, dtype=self.dtype, device=self.device) if mask is None else \
-                _tensor(np.asarray(mask[run]), self.dtype, self.device)
-            total = self.factors.contract(a * m[:, None, :])
-            if self.const is not None:
-                total += m.sum(1, keepdim=True) * self.const[run]
-            total *= self.scale[run, None]
-            if c is not None:
-                total -= m @ c
-            out[run] = total.cpu().numpy()
-        return out
+        return self.sums(masks=[mask], centre=centre)[0][0]
 
     def projected_sum(self, directions, centre=None) -> np.ndarray:
         """``sum_n ((effects[s, n] - centre[n]) . u[n]) u[n]`` ``[samples, d_out]`` for one direction
         ``u = directions`` ``[neurons, d_out]`` per neuron (``centre`` ``[neurons, d_out]`` or None),
         from ``M[n] . u[n]`` ``[neurons, paths]`` (never a dense block)."""
+        return self.sums(directions=[directions], centre=centre)[1][0]
+
+    def sums(self, masks=(), directions=(), centre=None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Every :meth:`masked_sum` of ``masks`` (each ``[samples, neurons]`` or None) and every
+        :meth:`projected_sum` of ``directions`` (each ``[neurons, d_out]``), all about the same
+        ``centre``, from one read of ``alpha``: ``([masked ...], [projected ...])``, each ``[samples,
+        d_out]``.  Reading and widening ``alpha`` is most of the cost of each sum, so the ablations
+        ask for theirs together (``bench_published_setting.py``)."""
         S, N, d = self.shape
-        U = _tensor(directions, self.dtype, self.device)
-        if tuple(U.shape) != (N, d):
-            raise ValueError(f"directions have shape {tuple(U.shape)}, expected ({N}, {d})")
-        Mu = self.factors.along(U)  # [N, P]
-        shift = None if centre is None else (_tensor(centre, self.dtype, self.device) * U).sum(1)
-        out = np.empty((S, d))
+        c = None if centre is None else _tensor(centre, self.dtype, self.device)
+        Us = [_tensor(u, self.dtype, self.device) for u in directions]
+        for U in Us:
+            if tuple(U.shape) != (N, d):
+                raise ValueError(f"directions have shape {tuple(U.shape)}, expected ({N}, {d})")
+        Mu = torch.stack([self.factors.along(U) for U in Us]) if Us else None  # [J, N, P]
+        shifts = None if c is None or not Us else torch.stack([(c * U).sum(1) for U in Us])  # [J, N]
+        masked = [np.empty((S, d)) for _ in masks]
+        projected = [np.empty((S, d)) for _ in Us]
         step = self._sample_step(0)
         for s0 in range(0, S, step):
             run = slice(s0, min(S, s0 + step))
-            coef = torch.einsum("spn,np->sn", self._alpha(run, np.arange(N)), Mu)
-            if self.const is not None:
-                coef += self.const[run] @ U.T
-            coef *= self.scale[run, None]
-            if shift is not None:
-                coef -= shift
-            out[run] = (coef @ U).cpu().numpy()
-        return out
+            a = self._alpha(run, np.arange(N))  # [s, P, N]
+            for out, mask in zip(masked, masks):
+                if mask is None:
+                    total, count = self.factors.contract(a), torch.full((a.shape[0], 1), float(N), dtype=self.dtype,
+                                                                        device=self.device)
+                else:
+                    m = _tensor(np.asarray(mask[run]), self.dtype, self.device)
+                    total, count = self.factors.contract(a * m[:, None, :]), m.sum(1, keepdim=True)
+                if self.const is not None:
+                    total += count * self.const[run]
+                total *= self.scale[run, None]
+                if c is not None:
+                    total -= c.sum(0) if mask is None else m @ c
+                out[run] = total.cpu().numpy()
+            if Us:
+                coef = torch.einsum("spn,jnp->jsn", a, Mu)  # [J, s, N]
+                if self.const is not None:
+                    coef += torch.stack([self.const[run] @ U.T for U in Us])
+                coef *= self.scale[None, run, None]
+                if shifts is not None:
+                    coef -= shifts[:, None, :]
+                for out, U, cf in zip(projected, Us, coef):
+                    out[run] = (cf @ U).cpu().numpy()
+        return masked, projected
 
     def __repr__(self):
         return (f"FactorizedEffects(shape={self.shape}, paths={self.n_paths}, const={self.const is not None}, "
@@ -450,6 +461,11 @@ class DenseEffects:
             D = E if centre is None else E - np.asarray(centre, dtype=np.float64)
             out[run] = np.einsum("bnd,nd->bn", D, U) @ U  # (D[n] . u_n) first: never a 4-index contraction
         return out
+
+    def sums(self, masks=(), directions=(), centre=None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """``([masked_sum(m, centre) for m in masks], [projected_sum(u, centre) for u in directions])``,
+        one literal sum after the other."""
+        return ([self.masked_sum(m, centre) for m in masks], [self.projected_sum(u, centre) for u in directions])
 
 
 def as_effects(effects: Any) -> FactorizedEffects | DenseEffects:

@@ -8,10 +8,10 @@ from typing import Any
 import torch
 
 from .adapters import ADAPTERS, ModelAdapter
-from .hub import MINILM_ID, resolve_source, sentence_transformers_pooling
+from .hub import MINILM_ID, ModelSourceError, load_config, resolve_source, sentence_transformers_pooling
 
 __all__ = ["LoadedModel", "load_model", "resolve_device", "resolve_dtype", "sentence_transformers_pooling",
-           "MINILM_ID", "resolve_source"]
+           "MINILM_ID", "ModelSourceError", "resolve_source"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -50,14 +50,14 @@ def load_model(
 
     Decoder LLMs (``llama``, ``mistral``, ``qwen2``, ``qwen3``, ``phi3``, ``olmo2``) load as their
     ``...ForCausalLM`` class, or the base class (``LlamaModel``, ...) for a base-model checkpoint;
-    a tokenizer without a pad token pads with its end-of-sequence token."""
-    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+    a tokenizer without a pad token pads with its end-of-sequence token.
+
+    A source that is not a model folder, a missing path, or an uncached hub id offline raise
+    :class:`~oe_assets.lens.hub.ModelSourceError` (a ``ValueError``) naming it, before any download."""
+    from transformers import AutoImageProcessor, AutoTokenizer
 
     source = resolve_source(name_or_path)
-    try:
-        config = AutoConfig.from_pretrained(source)
-    except Exception as err:
-        raise ValueError(f"cannot load a model config from {name_or_path!r}: {err}") from err
+    config = load_config(source)
     model_type = getattr(config, "model_type", "")
     for adapter_cls in ADAPTERS:
         model_cls = adapter_cls.model_class(model_type, getattr(config, "architectures", None))

@@ -20,6 +20,7 @@ offset + 2 * stride, ...`` are kept, then the result is truncated to ``limit``
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -31,6 +32,9 @@ from typing import Any, Sequence
 import numpy as np
 
 __all__ = [
+    "read_text",
+    "read_json",
+    "load_string_list",
     "DEMO_CORPUS_DIR",
     "DEMO_SPLITS",
     "SUPPORTED_EXTENSIONS",
@@ -124,37 +128,95 @@ def subsample(rows, offset: int = 0, stride: int = 1, limit: int | None = None):
 # --------------------------------------------------------------------------- readers
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
-    with path.open("r", encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f)
-        rows = list(reader)
-        columns = list(reader.fieldnames or [])
-    return columns, rows
+def read_text(path: str | os.PathLike[str], encoding: str = "utf-8") -> str:
+    """A text file's content; bytes that are not valid UTF-8 raise a ``ValueError`` naming the file,
+    the line and the byte: ``<file> line 3: not valid UTF-8 (byte 0xe9 at column 7)`` (1-based line
+    and byte column), where Python's own error gives only an offset into the whole file."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        raw = e.object  # the bytes the position refers to (utf-8-sig: after the byte-order mark)
+        line = raw.count(b"\n", 0, e.start) + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ValueError(f"{path} line {line}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {column})") from None
 
 
-def _read_jsonl(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """A JSON file's value; invalid UTF-8 or JSON raise a ``ValueError`` naming the file and line."""
+    path = Path(path)
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} line {e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+
+
+def load_string_list(path: str | os.PathLike[str], what: str, placeholder: str | None = None) -> list[str]:
+    """A JSON file holding a non-empty list of strings (class names; prompt templates, each holding
+    ``placeholder``); anything else raises a ``ValueError`` naming the file and the first bad entry."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file {path} does not exist")
+    value = read_json(path)
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{path}: expected a non-empty JSON list of {what} strings, got "
+                         f"{type(value).__name__ if value else value!r}")
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise ValueError(f"{path}: entry {i} (0-based) of the {what} list is {item!r}, not a string")
+        if placeholder is not None and placeholder not in item:
+            raise ValueError(f"{path}: entry {i} (0-based) of the {what} list, {item!r}, has no {placeholder!r}")
+    return value
+
+
+#: what a reader returns: column names, rows, each row's 1-based file line (None: Parquet), and
+#: where a missing column is reported (the header line of a CSV)
+_Read = tuple[list[str], list[dict[str, Any]], "list[int] | None", str]
+
+
+def _read_csv(path: Path) -> _Read:
+    """Rows as ``csv.DictReader`` gives them (blank rows skipped, short rows padded with None),
+    each with the file line it starts on."""
+    reader = csv.reader(io.StringIO(read_text(path, "utf-8-sig"), newline=""))
+    columns = next(reader, [])
+    rows: list[dict[str, Any]] = []
+    lines: list[int] = []
+    start = reader.line_num + 1
+    for values in reader:
+        if values:
+            row: dict[Any, Any] = dict(zip(columns, values))
+            row.update({c: None for c in columns[len(values):]})
+            if len(values) > len(columns):
+                row[None] = values[len(columns):]
+            rows.append(row)
+            lines.append(start)
+        start = reader.line_num + 1
+    return list(columns), rows, lines, f"{path} line 1 (the header)"
+
+
+def _read_jsonl(path: Path) -> _Read:
     columns: dict[str, None] = {}  # ordered set
     rows: list[dict[str, Any]] = []
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {lineno} is not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(
-                    f"{path}: line {lineno} must be a JSON object, got {type(obj).__name__}"
-                )
-            columns.update(dict.fromkeys(obj))
-            rows.append(obj)
-    return list(columns), rows
+    lines: list[int] = []
+    for lineno, line in enumerate(read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} line {lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(
+                f"{path} line {lineno}: must be a JSON object, got {type(obj).__name__}"
+            )
+        columns.update(dict.fromkeys(obj))
+        rows.append(obj)
+        lines.append(lineno)
+    return list(columns), rows, lines, str(path)
 
 
-def _read_parquet(
-    path: Path, text_column: str, label_column: str
-) -> tuple[list[str], list[dict[str, Any]]]:
+def _read_parquet(path: Path, text_column: str, label_column: str) -> _Read:
     import pyarrow.parquet as pq
 
     try:
@@ -162,18 +224,17 @@ def _read_parquet(
     except Exception as e:  # pyarrow raises ArrowInvalid & friends on corrupt files
         raise ValueError(f"{path}: cannot read Parquet file ({e})") from e
     if text_column not in columns or label_column not in columns:
-        return columns, []  # the caller reports the missing column(s)
+        return columns, [], None, str(path)  # the caller reports the missing column(s)
     table = pq.read_table(path, columns=[text_column, label_column])
     texts = table.column(text_column).to_pylist()
     labels = table.column(label_column).to_pylist()
-    return columns, [{text_column: t, label_column: y} for t, y in zip(texts, labels)]
+    return columns, [{text_column: t, label_column: y} for t, y in zip(texts, labels)], None, str(path)
 
 
 # --------------------------------------------------------------------------- parsing
 
 
-def _parse_label(value: Any, row: int, path: Path, class_index: dict[str, int] | None) -> int:
-    where = f"{path}: row {row} (0-based)"
+def _parse_label(value: Any, where: str, class_index: dict[str, int] | None) -> int:
     if isinstance(value, (bool, np.bool_)):
         raise ValueError(f"{where}: label {value!r} is a boolean, expected an integer")
     if isinstance(value, (int, np.integer)):
@@ -250,16 +311,16 @@ def load_text_dataset(
         )
 
     if fmt == "csv":
-        columns, rows = _read_csv(p)
+        columns, rows, lines, header = _read_csv(p)
     elif fmt == "jsonl":
-        columns, rows = _read_jsonl(p)
+        columns, rows, lines, header = _read_jsonl(p)
     else:
-        columns, rows = _read_parquet(p, text_column, label_column)
+        columns, rows, lines, header = _read_parquet(p, text_column, label_column)
 
     missing = [c for c in (text_column, label_column) if c not in columns]
     if missing:
         raise ValueError(
-            f"{p}: missing column(s) {missing}; columns present: {columns}"
+            f"{header}: missing column(s) {missing}; columns present: {columns}"
         )
     if not rows:
         raise ValueError(f"{p}: file contains no rows")
@@ -270,22 +331,23 @@ def load_text_dataset(
     texts: list[str] = []
     labels: list[int] = []
     for i, row in enumerate(rows):
-        if text_column not in row:
-            raise ValueError(f"{p}: row {i} (0-based) has no {text_column!r} field")
-        if label_column not in row:
-            raise ValueError(f"{p}: row {i} (0-based) has no {label_column!r} field")
+        where = f"{p}: row {i} (0-based{'' if lines is None else f', line {lines[i]}'})"
+        if text_column not in row or (fmt == "csv" and row[text_column] is None):
+            raise ValueError(f"{where} has no {text_column!r} field")
+        if label_column not in row or (fmt == "csv" and row[label_column] is None):
+            raise ValueError(f"{where} has no {label_column!r} field")
         text = row[text_column]
         if not isinstance(text, str) or not text.strip():
             raise ValueError(
-                f"{p}: row {i} (0-based) has empty or non-string text in column "
+                f"{where} has empty or non-string text in column "
                 f"{text_column!r}: {text!r}"
             )
-        label = _parse_label(row[label_column], i, p, class_index)
+        label = _parse_label(row[label_column], where, class_index)
         if label < 0:
-            raise ValueError(f"{p}: row {i} (0-based): label {label} is negative")
+            raise ValueError(f"{where}: label {label} is negative")
         if class_list is not None and label >= len(class_list):
             raise ValueError(
-                f"{p}: row {i} (0-based): label {label} is out of range for "
+                f"{where}: label {label} is out of range for "
                 f"{len(class_list)} classes"
             )
         texts.append(text)
@@ -302,26 +364,12 @@ def load_text_dataset(
 
 def demo_classes() -> list[str]:
     """Class names of the demo corpus, in label order."""
-    path = DEMO_CORPUS_DIR / "classes.json"
-    if not path.exists():
-        raise FileNotFoundError(f"demo corpus class list not found: {path}")
-    classes = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
-        raise ValueError(f"{path}: expected a JSON list of class-name strings")
-    return classes
+    return load_string_list(DEMO_CORPUS_DIR / "classes.json", "class name")
 
 
 def demo_templates() -> list[str]:
     """Zero-shot prompt templates for the demo corpus (each contains ``{}``)."""
-    path = DEMO_CORPUS_DIR / "templates.json"
-    if not path.exists():
-        raise FileNotFoundError(f"demo corpus templates not found: {path}")
-    templates = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(templates, list) or not all(
-        isinstance(t, str) and "{}" in t for t in templates
-    ):
-        raise ValueError(f"{path}: expected a JSON list of strings each containing '{{}}'")
-    return templates
+    return load_string_list(DEMO_CORPUS_DIR / "templates.json", "prompt template", "{}")
 
 
 def load_demo_corpus(

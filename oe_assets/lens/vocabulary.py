@@ -12,12 +12,15 @@ _WORD_START = ("\u0120", "\u2581")
 
 
 def load_vocabulary(path: str | Path) -> list[str]:
-    """One description a line; blank lines and repeated lines dropped, order kept."""
+    """One description a line; blank lines and repeated lines dropped, order kept.  A file that is
+    not UTF-8 raises naming the file, line and byte (:func:`~oe_assets.lens.text_datasets.read_text`)."""
+    from .text_datasets import read_text
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"vocabulary file {path} does not exist")
     seen, out = set(), []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in read_text(path).splitlines():
         line = line.strip()
         if line and line not in seen:
             seen.add(line)

@@ -9,7 +9,9 @@
 3. a relative path: against :func:`project_root` -- ``$OE_ASSETS_ROOT`` when set, else the source
    checkout when the package runs from one (``pip install -e .``), else the current working directory.
 
-A relative ``source`` that does not exist there is a Hugging Face hub id and stays as is.
+``~`` expands to the home folder.  A ``source`` that does not exist there stays as is when it is
+shaped like a Hugging Face hub id (``org/name``, :func:`oe_assets.lens.hub.looks_like_hub_id`);
+any other is a path, and validation reports it missing.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def available_profiles() -> list[str]:
 def _resolve(key: str, value: Any) -> Any:
     if not isinstance(value, str) or key not in PATH_KEYS or value == "imagenet":
         return value
-    value = os.path.expandvars(value)
+    value = os.path.expanduser(os.path.expandvars(value))
     path, sep, suffix = value.partition(".npz:")  # "file.npz:key"
     target = path + (".npz" if sep else "")
     if target.startswith("package:"):
@@ -65,7 +67,10 @@ def _resolve(key: str, value: Any) -> Any:
     if not candidate.is_absolute():
         candidate = project_root() / candidate
         if key == "source" and not candidate.exists():
-            return value  # a hub id
+            from ..lens.hub import looks_like_hub_id  # (imports torch: only when a source needs it)
+
+            if looks_like_hub_id(value):
+                return value  # a hub id
     return str(candidate) + (":" + suffix if sep else "")
 
 

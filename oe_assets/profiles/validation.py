@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import io
 import re
 import zipfile
 from pathlib import Path
@@ -82,13 +83,12 @@ def _text_rows(path: Path) -> int:
         import pyarrow.parquet as pq
 
         return pq.ParquetFile(path).metadata.num_rows
-    if suffix in (".jsonl", ".ndjson"):
-        with path.open("rb") as f:
-            return sum(1 for line in f if line.strip())
+    from ..lens.text_datasets import load_text_dataset, read_text
+
+    if suffix in (".jsonl", ".ndjson"):  # decoded (bad UTF-8: file and line), not parsed
+        return sum(1 for line in read_text(path).split("\n") if line.strip())
     if suffix == ".csv":
-        with path.open("r", encoding="utf-8-sig", newline="") as f:
-            return max(0, sum(1 for row in csv.reader(f) if row) - 1)
-    from ..lens.text_datasets import load_text_dataset
+        return max(0, sum(1 for row in csv.reader(io.StringIO(read_text(path, "utf-8-sig"), newline="")) if row) - 1)
 
     return len(load_text_dataset(path).texts)
 
@@ -137,11 +137,9 @@ def count_descriptions(analysis: dict[str, Any]) -> int | None:
 def model_d_out(source: str) -> int:
     """The representation width from the model's config alone: CLIP's ``projection_dim``, else the
     hidden size."""
-    from transformers import AutoConfig
+    from ..lens.hub import load_config
 
-    from ..lens.hub import resolve_source
-
-    config = AutoConfig.from_pretrained(resolve_source(source))
+    config = load_config(source)
     if str(getattr(config, "model_type", "")).startswith("clip") and getattr(config, "projection_dim", None):
         return int(config.projection_dim)
     text = getattr(config, "get_text_config", lambda: config)()
@@ -163,6 +161,16 @@ def validate_layers(layers: list[str], first: str | None, last: str | None) -> l
 _OPTIONAL_PATHS = {"classes_path", "templates_path", "classifier_path", "text_embeddings_path", "vocabulary_path"}
 
 
+def _relative_hint(value: str) -> str:
+    """Where a missing path under the project root came from: a relative path in the profile."""
+    from . import project_root
+
+    root = project_root()
+    if Path(value).is_absolute() and Path(value).is_relative_to(root) and not Path(value).exists():
+        return f" (relative paths in a profile resolve against the project root {root}; set $OE_ASSETS_ROOT to change it)"
+    return ""
+
+
 def _check_paths(cfg: dict[str, dict[str, Any]]) -> list[str]:
     from . import PATH_KEYS
 
@@ -178,10 +186,17 @@ def _check_paths(cfg: dict[str, dict[str, Any]]) -> list[str]:
                 continue
             path, npz_key = _npz_file(value)
             if key == "source":
-                if not Path(value).is_absolute() and not Path(value).exists():
-                    continue  # a Hugging Face hub id
+                from ..lens.hub import ModelSourceError, resolve_source
+
+                from . import project_root  # where the profile resolved a relative source
+
+                try:  # a model folder, or an id shaped like one that is cached when offline (no network)
+                    resolve_source(value, project_root())
+                except ModelSourceError as e:
+                    problems.append(f"{section}.{key}: {e}{_relative_hint(value)}")
+                continue
             if not path.exists():
-                problems.append(f"{section}.{key}: {value!r} does not exist")
+                problems.append(f"{section}.{key}: {value!r} does not exist{_relative_hint(value)}")
             elif npz_key is not None:
                 try:
                     npz_shape(path, npz_key)
@@ -191,6 +206,25 @@ def _check_paths(cfg: dict[str, dict[str, Any]]) -> list[str]:
     if isinstance(base, str) and _unset_variables(base):
         problems.append(f"storage.base_dir: {base!r} uses environment variable "
                         f"{', '.join('$' + v for v in _unset_variables(base))}, which is not set")
+    return problems
+
+
+def _check_string_lists(dataset: dict[str, Any], analysis: dict[str, Any]) -> list[str]:
+    """The class names and prompt templates files read as their assets read them (UTF-8, JSON, a list
+    of strings; templates each with ``{}``; templates only when no ``classifier_path`` replaces
+    them), so a broken one is named before any work."""
+    from ..lens.text_datasets import load_string_list
+
+    problems = []
+    for section, key, value, what, placeholder in (
+            ("dataset", "classes_path", dataset.get("classes_path"), "class name", None),
+            ("analysis", "templates_path", None if analysis.get("classifier_path") else analysis.get("templates_path"),
+             "prompt template", "{}")):
+        if isinstance(value, str) and value != "imagenet":
+            try:
+                load_string_list(value, what, placeholder)
+            except (OSError, ValueError) as e:
+                problems.append(f"{section}.{key}: {e}")
     return problems
 
 
@@ -232,6 +266,7 @@ def validate_profile(cfg: dict[str, dict[str, Any]], where: str = "profile") -> 
                             f"offset={dataset.get('offset', 0)}, limit={dataset.get('limit')})")
     except (OSError, ValueError, KeyError) as e:
         problems.append(f"dataset.train_path: {dataset['train_path']!r} cannot be counted: {e}")
+    problems += _check_string_lists(dataset, analysis)
     try:
         measured["descriptions"] = m = count_descriptions(analysis)
         if m is not None and analysis["components"] > m:
@@ -240,12 +275,16 @@ def validate_profile(cfg: dict[str, dict[str, Any]], where: str = "profile") -> 
                             f"analysis.{key} ({analysis[key]!r})")
     except (OSError, ValueError, KeyError) as e:
         problems.append(f"analysis.vocabulary_path: {analysis.get('vocabulary_path')!r}: {e}")
+    from ..lens.hub import ModelSourceError
+
     try:
         measured["d_out"] = d = model_d_out(model["source"])
         if analysis["components"] > d:
             problems.append(f"analysis.components: {analysis['components']} exceeds d_out = {d} of model.source "
                             f"({model['source']!r})")
-    except Exception as e:  # noqa: BLE001 -- transformers raises OSError, ValueError, HTTP errors
+    except ModelSourceError as e:  # load_config: not a folder, missing, offline and not cached, hub errors
+        problems.append(f"model.source: {e}")
+    except Exception as e:  # noqa: BLE001 -- a config transformers reads but the lens cannot
         problems.append(f"model.source: {model['source']!r}: cannot read its config ({type(e).__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else ''})")
     if problems:

@@ -9,7 +9,6 @@ ImageNet uses stride 250 for train and 10 for val).
 from __future__ import annotations
 
 import functools
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 
 from ..lens.adapters.text import tokenize
 from ..lens.cifar import CIFAR_KINDS, cifar_classes, cifar_image, load_cifar
-from ..lens.text_datasets import load_text_dataset, subsample
+from ..lens.text_datasets import load_string_list, load_text_dataset, subsample
 
 __all__ = ["Split", "TextSplit", "ImageFolderSplit", "ArraySplit", "CifarSplit", "DatasetResource",
            "image_folder_samples"]
@@ -341,11 +340,8 @@ class DatasetResource(dg.ConfigurableResource):
         return stride
 
     def classes(self) -> list[str]:
-        if self.classes_path:
-            classes = json.loads(Path(self.classes_path).read_text())
-            if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
-                raise ValueError(f"classes_path {self.classes_path} must hold a JSON list of class names")
-            return classes
+        if self.classes_path:  # errors name the file (and the line of a decode error)
+            return load_string_list(self.classes_path, "class name")
         if self.kind == "image_folder":
             if self.class_index == "imagenet":
                 from ..lens.zero_shot import imagenet_classes

@@ -22,7 +22,8 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .store import ArtifactStore, H5Group, H5Payload, LazyH5Array, StagedH5, _write_attrs, open_effects, write_h5
+from .store import (ArtifactStore, CorruptFileError, H5Group, H5Payload, LazyH5Array, StagedH5, _write_attrs,
+                    open_effects, write_h5)
 
 __all__ = ["H5Payload", "StagedH5", "H5Group", "LazyH5Array", "HDF5IOManager", "HTMLIOManager", "ParquetIOManager",
            "open_effects"]
@@ -76,13 +77,13 @@ class _BaseIOManager(dg.ConfigurableIOManager):
         key = context.asset_key
         metadata = context.definition_metadata or {}
         if not context.has_asset_partitions:
-            return self._read(self.store.require(key, None, self.suffix), metadata)
+            return self._read(self.store.require(key, None, self.suffix), metadata, self.store.describe(key))
         allow_missing = bool(metadata.get("allow_missing_partitions", False))
         out = {}
         for p in context.asset_partition_keys:
             path = self.path_for(key, p)
             if path.exists():
-                out[p] = self._read(path, metadata)
+                out[p] = self._read(path, metadata, self.store.describe(key, p))
             elif not allow_missing:
                 self.store.require(key, p, self.suffix)  # raises, naming the asset, partition and file
         return out
@@ -90,8 +91,9 @@ class _BaseIOManager(dg.ConfigurableIOManager):
     def _write(self, context, path: Path, obj) -> None:
         raise NotImplementedError
 
-    def _read(self, path: Path, metadata: dict):
-        """The stored value; ``metadata``: the input's definition metadata."""
+    def _read(self, path: Path, metadata: dict, what: str):
+        """The stored value; ``metadata``: the input's definition metadata; ``what`` names the asset
+        (partition) in errors."""
         raise NotImplementedError
 
 
@@ -113,8 +115,8 @@ class HDF5IOManager(_BaseIOManager):
             raise TypeError(f"HDF5IOManager cannot store {type(obj).__name__}; return H5Payload or StagedH5")
         context.log.debug(f"wrote {path}")
 
-    def _read(self, path: Path, metadata: dict) -> H5Group:
-        return H5Group(path)
+    def _read(self, path: Path, metadata: dict, what: str) -> H5Group:
+        return H5Group(path, what)
 
 
 class ParquetIOManager(_BaseIOManager):
@@ -128,9 +130,16 @@ class ParquetIOManager(_BaseIOManager):
         with self.store.atomic(path) as tmp:
             pq.write_table(obj, tmp)
 
-    def _read(self, path: Path, metadata: dict) -> pa.Table:
-        """The table, or only the input's ``columns`` (metadata) when it names some."""
-        return pq.read_table(path, columns=metadata.get("columns"))
+    def _read(self, path: Path, metadata: dict, what: str) -> pa.Table:
+        """The table, or only the input's ``columns`` (metadata) when it names some; a truncated or
+        corrupt file raises :class:`CorruptFileError` naming it and the asset."""
+        try:
+            return pq.read_table(path, columns=metadata.get("columns"))
+        except (pa.ArrowException, OSError) as e:
+            if isinstance(e, (FileNotFoundError, PermissionError)):
+                raise
+            raise CorruptFileError(f"{path}: cannot read the Parquet file ({type(e).__name__}: {e}): it is truncated "
+                                   f"or corrupt, re-materialize {what}") from e
 
 
 class HTMLIOManager(_BaseIOManager):
@@ -150,5 +159,5 @@ class HTMLIOManager(_BaseIOManager):
             "reports": dg.MetadataValue.md("\n".join(f"- [{p.name}]({p.resolve().as_uri()})" for p in paths)),
         })
 
-    def _read(self, path: Path, metadata: dict) -> str:
+    def _read(self, path: Path, metadata: dict, what: str) -> str:
         return path.read_text(encoding="utf-8")

@@ -6,7 +6,7 @@ import threading
 
 import dagster as dg
 
-from ..lens.hub import resolve_source
+from ..lens.hub import load_config, resolve_source
 from ..lens.loading import LoadedModel, load_model, resolve_device
 
 __all__ = ["ModelResource", "AnalysisResource", "model_layers"]
@@ -17,12 +17,11 @@ _LOCK = threading.Lock()
 
 def model_layers(source: str) -> list[str]:
     """Layer partition keys of a model (every MLP layer that has a later attention block), read
-    from its config alone (no weights)."""
-    from transformers import AutoConfig
-
+    from its config alone (no weights); a bad source raises
+    :class:`~oe_assets.lens.hub.ModelSourceError` naming it (:func:`~oe_assets.lens.hub.load_config`)."""
     from ..lens.adapters import ADAPTERS
 
-    config = AutoConfig.from_pretrained(resolve_source(source))
+    config = load_config(source)
     for adapter in ADAPTERS:
         n = adapter.layers_in_config(config)
         if n is not None:

@@ -5,13 +5,22 @@ Layout: ``<base_dir>/<asset key path>/<partition or "all"><suffix>`` (``.h5``, `
 place only when complete (fsynced first), so a killed run never leaves a file that a later load
 takes as a finished asset.  The IO managers (:mod:`.io_managers`) are thin adapters over this
 resource; assets and checks that need a path, a staging file or a lazy read ask it too.
+
+Integrity: every HDF5 dataset written here carries the ``fletcher32`` checksum, and a reader holds
+one open handle for a whole load (:class:`H5Group`), so a corrupt chunk is an error naming the file
+and the asset (:class:`CorruptFileError`), and a concurrent re-materialization cannot mix two files.
+A full disk is refused before a streamed write starts (:meth:`ArtifactStore.require_free_space`)
+and, when it happens anyway, is a :class:`DiskFullError` naming the file, the free and the needed
+space, with the staged files removed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,15 +30,31 @@ import dagster as dg
 import h5py
 import numpy as np
 
-__all__ = ["ArtifactStore", "H5Payload", "StagedH5", "H5Group", "LazyH5Array", "atomic_path", "write_h5",
+from ..lens.effects_file import CorruptFileError, H5Dataset, H5Handle, checksummed, discard_h5, is_disk_full
+from ..recovery import is_dead, staging_suffix, staging_writer
+
+__all__ = ["ArtifactStore", "H5Payload", "StagedH5", "H5Group", "LazyH5Array", "atomic_path", "staging_path", "write_h5",
+           "CorruptFileError", "DiskFullError",
            "table_attrs", "table_with_attrs"]
+
+
+class DiskFullError(OSError):
+    """Not enough free space for an artifact: refused before writing, or ENOSPC while writing."""
+
+
+def _size(n: float) -> str:
+    """Bytes for people: ``1.23 GB``, ``45.6 MB``."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{int(n)} bytes"
 
 
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it to ``target`` only if the block succeeds."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.partial-{uuid.uuid4().hex[:8]}")
+    tmp = staging_path(target)
     try:
         yield tmp
         _fsync(tmp)
@@ -38,6 +63,18 @@ def atomic_path(target: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def staging_path(target: Path) -> Path:
+    """A fresh staging path beside ``target`` that names its writer (this process:
+    ``<target name>.partial-<random>-<pid>-<start tick>@<host>``).  Staging files of the same target
+    left by a writer that is dead (a killed run) are removed first; a live writer's are kept."""
+    for sibling in target.parent.glob(f"{glob.escape(target.name)}.partial-*"):
+        writer = staging_writer(sibling.name)
+        if writer is not None and is_dead(writer):
+            with contextlib.suppress(FileNotFoundError):
+                sibling.unlink()
+    return target.with_name(target.name + staging_suffix(uuid.uuid4().hex[:8]))
 
 
 def _fsync(path: Path) -> None:
@@ -65,19 +102,14 @@ class StagedH5:
     attrs: dict[str, Any] = field(default_factory=dict)
 
 
-class LazyH5Array:
-    """A dataset in an HDF5 file, opened on each read: ``shape``, ``dtype``, ``__getitem__``,
-    ``__array__``; safe to pass between processes and to :func:`oe_assets.lens.neuron_pca`."""
+class LazyH5Array(H5Dataset):
+    """A dataset in an HDF5 file, read through one open handle (:class:`H5Handle`, shared with its
+    :class:`H5Group`, or its own when given a path): ``shape``, ``dtype``, ``__getitem__``,
+    ``__array__``; picklable (it reopens the same file in the other process, see :class:`H5Handle`),
+    and usable by :func:`oe_assets.lens.neuron_pca`."""
 
-    def __init__(self, path: Path, name: str):
-        self.path, self.name = Path(path), name
-        with h5py.File(self.path, "r") as f:
-            ds = f[name]
-            self.shape, self.dtype, self.chunks = tuple(ds.shape), ds.dtype, ds.chunks
-
-    def __getitem__(self, index):
-        with h5py.File(self.path, "r") as f:
-            return f[self.name][index]
+    def __init__(self, source: Path | H5Handle, name: str, what: str | None = None):
+        super().__init__(source if isinstance(source, H5Handle) else H5Handle(source, what), name)
 
     def __array__(self, dtype=None, copy=None):
         out = self[()]
@@ -91,26 +123,40 @@ class LazyH5Array:
 
 
 class H5Group:
-    """The arrays of one asset file, by name; small arrays via :meth:`read`, large ones lazily."""
+    """The arrays of one asset file, by name; small arrays via :meth:`read`, large ones lazily.  One
+    handle (:class:`H5Handle`) is opened here and held until :meth:`close` (or the end of a ``with``
+    block, or garbage collection): every array read through the group comes from the same file.
+    ``what`` names the asset in errors (e.g. ``"asset second_order_effects partition 3"``)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, what: str | None = None):
         self.path = Path(path)
-        with h5py.File(self.path, "r") as f:
-            self.names = list(f.keys())
-            self.attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
+        self.handle = H5Handle(self.path, what)
+        f = self.handle.file
+        self.names = list(f.keys())
+        self.attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
 
     def __getitem__(self, name: str) -> LazyH5Array:
         if name not in self.names:
             raise KeyError(f"{self.path} has no array {name!r}; it holds {self.names}")
-        return LazyH5Array(self.path, name)
+        return LazyH5Array(self.handle, name)
 
     def read(self, name: str):
         """The whole array (strings decoded to a list of str)."""
-        with h5py.File(self.path, "r") as f:
-            ds = f[name]
-            if h5py.check_string_dtype(ds.dtype) is not None:
-                return [s.decode("utf-8") if isinstance(s, bytes) else s for s in ds[()]]
-            return ds[()]
+        if name not in self.names:
+            raise KeyError(f"{self.path} has no array {name!r}; it holds {self.names}")
+        data = self.handle.read(name)
+        if h5py.check_string_dtype(self.handle.file[name].dtype) is not None:
+            return [s.decode("utf-8") if isinstance(s, bytes) else s for s in data]
+        return data
+
+    def close(self) -> None:
+        self.handle.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def __repr__(self):
         return f"H5Group({str(self.path)!r}, {self.names})"
@@ -147,7 +193,8 @@ def table_attrs(table) -> dict[str, Any]:
 
 def _chunks(shape: tuple[int, ...]) -> tuple[int, ...] | None:
     """Chunks of small arrays: up to 64 samples x 64 neurons of ``[samples, neurons, d]`` (8 MiB of
-    float32 at d = 512), 4096 rows of 2-d arrays; None (contiguous) under 1024 elements."""
+    float32 at d = 512), 4096 rows of 2-d arrays; None (one chunk of the whole array, for the
+    checksum, see :func:`checksummed`) under 1024 elements."""
     if len(shape) == 0 or int(np.prod(shape)) < 1024:
         return None
     if len(shape) == 3:
@@ -155,20 +202,39 @@ def _chunks(shape: tuple[int, ...]) -> tuple[int, ...] | None:
     return tuple(min(s, 4096 if i == 0 else s) for i, s in enumerate(shape))
 
 
+def _string_array(values) -> tuple[np.ndarray, Any]:
+    """A list of str as fixed-length UTF-8 (filters, the checksum among them, need fixed-size items)."""
+    raw = [v.encode("utf-8") for v in values]
+    width = max(1, max(len(b) for b in raw))
+    return np.array(raw, dtype=f"S{width}"), h5py.string_dtype("utf-8", width)
+
+
 def write_h5(path: Path, payload: H5Payload) -> None:
-    """``payload`` as an HDF5 file at ``path``, atomically."""
+    """``payload`` as an HDF5 file at ``path``, atomically; every dataset with the ``fletcher32``
+    checksum.  A failed write (a full disk) closes the file before the staging file goes."""
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
+        f = h5py.File(tmp, "w")
+        try:
             for name, arr in payload.arrays.items():
                 if isinstance(arr, (list, tuple)) and (not arr or isinstance(arr[0], str)):
-                    f.create_dataset(name, data=np.array(arr, dtype=object), dtype=h5py.string_dtype("utf-8"))
+                    if not arr:
+                        f.create_dataset(name, shape=(0,), dtype=h5py.string_dtype("utf-8"))
+                        continue
+                    data, dtype = _string_array(arr)
+                    ds = f.create_dataset(name, shape=data.shape, dtype=dtype, **checksummed(data.shape),
+                                          **({"compression": "gzip", "compression_opts": 1} if data.nbytes >= 4096
+                                             else {}))
+                    ds.id.write(h5py.h5s.ALL, h5py.h5s.ALL, data, mtype=ds.id.get_type())  # the bytes as they are
                     continue
                 arr = np.asarray(arr)
-                f.create_dataset(name, data=arr, chunks=_chunks(arr.shape),
+                f.create_dataset(name, data=arr, **checksummed(arr.shape, _chunks(arr.shape)),
                                  **({"compression": "gzip", "compression_opts": 1} if arr.size >= 1024 else {}))
             _write_attrs(f, payload.attrs)
-
-
+            f.flush()  # a full disk fails here, while the file can still be closed cleanly
+            f.close()
+        except BaseException:
+            discard_h5(f, tmp)
+            raise
 
 
 class ArtifactStore(dg.ConfigurableResource):
@@ -207,10 +273,11 @@ class ArtifactStore(dg.ConfigurableResource):
 
     # ---- writing -------------------------------------------------------------------------
     def stage(self, asset_key: dg.AssetKey | str, partition: str | None = None, suffix: str = ".h5") -> Path:
-        """A fresh staging path beside the asset's final file, for streaming writes."""
+        """A fresh staging path beside the asset's final file, for streaming writes
+        (:func:`staging_path`: dead writers' staging files of that file are removed)."""
         final = self.path_for(asset_key, partition, suffix)
         final.parent.mkdir(parents=True, exist_ok=True)
-        return final.with_name(f"{final.name}.partial-{uuid.uuid4().hex[:8]}")
+        return staging_path(final)
 
     def commit(self, staged: Path, target: Path) -> None:
         """Move a complete staging file into place: fsync it, rename, fsync the folder."""
@@ -221,6 +288,43 @@ class ArtifactStore(dg.ConfigurableResource):
     def atomic(self, target: Path):
         """A context manager yielding a staging path that becomes ``target`` if the block succeeds."""
         return atomic_path(target)
+
+    def describe(self, asset_key: dg.AssetKey | str, partitions: list[str] | str | None = None) -> str:
+        """``asset <key>`` with its partition(s), for errors."""
+        key = asset_key if isinstance(asset_key, str) else asset_key.to_user_string()
+        if partitions is None:
+            return f"asset {key}"
+        parts = [partitions] if isinstance(partitions, str) else list(partitions)
+        return f"asset {key} partition{'s' if len(parts) > 1 else ''} {', '.join(parts)}"
+
+    def require_free_space(self, asset_key: dg.AssetKey | str, partitions: list[str] | None, needed: int) -> None:
+        """Refuse (:class:`DiskFullError`, with both numbers and the folder) a write of ``needed`` bytes
+        into the asset's folder when its disk has less free space; called before a long streamed write."""
+        folder = self.path_for(asset_key, (partitions or [None])[0]).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(folder).free
+        if needed > free:
+            what = self.describe(asset_key, partitions)
+            raise DiskFullError(
+                f"{what} needs about {_size(needed)} ({needed} bytes) in {folder}, but its disk has only "
+                f"{_size(free)} ({free} bytes) free; nothing was computed. Free some space (or set the "
+                "store's base_dir to a larger disk), then materialize again")
+
+    def write_error(self, asset_key: dg.AssetKey | str, partitions: list[str] | None, path: Path,
+                    exc: BaseException, needed: int | None = None) -> OSError:
+        """The error to raise for a streamed write of ``path`` that failed with ``exc`` (after the
+        caller closed its handles and discarded the staged files): :class:`DiskFullError` naming the
+        file, the free and the ``needed`` space when the disk is full; an ``OSError`` naming the file
+        otherwise."""
+        what = self.describe(asset_key, partitions)
+        if is_disk_full(exc):
+            free = shutil.disk_usage(Path(path).parent).free if Path(path).parent.exists() else 0
+            need = f", the step's files need about {_size(needed)}" if needed else ""
+            return DiskFullError(
+                f"{path}: the disk is full while writing {what} ({_size(free)} free after removing the staged "
+                f"files{need}); the staged files were removed. Free some space (or set the store's base_dir to a "
+                f"larger disk), then materialize again. ({exc})")
+        return OSError(f"{path}: writing {what} failed ({exc}); the staged files were removed")
 
     @staticmethod
     def discard(path: Path) -> None:
@@ -240,7 +344,7 @@ class ArtifactStore(dg.ConfigurableResource):
 
     # ---- reading -------------------------------------------------------------------------
     def open_h5(self, asset_key: dg.AssetKey | str, partition: str | None = None) -> H5Group:
-        return H5Group(self.require(asset_key, partition, ".h5"))
+        return H5Group(self.require(asset_key, partition, ".h5"), self.describe(asset_key, partition))
 
     def open_effects(self, asset_key: dg.AssetKey | str, partition: str, dtype=None, device=None):
         """The factorized effects of an effects asset partition
@@ -249,9 +353,10 @@ class ArtifactStore(dg.ConfigurableResource):
 
 
 def open_effects(group: H5Group, dtype=None, device=None):
-    """The factorized effects of a loaded effects file (an :class:`H5Group`)."""
+    """The factorized effects of a loaded effects file (an :class:`H5Group`), read through the
+    group's one open handle."""
     import torch
 
     from ..lens.effects_file import open_factorized
 
-    return open_factorized(group.path, dtype=dtype or torch.float64, device=device)
+    return open_factorized(group.handle, dtype=dtype or torch.float64, device=device)

@@ -1,0 +1,327 @@
+"""Recovery from killed runs: stale runs failed and their pool slots freed, an interruptible wait for a
+pool slot, dead writers' staging files removed, and a SIGKILLed materialization that the next one
+finishes by itself.  Also: ``.ci/run`` keeps a working copy's ``.venv``."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+from dagster._core.events import DagsterEventType, EngineEventData
+from dagster._core.test_utils import create_run_for_test
+
+from oe_assets import recovery
+from oe_assets.recovery import Process, process_start, process_tags
+from oe_assets.resources.store import ArtifactStore, atomic_path
+from test_assets import tiny_bert_profile
+
+warnings.filterwarnings("ignore")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_YAML = ROOT / "data" / "dagster_home" / "dagster.yaml"
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+@pytest.fixture
+def instance(tmp_path, monkeypatch):
+    """An instance with the shipped dagster.yaml (its gpu pool limit of 1 and run monitoring)."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(SHIPPED_YAML, home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.get() as inst:
+        yield inst
+
+
+def started_run(instance, tags=None, slot_pool=None):
+    run = create_run_for_test(instance, job_name="materialize_layers", status=dg.DagsterRunStatus.STARTED,
+                              tags=tags or {})
+    if slot_pool:
+        instance.event_log_storage.initialize_concurrency_limit_to_default(slot_pool)
+        assert instance.event_log_storage.claim_concurrency_slot(slot_pool, run.run_id, "second_order_effects").is_claimed
+    return run
+
+
+def holders(instance, pool="gpu"):
+    return {s.run_id for s in instance.event_log_storage.get_concurrency_info(pool).claimed_slots}
+
+
+# ---- the shipped instance ------------------------------------------------------------------------
+def test_shipped_instance_enables_run_monitoring(instance):
+    assert instance.run_monitoring_enabled
+    assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] > 0
+    assert instance.event_log_storage.get_pool_config().default_pool_limit == 1
+
+
+# ---- stale runs ----------------------------------------------------------------------------------
+def test_process_identity():
+    me = recovery.this_process()
+    assert me.pid == os.getpid() and me.start == process_start(os.getpid()) and me.start.isdigit()
+    assert recovery.is_dead(me) is None
+    assert "is gone" in recovery.is_dead(Process(me.host, dead_pid(), ""))
+    # the pid is alive but belongs to a process started at another time: a recycled pid
+    assert "now another process" in recovery.is_dead(Process(me.host, me.pid, str(int(me.start) + 1)))
+    # another host: not known, so never judged dead
+    assert recovery.is_dead(Process(me.host + "-elsewhere", dead_pid(), "")) is None
+
+
+def test_stale_runs_are_failed_and_their_slots_freed(instance):
+    host = socket.gethostname()
+    dead = started_run(instance, process_tags(Process(host, dead_pid(), "123")), slot_pool="gpu")
+    recycled = started_run(instance, process_tags(Process(host, os.getpid(), "1")))
+    live = started_run(instance, process_tags())
+    remote = started_run(instance, process_tags(Process(host + "-elsewhere", dead_pid(), "")))
+    # launched without our tags: judged by the pid of Dagster's own engine event
+    untagged_dead, untagged_live, untagged_unknown = (started_run(instance) for _ in range(3))
+    for run, pid in ((untagged_dead, dead_pid()), (untagged_live, os.getpid())):
+        instance.report_engine_event(f"Started process for run (pid: {pid}).", run, EngineEventData.in_process(pid))
+    assert holders(instance) == {dead.run_id}
+
+    lines = []
+    stale = recovery.fail_stale_runs(instance, out=lambda *a, **k: lines.append(a[0]))
+
+    assert {s.run_id for s in stale} == {dead.run_id, recycled.run_id, untagged_dead.run_id}
+    status = {r.run_id: instance.get_run_by_id(r.run_id).status for r in
+              (dead, recycled, live, remote, untagged_dead, untagged_live, untagged_unknown)}
+    assert status[dead.run_id] == status[recycled.run_id] == status[untagged_dead.run_id] == dg.DagsterRunStatus.FAILURE
+    assert {status[r.run_id] for r in (live, remote, untagged_live, untagged_unknown)} == {dg.DagsterRunStatus.STARTED}
+    assert holders(instance) == set()
+    assert any(dead.run_id in line and "marked failed" in line and "is gone" in line for line in lines)
+    assert any(recycled.run_id in line and "now another process" in line for line in lines)
+    failure = instance.get_records_for_run(dead.run_id, of_type=DagsterEventType.RUN_FAILURE).records
+    assert failure and "is gone" in failure[0].event_log_entry.dagster_event.message
+
+
+def test_wait_for_a_pool_slot_frees_dead_holders_and_says_what_a_live_one_holds(instance):
+    dead = started_run(instance, process_tags(Process(socket.gethostname(), dead_pid(), "")), slot_pool="gpu")
+    lines = []
+    recovery.wait_for_pools(instance, ["gpu"], out=lambda *a, **k: lines.append(a[0]))  # returns: slot freed
+    assert holders(instance) == set() and any(dead.run_id in line for line in lines)
+
+    live = started_run(instance, process_tags(), slot_pool="gpu")
+    lines.clear()
+    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT))  # Ctrl-C while it waits
+    timer.start()
+    t0 = time.monotonic()
+    with pytest.raises(recovery.PoolWaitInterrupted) as e:
+        recovery.wait_for_pools(instance, ["gpu"], poll_seconds=0.2, out=lambda *a, **k: lines.append(a[0]))
+    assert time.monotonic() - t0 < 10
+    assert e.value.exit_code == 130 and "SIGINT" in str(e.value) and live.run_id in str(e.value)
+    assert lines == [next(line for line in lines if "waiting for a slot of pool gpu (limit 1)" in line)]
+    assert live.run_id in lines[0] and f"pid {os.getpid()}" in lines[0]
+    assert holders(instance) == {live.run_id}  # a live run's slot is never taken
+
+
+# ---- staging files -------------------------------------------------------------------------------
+def test_dead_writers_staging_files_are_removed_live_ones_kept(tmp_path):
+    store = ArtifactStore(base_dir=str(tmp_path))
+    target = store.path_for("second_order_effects", "0")
+    target.parent.mkdir(parents=True)
+    host = socket.gethostname()
+    me = recovery.this_process()
+    dead = target.with_name(f"{target.name}.partial-0123abcd-{dead_pid()}-42@{host}")
+    recycled = target.with_name(f"{target.name}.partial-0123abce-{me.pid}-{int(me.start) + 1}@{host}")
+    live = target.with_name(target.name + recovery.staging_suffix("0123abcf"))
+    remote = target.with_name(f"{target.name}.partial-0123abd0-{dead_pid()}-42@{host}-elsewhere")
+    other_target = target.with_name(f"1.h5.partial-0123abd1-{dead_pid()}-42@{host}")
+    for p in (dead, recycled, live, remote, other_target):
+        p.write_bytes(b"x" * 100)
+
+    staged = store.stage("second_order_effects", "0")
+
+    assert recovery.staging_writer(staged.name) == me and staged.parent == target.parent
+    assert not dead.exists() and not recycled.exists()
+    assert live.exists() and remote.exists() and other_target.exists()  # a live writer's, another host's, another file's
+    assert store.partitions("second_order_effects") == []  # staging files are never partitions
+
+    # atomic_path (the small files' writer) cleans up the same way
+    dead.write_bytes(b"x")
+    with atomic_path(target) as tmp:
+        assert recovery.staging_writer(tmp.name) == me
+        tmp.write_bytes(b"done")
+    assert not dead.exists() and live.exists() and target.read_bytes() == b"done"
+    assert store.partitions("second_order_effects") == ["0"]
+
+
+# ---- the CLI -------------------------------------------------------------------------------------
+def slow_profile(root: Path) -> Path:
+    """The tiny BERT profile with 3,000 training texts, so that streaming ``second_order_effects``
+    takes long enough to be killed in the middle."""
+    prof = tiny_bert_profile(root)
+    rows = (root / "train.jsonl").read_text().splitlines()
+    (root / "train.jsonl").write_text("\n".join(rows * 500) + "\n")
+    path = root / "slow.yaml"
+    path.write_text(yaml.safe_dump(prof))
+    return path
+
+
+def cli(root: Path, profile: Path, *args) -> subprocess.Popen:
+    home = root / "dagster_home"
+    if not home.exists():
+        home.mkdir()
+        shutil.copy(SHIPPED_YAML, home / "dagster.yaml")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "oe_assets", "materialize", "--profile", str(profile), *args],
+                            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def run_instance(root: Path):
+    os.environ["DAGSTER_HOME"] = str(root / "dagster_home")
+    return dg.DagsterInstance.get()
+
+
+def test_sigkill_during_effects_then_the_next_materialize_recovers(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    profile = slow_profile(tmp_path)
+    effects = tmp_path / "store" / "second_order_effects"
+    proc = cli(tmp_path, profile)
+    deadline = time.monotonic() + 400
+    try:
+        while not list(effects.glob("*.partial-*")):
+            assert proc.poll() is None, f"the run ended before writing effects:\n{proc.stdout.read()}"
+            assert time.monotonic() < deadline, "no staging file of second_order_effects appeared"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    partials = list(effects.glob("*.partial-*"))
+    assert partials, "the kill came after the effects were committed"
+
+    # today's state after the kill: the run is STARTED and holds the only gpu slot
+    with run_instance(tmp_path) as instance:
+        killed = [r.run_id for r in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))]
+        assert len(killed) == 1 and holders(instance) == set(killed)
+
+    again = cli(tmp_path, profile)
+    try:
+        out, _ = again.communicate(timeout=500)  # a hang (the blocked gpu slot) fails here
+    finally:
+        again.kill()
+    assert again.returncode == 0, out
+    assert f"run {killed[0]} (materialize_layers) marked failed and its pool slots freed" in out
+    assert "is gone" in out
+    assert not list((tmp_path / "store").rglob("*.partial-*"))
+    assert (effects / "0.h5").exists()
+    with run_instance(tmp_path) as instance:
+        assert instance.get_run_by_id(killed[0]).status == dg.DagsterRunStatus.FAILURE
+        assert holders(instance) == set()
+
+
+def test_cli_waiting_for_a_live_runs_slot_says_so_and_stops_on_sigterm(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    prof = tiny_bert_profile(tmp_path)
+    profile = tmp_path / "tiny.yaml"
+    profile.write_text(yaml.safe_dump(prof))
+    (tmp_path / "dagster_home").mkdir()
+    shutil.copy(SHIPPED_YAML, tmp_path / "dagster_home" / "dagster.yaml")
+    with run_instance(tmp_path) as instance:  # a live run (this test's process) holds the gpu slot
+        live = started_run(instance, process_tags(), slot_pool="gpu")
+    proc = cli(tmp_path, profile)
+    lines = []
+    try:
+        deadline = time.monotonic() + 300
+        for line in proc.stdout:
+            lines.append(line)
+            if "waiting for a slot of pool gpu" in line:
+                break
+            assert time.monotonic() < deadline
+        assert lines and "waiting for a slot of pool gpu" in lines[-1], "".join(lines)
+        assert live.run_id in lines[-1]
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=30)  # today: spins on "Step blocked by limit", ignoring SIGTERM
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, rest
+    assert f"interrupted (SIGTERM) while waiting for pool gpu held by {live.run_id}" in rest
+    with run_instance(tmp_path) as instance:
+        assert holders(instance) == {live.run_id}
+
+
+# ---- CI ------------------------------------------------------------------------------------------
+def test_ci_run_keeps_the_users_venv(tmp_path):
+    """``.ci/run`` in a working copy with a ``.venv``: its own venv folder, the user's left as it was.
+    A stand-in python makes the venv and stops the script at its first pip call."""
+    (tmp_path / ".ci").mkdir()
+    shutil.copy(ROOT / ".ci" / "run", tmp_path / ".ci" / "run")
+    (tmp_path / ".venv").mkdir()
+    (tmp_path / ".venv" / "mine").write_text("the user's venv")
+    fake = tmp_path / "fakepython"
+    fake.write_text('#!/bin/sh\n[ "$1 $2" = "-m venv" ] || exit 3\nmkdir -p "$3/bin"\n'
+                    'printf \'python() { exit 7; }\\n\' > "$3/bin/activate"\n')
+    fake.chmod(0o755)
+    r = subprocess.run(["bash", str(tmp_path / ".ci" / "run")], env={**os.environ, "PYTHON": str(fake)},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 7, r.stderr  # stopped at the first pip call, inside its own venv
+    assert (tmp_path / ".venv" / "mine").read_text() == "the user's venv"
+    ci_venv = [p.name for p in tmp_path.iterdir() if p.name.startswith(".venv") and p.name != ".venv"]
+    assert ci_venv, "no venv folder of its own"
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    assert all(f"{name}/" in ignored for name in ci_venv)
+
+
+
+WATCHED_RUN = """
+import os, sys, uuid, warnings
+warnings.filterwarnings("ignore")
+import dagster as dg
+from oe_assets.recovery import watch_pool_wait
+
+@dg.op(pool="gpu")
+def step():
+    pass
+
+@dg.job
+def job():
+    step()
+
+with dg.DagsterInstance.get() as instance:
+    run_id = sys.argv[1]
+    with watch_pool_wait(instance, run_id, ["gpu"], poll_seconds=0.2):
+        job.execute_in_process(instance=instance, run_id=run_id)
+"""
+
+
+def test_a_run_blocked_on_a_pool_inside_dagster_says_so_and_stops_on_ctrl_c(instance, tmp_path):
+    """The slot taken between the check and the run: Dagster's executor waits, recording Ctrl-C
+    without acting on it; the watch says what the run waits for and ends it."""
+    live = started_run(instance, process_tags(), slot_pool="gpu")
+    run_id = "0f0e0d0c-0000-4000-8000-000000000001"
+    script = tmp_path / "watched.py"
+    script.write_text(WATCHED_RUN)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, str(script), run_id], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "waits for a slot of pool gpu" in line:
+                break
+        assert lines and live.run_id in lines[-1] and run_id in lines[-1], "".join(lines)
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)  # today: "Step blocked by limit" until killed
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, rest
+    assert f"interrupted while run {run_id} waited for a slot of pool gpu held by run {live.run_id}" in rest
+    assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
+    assert holders(instance) == {live.run_id}
+    assert all(p.run_id != run_id for p in instance.event_log_storage.get_concurrency_info("gpu").pending_steps)
