@@ -4,9 +4,8 @@ the field.  And the CLI observes the source assets, so the daemon's first observ
 files requests nothing.
 
 The graph is the tiny BERT one of ``test_assets`` (6 train / 6 val sentences), materialized once for
-layer 0 with paths relative to its folder; each test works on a copy of that folder."""
+layer 0; each test works on that folder restored from a snapshot."""
 
-import os
 import re
 import shutil
 import warnings
@@ -32,42 +31,39 @@ LAYER0 = ["second_order_effects", "val_second_order_effects", "neuron_pcas", "sp
           "neuron_report"]
 
 
-def relative_profile(**analysis) -> dict:
-    """The tiny BERT profile with paths relative to the working directory (so a copied folder is
-    the same graph: the same recorded model id)."""
+def profile(root: Path, **analysis) -> dict:
+    """The tiny BERT profile over the files in ``root`` (:func:`tiny_bert_folder`), with ``analysis``
+    settings changed."""
     return {
-        "model": {"source": "./model", "dtype": "float64", "device": "cpu", "batch_size": 4},
-        "dataset": {"kind": "text", "train_path": "train.jsonl", "val_path": "val.jsonl",
-                    "classes_path": "classes.json"},
-        "analysis": {"top_k": 3, "components": 2, "templates_path": "templates.json",
-                     "vocabulary_path": "vocab.txt", **analysis},
-        "storage": {"base_dir": "store"},
+        "model": {"source": str(root / "model"), "dtype": "float64", "device": "cpu", "batch_size": 4},
+        "dataset": {"kind": "text", "train_path": str(root / "train.jsonl"), "val_path": str(root / "val.jsonl"),
+                    "classes_path": str(root / "classes.json")},
+        "analysis": {"top_k": 3, "components": 2, "templates_path": str(root / "templates.json"),
+                     "vocabulary_path": str(root / "vocab.txt"), **analysis},
+        "storage": {"base_dir": str(root / "store")},
     }
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """A folder with the tiny BERT files and every layer-0 asset materialized (consistent)."""
-    root = tiny_bert_folder(tmp_path_factory.mktemp("provenance"))
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        defs = build_definitions(relative_profile())
-        instance = dg.DagsterInstance.ephemeral()
-        run_job(defs, inputs_job, instance)
-        materialize(defs, LAYER0, instance, partition_key="0")
-    finally:
-        os.chdir(cwd)
-    return root
+    """The tiny BERT files with every layer-0 asset materialized (consistent), and a snapshot of them."""
+    base = tmp_path_factory.mktemp("provenance")
+    root = tiny_bert_folder(base / "graph")
+    defs = build_definitions(profile(root))
+    instance = dg.DagsterInstance.ephemeral()
+    run_job(defs, inputs_job, instance)
+    materialize(defs, LAYER0, instance, partition_key="0")
+    shutil.copytree(root, base / "snapshot")
+    return root, base / "snapshot"
 
 
 @pytest.fixture
-def work(built, tmp_path, monkeypatch):
-    """A copy of the built folder as the working directory."""
-    folder = tmp_path / "work"
-    shutil.copytree(built, folder)
-    monkeypatch.chdir(folder)
-    return folder
+def work(built):
+    """The built folder, restored from its snapshot (same paths: the same recorded model id)."""
+    root, snapshot = built
+    shutil.rmtree(root)
+    shutil.copytree(snapshot, root)
+    return root
 
 
 def refused(defs, selection, partition_key=None) -> str:
@@ -93,7 +89,7 @@ def reorder(path: Path, order) -> None:
 
 # ---------------------------------------------------------------- the silent cases of the issue
 def test_shuffled_val_then_only_val_representations_and_ablation_report_is_refused(work):
-    defs = build_definitions(relative_profile())
+    defs = build_definitions(profile(work))
     reorder(work / "val.jsonl", [5, 4, 3, 2, 1, 0])  # same samples, another order
     materialize(defs, ["val_representations"], dg.DagsterInstance.ephemeral())
     msg = refused(defs, ["ablation_report"], "0")
@@ -107,7 +103,7 @@ def test_shuffled_val_then_only_val_representations_and_ablation_report_is_refus
 
 
 def test_coefficient_change_then_only_val_representations_and_ablation_report_is_refused(work):
-    defs = build_definitions(relative_profile(coefficient=50.0))
+    defs = build_definitions(profile(work, coefficient=50.0))
     materialize(defs, ["val_representations"], dg.DagsterInstance.ephemeral())
     msg = refused(defs, ["ablation_report"], "0")
     line = next(line for line in msg.splitlines() if line.startswith("- coefficient: "))
@@ -119,7 +115,7 @@ def test_coefficient_change_then_only_val_representations_and_ablation_report_is
 
 
 def test_shuffled_train_then_only_neuron_report_is_refused(work):
-    defs = build_definitions(relative_profile())
+    defs = build_definitions(profile(work))
     reorder(work / "train.jsonl", [3, 4, 5, 0, 1, 2])
     msg = refused(defs, ["neuron_report"], "0")
     assert msg.startswith("neuron_report layer 0:")
@@ -129,7 +125,7 @@ def test_shuffled_train_then_only_neuron_report_is_refused(work):
 
 
 def test_halved_train_is_a_provenance_error_not_an_index_error(work):
-    defs = build_definitions(relative_profile())
+    defs = build_definitions(profile(work))
     reorder(work / "train.jsonl", [0, 1, 2])
     msg = refused(defs, ["neuron_report"], "0")
     assert "- train.samples: " in msg and "has 6" in msg and "has 3" in msg
@@ -138,7 +134,7 @@ def test_halved_train_is_a_provenance_error_not_an_index_error(work):
 
 def test_a_consistent_rerun_is_accepted(work):
     """Re-materializing an input from the same data and settings gives the same data version."""
-    defs = build_definitions(relative_profile())
+    defs = build_definitions(profile(work))
     before = H5Group(work / "store" / "val_representations" / "all.h5").attrs[PROVENANCE_ATTR]
     materialize(defs, ["val_representations"], dg.DagsterInstance.ephemeral())
     after = H5Group(work / "store" / "val_representations" / "all.h5").attrs[PROVENANCE_ATTR]
@@ -151,7 +147,7 @@ def test_a_consistent_rerun_is_accepted(work):
 def test_files_without_provenance_are_checked_on_their_plain_attributes(work):
     """Files written before provenance was recorded are accepted; their plain attributes (coefficient,
     model, convention, ...) are still compared."""
-    defs = build_definitions(relative_profile())
+    defs = build_definitions(profile(work))
     path = work / "store" / "val_representations" / "all.h5"
     with h5py.File(path, "a") as f:
         del f.attrs[PROVENANCE_ATTR]
@@ -163,8 +159,8 @@ def test_files_without_provenance_are_checked_on_their_plain_attributes(work):
 
 
 # ---------------------------------------------------------------- what is recorded
-def test_every_file_records_its_lineage(built):
-    store = built / "store"
+def test_every_file_records_its_lineage(work):
+    store = work / "store"
     pcas = H5Group(store / "neuron_pcas" / "0.h5").attrs[PROVENANCE_ATTR]
     assert pcas["entry"] == "neuron_pcas[0]"
     effects = pcas["records"]["second_order_effects[0]"]
@@ -181,7 +177,7 @@ def test_every_file_records_its_lineage(built):
     report = table_attrs(pq.read_table(store / "ablation_report" / "0.parquet", columns=["scenario"]))
     assert {"val_representations", "val_second_order_effects[0]", "classifier", "sparse_codes[0]",
             "ablation_report[0]"} <= set(report[PROVENANCE_ATTR]["records"])
-    assert weights_hash(str(built / "model")) == effects["weights"]
+    assert weights_hash(str(work / "model")) == effects["weights"]
 
 
 def test_materialization_metadata_carries_the_provenance(tmp_path):
