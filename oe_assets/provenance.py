@@ -176,8 +176,9 @@ def check(consumer: str, inputs: dict[str, dict[str, Any]], own: dict[str, Any],
     attributes (``H5Group.attrs`` or a table's); ``own``: the consumer's record fields (what it reads
     now: settings, dataset splits).  Every record of every input's lineage and ``own`` must agree on
     each :data:`SHARED_FIELDS` field, and one entry seen through two inputs must have one data
-    version; otherwise a :class:`ProvenanceError` names both assets, the fields, both values and the
-    older of the two as the one to re-materialize.  Returns ``{"entry": consumer, "records": ...}``
+    version; otherwise a :class:`ProvenanceError` names the assets on each side, the fields and the
+    values, and asks to re-materialize every asset holding another value than the current one (that
+    of the consumer's own reading now, else of the newest record).  Returns ``{"entry": consumer, "records": ...}``
     with the consumer's record (``code_version``, ``made_at``, ``data_version``) added."""
     seen: list[tuple[str, str | None, dict]] = []  # (entry, the direct input it came through, record)
     merged: dict[str, dict] = {}
