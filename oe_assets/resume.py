@@ -6,7 +6,8 @@ the :class:`~oe_assets.resources.store.ArtifactStore`, the materialization's cod
 ``dagster/code_version`` Dagster records) equals the asset's current code version, the profile
 settings that the asset reads are those the run recorded (run tag :data:`SETTINGS_TAG`; runs launched
 elsewhere carry none and are not second-guessed), ``text_embeddings`` was computed from the current
-vocabulary (its data version, the content hash), and none of its upstream (asset, partition)s was
+vocabulary (its data version, the content hash), the observed source assets it reads (the dataset
+files) have the data version its run recorded, and none of its upstream (asset, partition)s was
 materialized after it or runs now.  Everything else runs; reasons propagate downstream in
 topological order, so a rerun after a failure starts where the failure was.
 """
@@ -18,7 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
-from dagster._core.definitions.data_version import CODE_VERSION_TAG
+from dagster._core.definitions.data_version import (
+    CODE_VERSION_TAG, DATA_VERSION_TAG, DEFAULT_DATA_VERSION, get_input_data_version_tag,
+)
 
 __all__ = ["SETTINGS_TAG", "Plan", "plan_materialization", "settings_tags", "format_partitions", "observe_sources"]
 
@@ -166,6 +169,7 @@ def plan_materialization(defs: dg.Definitions, instance: dg.DagsterInstance, ass
         return run_settings[record.run_id]
 
     vocabulary_version = _vocabulary_version(defs, instance)
+    observed = _observed_versions(graph, instance)
     plan = Plan(order, {})
     for key in order:
         node = graph.get(key)
@@ -175,7 +179,7 @@ def plan_materialization(defs: dg.Definitions, instance: dg.DagsterInstance, ass
         suffix = defs.resources[defs.resolve_assets_def(key).get_io_manager_key_for_asset_key(key)].suffix
         for p in ([q for q in parts if q in layers] if node.partitions_def else parts):
             reason = _reason(key, p, node, graph, plan, latest, store, suffix, force, current_settings,
-                             recorded_settings, vocabulary_version)
+                             recorded_settings, vocabulary_version, observed)
             if reason:
                 plan.run.setdefault(key, {})[p] = reason
             else:
@@ -198,8 +202,20 @@ def _vocabulary_version(defs: dg.Definitions, instance: dg.DagsterInstance) -> s
     return None
 
 
+def _observed_versions(graph, instance: dg.DagsterInstance) -> dict[dg.AssetKey, str]:
+    """The latest observed data version of every observable source asset (the vocabulary, the
+    dataset files) that has one on the instance."""
+    out = {}
+    for key in graph.observable_asset_keys:
+        obs = instance.fetch_observations(key, limit=1).records
+        version = obs[0].asset_observation.tags.get(DATA_VERSION_TAG) if obs else None
+        if version:
+            out[key] = version
+    return out
+
+
 def _reason(key, partition, node, graph, plan, latest, store, suffix, force, current_settings, recorded_settings,
-            vocabulary_version) -> str | None:
+            vocabulary_version, observed) -> str | None:
     if force:
         return "--force"
     record = latest(key, partition)
@@ -226,7 +242,11 @@ def _reason(key, partition, node, graph, plan, latest, store, suffix, force, cur
             return f"vocabulary changed ({str(recorded_vocabulary)[:12]} -> {vocabulary_version[:12]})"
     for parent in sorted(node.parent_keys, key=lambda k: k.to_user_string()):
         pnode = graph.get(parent)
-        if not pnode.is_materializable:
+        if not pnode.is_materializable:  # an observed source (a dataset file): its data version then and now
+            then = (mat.tags or {}).get(get_input_data_version_tag(parent))
+            now = observed.get(parent)
+            if then not in (None, DEFAULT_DATA_VERSION.value) and now is not None and then != now:
+                return f"{parent.to_user_string()} changed ({then[:12]} -> {now[:12]})"
             continue
         if pnode.partitions_def is None:
             pparts = [None]

@@ -268,4 +268,11 @@ def test_first_observation_after_a_cli_materialization_requests_nothing(tmp_path
         defs.resolve_job_def("observe_vocabulary").execute_in_process(instance=instance)
         tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
         assert {r.key.to_user_string() for r in tick.results if r.true_subset.size} == {"text_embeddings"}
+    # the CLI's next run reruns what was made from the changed train file (and the vocabulary), nothing else
+    assert cli.main(["materialize", "--profile", str(path), "--layers", "0", "0"]) == 0
+    lines = {line.split(":")[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "to run (train_data changed (" in lines["train_representations"]
+    assert "to run (train_data changed (" in lines["second_order_effects"]
+    assert "to run (vocabulary changed" in lines["text_embeddings"]
+    assert "skipped" in lines["val_representations"] and "to run" not in lines["val_second_order_effects"]
 
