@@ -9,6 +9,7 @@ import dagster as dg
 
 from ..lens import project_texts, representations
 from ..lens.batching import Progress
+from ..lens.text_datasets import load_string_list
 from ..lens.vocabulary import load_vocabulary, tokenizer_vocabulary, vocabulary_hash
 from ..lens.zero_shot import imagenet_templates
 from ..provenance import model_record, split_fingerprint, split_record
@@ -128,10 +129,8 @@ def classifier(context: dg.AssetExecutionContext, model: ModelResource, analysis
         if analysis.classifier_path:
             W = load_npz_array(analysis.classifier_path)
         else:
-            import json
-
             templates = imagenet_templates() if analysis.templates_path in (None, "imagenet") else \
-                json.loads(open(analysis.templates_path).read())
+                load_string_list(analysis.templates_path, "prompt template", "{}")
             loaded = model.load()
             W = loaded.adapter.zero_shot_classifier(loaded.tokenizer, classes, templates).cpu().numpy()
         if W.shape[1] != len(classes):
