@@ -239,6 +239,8 @@ def _check_asset_graph(page, url: str, assets: list[str]) -> None:
         missing_sidebar = [k for k in assets if not page.locator(f"[title='{k}']").count()]
         if not missing_graph and not missing_sidebar or time.monotonic() > deadline:
             break
+        if missing_graph:  # the graph renders only the nodes in view: zoom out further
+            page.locator("button:has([aria-label='zoom_out'])").first.click()
         page.wait_for_timeout(500)
     _shot(page, "01_asset_graph")
     assert not missing_graph, f"graph nodes {labels} lack {missing_graph}"
