@@ -58,11 +58,12 @@ def main() -> None:
 
     def check():
         batch = next(iter(split.batches(loaded, 2, model.max_length)))
+        captures = loaded.adapter.capture_layers(batch, layers)
         for layer in layers:
             lens = SecondOrderLens(loaded.adapter, layer, analysis.coefficient, analysis.convention,
                                    dense_cache_bytes=0)
             ok, _ = check_fast_equals_slow(lens, batch, open_factorized(work / f"{layer}.h5"), 1e-3, 1e-3,
-                                           check_neurons(lens.n_neurons))
+                                           check_neurons(lens.n_neurons), captures[layer])
             assert ok, f"layer {layer}: fast != slow"
 
     def best(fn):

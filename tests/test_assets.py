@@ -387,18 +387,20 @@ def test_fast_equals_slow_check_catches_a_broken_fast_path(reference_model, refe
     batch = torch.from_numpy(d["train_images"][:2])
     stored = lens(batch).numpy()
     neurons = check_neurons(lens.n_neurons)
-    assert check_fast_equals_slow(lens, batch, stored, 1e-8, neurons=neurons)[0]
-    fast = lens.factorized
+    capture = lens.adapter.capture_layers(batch, [1])[1]  # one forward pass, shared as the asset does
+    assert check_fast_equals_slow(lens, batch, stored, 1e-8, neurons=neurons, capture=capture)[0]
+    fast = lens.factorized_from_capture
 
-    def without_last_head(inputs):  # a fast path that forgets the last later head's path
-        fe = fast(inputs)
+    def without_last_head(cap, dtype=None):  # a fast path that forgets the last later head's path
+        fe = fast(cap, dtype)
         fe.alpha = fe.alpha.clone()
         fe.alpha[:, -1, :] = 0
         return fe
 
-    monkeypatch.setattr(lens, "factorized", without_last_head)
-    ok, errors = check_fast_equals_slow(lens, batch, stored, 1e-8, neurons=neurons)
+    monkeypatch.setattr(lens, "factorized_from_capture", without_last_head)
+    ok, errors = check_fast_equals_slow(lens, batch, stored, 1e-8, neurons=neurons, capture=capture)
     assert not ok and errors["fast_vs_slow"] > 1e-3 and errors["file_vs_slow"] <= 1e-8
+    assert not check_fast_equals_slow(lens, batch, stored, 1e-8, neurons=neurons)[0]  # its own capture too
 
 
 # ---------------------------------------------------------------- atomic writes

@@ -79,18 +79,20 @@ def check_neurons(n_neurons: int, count: int = CHECK_NEURONS) -> np.ndarray:
 
 
 def check_fast_equals_slow(lens: SecondOrderLens, batch, stored, rtol: float,
-                           file_rtol: float | None = None, neurons=None) -> tuple[bool, dict]:
+                           file_rtol: float | None = None, neurons=None, capture=None) -> tuple[bool, dict]:
     """The fast path equals the literal slow path on ``batch`` to ``rtol``, and the stored file
     (``stored``: effects whose first samples are the batch's, dense or factorized) to ``file_rtol``
     (default ``rtol``); over ``neurons`` (indices; None: every neuron).  Give the lens
-    ``dense_cache_bytes=0`` to form only those neurons' directions."""
+    ``dense_cache_bytes=0`` to form only those neurons' directions; ``capture``: the batch's
+    :class:`~oe_assets.lens.adapters.Capture` of the lens's layer, shared by both paths (one forward
+    pass of the batch for every layer checked)."""
     idx = np.arange(lens.n_neurons) if neurons is None else np.asarray(neurons)
     with torch.no_grad():
-        fast = lens.factorized(batch)
+        fast = lens.factorized(batch) if capture is None else lens.factorized_from_capture(capture)
         n = fast.shape[0]
         fast = torch.from_numpy(fast[:, idx, :])  # only these neurons' dense values are formed
         slow = slow_second_order_effects(lens.adapter, batch, lens.mlp_layer, lens.coefficient, lens.convention,
-                                         neurons=torch.as_tensor(idx))
+                                         neurons=torch.as_tensor(idx), capture=capture)
     stored = np.asarray(stored[:n, idx, :])  # the batch's samples: a lazy file reads just those
     slow = slow.double()
     scale = float(slow.abs().max())
@@ -140,7 +142,10 @@ def build_checks(partitions_def) -> list:
         split = dataset.split("train")
         batch = next(iter(split.batches(loaded, 2, model.max_length)))
         results = []
-        for key in _layers(context, store, "second_order_effects"):
+        layers = _layers(context, store, "second_order_effects")
+        with torch.no_grad():  # one forward pass of the check's batch for every layer
+            captures = loaded.adapter.capture_layers(batch, [int(k) for k in layers]) if layers else {}
+        for key in layers:
             lens = SecondOrderLens(loaded.adapter, int(key), analysis.coefficient, analysis.convention,
                                    dense_cache_bytes=0)
             group = store.open_h5("second_order_effects", key)
@@ -148,7 +153,7 @@ def build_checks(partitions_def) -> list:
             rtol = 1e-8 if loaded.adapter.dtype == torch.float64 else 1e-3
             file_rtol = max(rtol, STORED_RTOL[group.attrs.get("alpha_dtype", "float32")])
             neurons = check_neurons(lens.n_neurons)
-            results.append(check_fast_equals_slow(lens, batch, stored, rtol, file_rtol, neurons))
+            results.append(check_fast_equals_slow(lens, batch, stored, rtol, file_rtol, neurons, captures[int(key)]))
         ok = all(r[0] for r in results)
         worst = {k: max(r[1][k] for r in results) for k in ("fast_vs_slow", "file_vs_slow")} if results else {}
         return _result((ok, worst), f"fast = slow on 2 samples, layers {_layers(context, store, 'second_order_effects')}")
