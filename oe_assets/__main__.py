@@ -43,7 +43,7 @@ def materialize_all(profile: str, first: str | None = None, last: str | None = N
 
     from .definitions import MATERIALIZE_JOBS, build_definitions, layer_range_tags, layers_job
     from .profiles.validation import ProfileError, validate_layers
-    from .recovery import PoolWaitInterrupted, fail_stale_runs, process_tags, wait_for_pools, watch_pool_wait
+    from .recovery import RUN_TAG, PoolWaitInterrupted, fail_stale_runs, process_tags, wait_for_pools, watch_pool_wait
     from .resume import observe_sources, plan_materialization, settings_tags
 
     t0 = time.perf_counter()
@@ -102,7 +102,7 @@ def materialize_all(profile: str, first: str | None = None, last: str | None = N
             run_id = str(uuid.uuid4())
             with watch_pool_wait(instance, run_id, pools):  # a slot taken meanwhile: still interruptible
                 result = defs.resolve_job_def(job.name).execute_in_process(
-                    instance=instance, run_id=run_id, tags={**tags, **settings}, asset_selection=selection,
+                    instance=instance, run_id=run_id, tags={**tags, **settings, RUN_TAG: run_id}, asset_selection=selection,
                     raise_on_error=False)
             ran += 1
             if not result.success:

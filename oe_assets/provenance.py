@@ -47,8 +47,11 @@ SHARED_FIELDS = ("model", "weights", "coefficient", "convention", "vocabulary", 
 LEGACY_ATTRS = {"model": "model", "coefficient": "coefficient", "convention": "convention", "top_k": "top_k",
                 "components": "components", "vocabulary_version": "vocabulary", "code_version": "code_version"}
 #: model files whose bytes make the weights hash: weights, configs, tokenizer files
-MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".gguf", ".json", ".txt",
-                       ".model")
+#: the files a model's outputs come from: weights (any format), configs and tokenizers; other files in
+#: the folder (notes, files a later step downloads, e.g. a processor config) do not change the hash
+MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".gguf", ".model")
+MODEL_FILE_NAMES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
+                    "special_tokens_map.json", "added_tokens.json")
 
 
 class ProvenanceError(ValueError):
@@ -77,11 +80,12 @@ def _hash(parts: Iterable[bytes], size: int = 16) -> str:
 
 # ---------------------------------------------------------------- what an asset reads
 def _sample_items(split) -> Iterable[bytes]:
-    """Each sample's identity as bytes: a text, an image path and its size, or the pixel / CIFAR row."""
+    """Each sample's identity as bytes: a text, an image's class folder, name and size, or the pixel /
+    CIFAR row."""
     if hasattr(split, "texts"):
         return (t.encode("utf-8") for t in split.texts)
-    if hasattr(split, "paths"):
-        return (f"{p}\0{os.stat(p).st_size}".encode() for p in split.paths)
+    if hasattr(split, "paths"):  # <class folder>/<file>: the same data moved or re-mounted keeps its identity
+        return (f"{Path(p).parent.name}/{Path(p).name}\0{os.stat(p).st_size}".encode() for p in split.paths)
     if hasattr(split, "pixel_values"):
         return (np.ascontiguousarray(x).tobytes() for x in split.pixel_values)
     if hasattr(split, "images"):
@@ -108,14 +112,15 @@ _WEIGHTS: dict[tuple, str] = {}
 
 
 def weights_hash(source: str) -> str | None:
-    """A hash of the bytes of a model's weight, config and tokenizer files (:data:`MODEL_FILE_SUFFIXES`),
+    """A hash of the bytes of a model's weight, config and tokenizer files (:data:`MODEL_FILE_SUFFIXES`,
+    :data:`MODEL_FILE_NAMES`),
     once per process and file set; ``source`` a local folder or a hub id (its local snapshot folder,
     never the network).  None when no local folder is found."""
     folder = _model_folder(source)
     if folder is None:
         return None
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in MODEL_FILE_SUFFIXES
-                   and not p.name.startswith("."))
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
+                   and (p.suffix in MODEL_FILE_SUFFIXES or p.name in MODEL_FILE_NAMES))
     stats = tuple((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
     key = (str(folder), stats)
     if key not in _WEIGHTS:
@@ -213,7 +218,18 @@ def check(consumer: str, inputs: dict[str, dict[str, Any]], own: dict[str, Any],
 
 
 def _key(value) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
+    return json.dumps(_plain_numbers(value), sort_keys=True, default=str)
+
+
+def _plain_numbers(value):
+    """Whole floats as ints (``100.0`` and ``100`` are one coefficient), in nested lists and dicts."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain_numbers(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain_numbers(v) for k, v in value.items()}
+    return value
 
 
 def _message(consumer: str, problems: list[tuple[str, list[tuple]]]) -> str:

@@ -30,13 +30,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PID_TAG", "HOST_TAG", "START_TAG", "Process", "this_process", "process_start", "process_tags",
+__all__ = ["PID_TAG", "HOST_TAG", "START_TAG", "RUN_TAG", "Process", "this_process", "process_start", "process_tags",
            "is_dead", "staging_suffix", "staging_writer", "StaleRun", "stale_runs", "fail_stale_runs",
            "wait_for_pools", "PoolWaitInterrupted", "watch_pool_wait"]
 
 PID_TAG = "oe_assets/pid"
 HOST_TAG = "oe_assets/host"
 START_TAG = "oe_assets/process_start"
+#: the run the process tags were written for: Dagster copies a run's tags to its re-executions, whose
+#: process is another one
+RUN_TAG = "oe_assets/run_id"
 
 
 @dataclass(frozen=True)
@@ -62,14 +65,23 @@ def process_start(pid: int) -> str:
     return stat.rsplit(")", 1)[1].split()[19]  # fields after "(comm)" start at field 3
 
 
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited and waits to be reaped (state ``Z``: it holds nothing any more)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def this_process() -> Process:
     return Process(socket.gethostname(), os.getpid(), process_start(os.getpid()))
 
 
-def process_tags(process: Process | None = None) -> dict[str, str]:
-    """Run tags naming the process that executes the run."""
+def process_tags(process: Process | None = None, run_id: str | None = None) -> dict[str, str]:
+    """Run tags naming the process that executes the run (``run_id``: that run, so that a
+    re-execution carrying copies of the tags is not taken for this process's run)."""
     p = process or this_process()
-    return {PID_TAG: str(p.pid), HOST_TAG: p.host, START_TAG: p.start}
+    return {PID_TAG: str(p.pid), HOST_TAG: p.host, START_TAG: p.start, **({RUN_TAG: run_id} if run_id else {})}
 
 
 def _exists(pid: int) -> bool:
@@ -86,7 +98,7 @@ def is_dead(process: Process) -> str | None:
     """Why ``process`` is known to be gone (``None``: alive, or on another host, so not known)."""
     if process.host != socket.gethostname():
         return None
-    if not _exists(process.pid):
+    if not _exists(process.pid) or _zombie(process.pid):
         return f"its process ({process}) is gone"
     now = process_start(process.pid)
     if process.start and now and now != process.start:
@@ -122,7 +134,7 @@ def _run_process(instance, run) -> Process | None:
     """The process executing ``run``: from its tags, else from its first engine event with a pid
     (then only on a local instance, see the module docstring)."""
     tags = run.tags
-    if PID_TAG in tags and tags[PID_TAG].isdigit():
+    if PID_TAG in tags and tags[PID_TAG].isdigit() and tags.get(RUN_TAG, run.run_id) == run.run_id:
         return Process(tags.get(HOST_TAG, ""), int(tags[PID_TAG]), tags.get(START_TAG, ""))
     from dagster._core.events import DagsterEventType
     from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
@@ -153,7 +165,9 @@ def _start_tick_before(pid: int, timestamp: float) -> str:
     except (OSError, StopIteration):
         return ""
     started = boot + int(tick) / os.sysconf("SC_CLK_TCK")
-    return tick if started <= timestamp + 1.0 else "recycled"
+    # a minute's margin for the boot time's whole seconds and clock steps: a pid reused that soon is
+    # taken as alive (the run is waited for, never wrongly failed)
+    return tick if started <= timestamp + 60.0 else "recycled"
 
 
 def stale_runs(instance) -> list[StaleRun]:

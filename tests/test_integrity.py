@@ -329,3 +329,17 @@ def test_a_corrupt_parquet_names_its_path_and_asset(tmp_path):
     message = str(info.value)
     assert message.startswith(f"{path}: cannot read the Parquet file (")
     assert message.endswith("it is truncated or corrupt, re-materialize asset layer_summary")
+
+
+def test_strings_round_trip_in_chunks_bounded_by_bytes(tmp_path, monkeypatch):
+    # one long text among short ones: chunks stay small, every string reads back exactly
+    import oe_assets.resources.store as store_module
+
+    monkeypatch.setattr(store_module, "STRING_CHUNK_BYTES", 1024)
+    texts = ["short", "héllo wörld", "", "日本語"] * 50 + ["x" * 5000] + ["tail"]
+    path = tmp_path / "texts.h5"
+    store_module.write_h5(path, store_module.H5Payload({"inputs": texts}))
+    assert store_module.H5Group(path).read("inputs") == texts
+    with h5py.File(path, "r") as f:
+        ds = f["inputs"]
+        assert ds.fletcher32 and ds.chunks[0] * ds.dtype.itemsize <= max(1024, ds.dtype.itemsize)

@@ -57,6 +57,22 @@ def started_run(instance, tags=None, slot_pool=None):
     return run
 
 
+def lines_until(proc, text: str, seconds: float) -> list[str]:
+    """``proc``'s output lines up to the first holding ``text``; a process still silent after
+    ``seconds`` is killed (its output ends), so a hang fails the test instead of stalling the suite."""
+    killer = threading.Timer(seconds, proc.kill)
+    killer.start()
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if text in line:
+                break
+    finally:
+        killer.cancel()
+    return lines
+
+
 def holders(instance, pool="gpu"):
     return {s.run_id for s in instance.event_log_storage.get_concurrency_info(pool).claimed_slots}
 
@@ -78,6 +94,14 @@ def test_process_identity():
     assert "now another process" in recovery.is_dead(Process(me.host, me.pid, str(int(me.start) + 1)))
     # another host: not known, so never judged dead
     assert recovery.is_dead(Process(me.host + "-elsewhere", dead_pid(), "")) is None
+    # an exited child not yet reaped (a zombie) holds nothing: dead
+    child = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 30
+    while not recovery._zombie(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    zombie = Process(me.host, child.pid, process_start(child.pid))
+    assert "is gone" in recovery.is_dead(zombie)
+    child.wait()
 
 
 def test_stale_runs_are_failed_and_their_slots_freed(instance):
@@ -88,7 +112,9 @@ def test_stale_runs_are_failed_and_their_slots_freed(instance):
     remote = started_run(instance, process_tags(Process(host + "-elsewhere", dead_pid(), "")))
     # launched without our tags: judged by the pid of Dagster's own engine event
     untagged_dead, untagged_live, untagged_unknown = (started_run(instance) for _ in range(3))
-    for run, pid in ((untagged_dead, dead_pid()), (untagged_live, os.getpid())):
+    # a re-execution from the UI of a dead CLI run: Dagster copied the CLI's tags, its own process lives
+    reexecuted = started_run(instance, process_tags(Process(host, dead_pid(), "123"), run_id="an-earlier-run"))
+    for run, pid in ((untagged_dead, dead_pid()), (untagged_live, os.getpid()), (reexecuted, os.getpid())):
         instance.report_engine_event(f"Started process for run (pid: {pid}).", run, EngineEventData.in_process(pid))
     assert holders(instance) == {dead.run_id}
 
@@ -97,9 +123,10 @@ def test_stale_runs_are_failed_and_their_slots_freed(instance):
 
     assert {s.run_id for s in stale} == {dead.run_id, recycled.run_id, untagged_dead.run_id}
     status = {r.run_id: instance.get_run_by_id(r.run_id).status for r in
-              (dead, recycled, live, remote, untagged_dead, untagged_live, untagged_unknown)}
+              (dead, recycled, live, remote, untagged_dead, untagged_live, untagged_unknown, reexecuted)}
     assert status[dead.run_id] == status[recycled.run_id] == status[untagged_dead.run_id] == dg.DagsterRunStatus.FAILURE
-    assert {status[r.run_id] for r in (live, remote, untagged_live, untagged_unknown)} == {dg.DagsterRunStatus.STARTED}
+    assert {status[r.run_id] for r in (live, remote, untagged_live, untagged_unknown, reexecuted)} == \
+        {dg.DagsterRunStatus.STARTED}
     assert holders(instance) == set()
     assert any(dead.run_id in line and "marked failed" in line and "is gone" in line for line in lines)
     assert any(recycled.run_id in line and "now another process" in line for line in lines)
@@ -118,8 +145,11 @@ def test_wait_for_a_pool_slot_frees_dead_holders_and_says_what_a_live_one_holds(
     timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT))  # Ctrl-C while it waits
     timer.start()
     t0 = time.monotonic()
-    with pytest.raises(recovery.PoolWaitInterrupted) as e:
-        recovery.wait_for_pools(instance, ["gpu"], poll_seconds=0.2, out=lambda *a, **k: lines.append(a[0]))
+    try:
+        with pytest.raises(recovery.PoolWaitInterrupted) as e:
+            recovery.wait_for_pools(instance, ["gpu"], poll_seconds=0.2, out=lambda *a, **k: lines.append(a[0]))
+    finally:
+        timer.cancel()  # never a stray Ctrl-C into pytest when the wait ended otherwise
     assert time.monotonic() - t0 < 10
     assert e.value.exit_code == 130 and "SIGINT" in str(e.value) and live.run_id in str(e.value)
     assert lines == [next(line for line in lines if "waiting for a slot of pool gpu (limit 1)" in line)]
@@ -236,12 +266,7 @@ def test_cli_waiting_for_a_live_runs_slot_says_so_and_stops_on_sigterm(tmp_path,
     proc = cli(tmp_path, profile)
     lines = []
     try:
-        deadline = time.monotonic() + 300
-        for line in proc.stdout:
-            lines.append(line)
-            if "waiting for a slot of pool gpu" in line:
-                break
-            assert time.monotonic() < deadline
+        lines += lines_until(proc, "waiting for a slot of pool gpu", 300)
         assert lines and "waiting for a slot of pool gpu" in lines[-1], "".join(lines)
         assert live.run_id in lines[-1]
         proc.send_signal(signal.SIGTERM)
@@ -310,11 +335,7 @@ def test_a_run_blocked_on_a_pool_inside_dagster_says_so_and_stops_on_ctrl_c(inst
     proc = subprocess.Popen([sys.executable, str(script), run_id], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if "waits for a slot of pool gpu" in line:
-                break
+        lines = lines_until(proc, "waits for a slot of pool gpu", 300)
         assert lines and live.run_id in lines[-1] and run_id in lines[-1], "".join(lines)
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=30)  # today: "Step blocked by limit" until killed

@@ -32,6 +32,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ..recovery import staging_suffix
 from .sparse import nonzeros_by_magnitude
 
 __all__ = ["OfficialNames", "OfficialFormatError", "export_official", "import_official", "ImportResult"]
@@ -82,7 +83,7 @@ def store_path(base: str | Path, asset: str, partition: str | None = None) -> Pa
 def _write_h5(path: Path, arrays: dict[str, Any], attrs: dict[str, Any]) -> None:
     """Arrays (string lists as UTF-8) and scalar attributes, written to a staging file and renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.partial-{uuid.uuid4().hex[:8]}")
+    tmp = path.with_name(path.name + staging_suffix(uuid.uuid4().hex[:8]))  # names its writer
     try:
         with h5py.File(tmp, "w") as f:
             for name, arr in arrays.items():
@@ -135,7 +136,7 @@ def export_merged(effects_path: Path, target: Path, dtype=np.float32, block_byte
     fe = open_factorized(effects_path)
     S, N, d = fe.shape
     step = max(1, block_bytes // max(1, 8 * S * d))
-    tmp = target.with_name(f"{target.name}.partial-{uuid.uuid4().hex[:8]}.npy")
+    tmp = target.with_name(target.name + staging_suffix(uuid.uuid4().hex[:8]) + ".npy")
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(S, N, d))
         for n0 in range(0, N, step):
@@ -354,7 +355,7 @@ def import_merged(merged_path: Path, target: Path, attrs: dict[str, Any], batch:
     S, N, d = merged.shape
     factors = HeadFactors(torch.eye(d)[:, :, None], torch.ones(d, 1, N))
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.partial-{uuid.uuid4().hex[:8]}")
+    tmp = target.with_name(target.name + staging_suffix(uuid.uuid4().hex[:8]))
     try:
         with FactorizedEffectsWriter(tmp, S, factors, with_const=False, batch_size=batch) as writer:
             for s0 in range(0, S, batch):

@@ -202,11 +202,26 @@ def _chunks(shape: tuple[int, ...]) -> tuple[int, ...] | None:
     return tuple(min(s, 4096 if i == 0 else s) for i, s in enumerate(shape))
 
 
-def _string_array(values) -> tuple[np.ndarray, Any]:
-    """A list of str as fixed-length UTF-8 (filters, the checksum among them, need fixed-size items)."""
+#: bytes of one chunk of a string dataset (rows of the longest string's width)
+STRING_CHUNK_BYTES = 1 << 20
+
+
+def _write_strings(f: h5py.File, name: str, values) -> None:
+    """A list of str as fixed-length UTF-8 (filters, the checksum among them, need fixed-size items),
+    written a chunk at a time: chunks of at most :data:`STRING_CHUNK_BYTES` whatever the longest
+    string, so one long text among many short ones costs neither a huge chunk nor its padding in
+    memory (gzip takes the padding off the disk)."""
     raw = [v.encode("utf-8") for v in values]
     width = max(1, max(len(b) for b in raw))
-    return np.array(raw, dtype=f"S{width}"), h5py.string_dtype("utf-8", width)
+    rows = max(1, min(len(raw), STRING_CHUNK_BYTES // width))
+    ds = f.create_dataset(name, shape=(len(raw),), dtype=h5py.string_dtype("utf-8", width),
+                          **checksummed((len(raw),), (rows,)),
+                          **({"compression": "gzip", "compression_opts": 1} if width * len(raw) >= 4096 else {}))
+    for r0 in range(0, len(raw), rows):  # the bytes as they are, one chunk's rows at a time
+        block = np.array(raw[r0:r0 + rows], dtype=f"S{width}")
+        file_space = ds.id.get_space()
+        file_space.select_hyperslab((r0,), (len(block),))
+        ds.id.write(h5py.h5s.create_simple((len(block),)), file_space, block, mtype=ds.id.get_type())
 
 
 def write_h5(path: Path, payload: H5Payload) -> None:
@@ -220,11 +235,7 @@ def write_h5(path: Path, payload: H5Payload) -> None:
                     if not arr:
                         f.create_dataset(name, shape=(0,), dtype=h5py.string_dtype("utf-8"))
                         continue
-                    data, dtype = _string_array(arr)
-                    ds = f.create_dataset(name, shape=data.shape, dtype=dtype, **checksummed(data.shape),
-                                          **({"compression": "gzip", "compression_opts": 1} if data.nbytes >= 4096
-                                             else {}))
-                    ds.id.write(h5py.h5s.ALL, h5py.h5s.ALL, data, mtype=ds.id.get_type())  # the bytes as they are
+                    _write_strings(f, name, arr)
                     continue
                 arr = np.asarray(arr)
                 f.create_dataset(name, data=arr, **checksummed(arr.shape, _chunks(arr.shape)),
