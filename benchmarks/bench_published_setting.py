@@ -93,7 +93,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--workers", type=int, default=max(0, min(8, (os.cpu_count() or 1) - 1)))
     ap.add_argument("--pca-neurons", type=int, default=128)
-    ap.add_argument("--sparse-neurons", type=int, default=128)
+    ap.add_argument("--sparse-neurons", type=int, default=512)  # two of the coder's 256-target blocks
     ap.add_argument("--ablation-samples", type=int, default=500)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
