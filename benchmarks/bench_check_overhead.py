@@ -30,7 +30,7 @@ def main() -> None:
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_grad_enabled(False)
-    from oe_assets.assets.checks import CHECK_NEURONS, check_fast_equals_slow, check_neurons
+    from oe_assets.assets.checks import CHECK_NEURONS, fast_equals_slow_layers
     from oe_assets.definitions import build_definitions
     from oe_assets.lens import SecondOrderLens
     from oe_assets.lens.batching import iter_factorized
@@ -56,15 +56,11 @@ def main() -> None:
         for writer in writers.values():
             writer.close(labels=split.labels)
 
-    def check():
+    def check():  # what the blocking check runs, on the files just written
         batch = next(iter(split.batches(loaded, 2, model.max_length)))
-        captures = loaded.adapter.capture_layers(batch, layers)
-        for layer in layers:
-            lens = SecondOrderLens(loaded.adapter, layer, analysis.coefficient, analysis.convention,
-                                   dense_cache_bytes=0)
-            ok, _ = check_fast_equals_slow(lens, batch, open_factorized(work / f"{layer}.h5"), 1e-3, 1e-3,
-                                           check_neurons(lens.n_neurons), captures[layer])
-            assert ok, f"layer {layer}: fast != slow"
+        ok, worst = fast_equals_slow_layers(loaded.adapter, batch, layers, analysis.coefficient, analysis.convention,
+                                            lambda layer: (open_factorized(work / f"{layer}.h5"), "float32"))
+        assert ok, f"fast != slow: {worst}"
 
     def best(fn):
         times = []

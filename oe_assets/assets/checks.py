@@ -3,6 +3,7 @@
 Each check is a plain function over arrays (``check_*``) wrapped by a Dagster asset check that
 reads the materialized files of the partitions it covers."""
 
+from typing import Callable
 
 import numpy as np
 import torch
@@ -11,7 +12,7 @@ import dagster as dg
 
 from ..lens import SecondOrderLens, slow_second_order_effects
 from ..resources.datasets import DatasetResource
-from ..resources.store import ArtifactStore
+from ..resources.store import ArtifactStore, open_effects
 from ..resources.model import AnalysisResource, ModelResource
 
 
@@ -102,6 +103,25 @@ def check_fast_equals_slow(lens: SecondOrderLens, batch, stored, rtol: float,
     return err_fast <= rtol and err_file <= file_rtol, {"fast_vs_slow": err_fast, "file_vs_slow": err_file}
 
 
+def fast_equals_slow_layers(adapter, batch, layers: list[int], coefficient: float, convention: str | None,
+                            stored: Callable[[int], tuple]) -> tuple[bool, dict]:
+    """:func:`check_fast_equals_slow` for every layer of ``layers`` as the blocking check runs it: one
+    forward pass of ``batch`` shared by both paths and every layer, the :func:`check_neurons`, the
+    tolerance by model dtype and by the stored file's ``alpha_dtype`` (``stored(layer)`` ->
+    ``(effects, alpha_dtype)``).  Returns whether all pass and the worst errors."""
+    with torch.no_grad():
+        captures = adapter.capture_layers(batch, layers) if layers else {}
+    rtol = 1e-8 if adapter.dtype == torch.float64 else 1e-3
+    results = []
+    for layer in layers:
+        lens = SecondOrderLens(adapter, layer, coefficient, convention, dense_cache_bytes=0)
+        effects, alpha_dtype = stored(layer)
+        results.append(check_fast_equals_slow(lens, batch, effects, rtol, max(rtol, STORED_RTOL[alpha_dtype]),
+                                              check_neurons(lens.n_neurons), captures[layer]))
+    worst = {k: max(r[1][k] for r in results) for k in ("fast_vs_slow", "file_vs_slow")} if results else {}
+    return all(r[0] for r in results), worst
+
+
 def _result(ok_meta: tuple[bool, dict], what: str) -> dg.AssetCheckResult:
     ok, meta = ok_meta
     return dg.AssetCheckResult(passed=bool(ok), metadata={k: float(v) for k, v in meta.items()},
@@ -139,24 +159,16 @@ def build_checks(partitions_def) -> list:
     def fast_path_equals_slow_path(context: dg.AssetCheckExecutionContext, store: ArtifactStore,
                                    model: ModelResource, analysis: AnalysisResource, dataset: DatasetResource):
         loaded = model.load()
-        split = dataset.split("train")
-        batch = next(iter(split.batches(loaded, 2, model.max_length)))
-        results = []
+        batch = next(iter(dataset.split("train").batches(loaded, 2, model.max_length)))
         layers = _layers(context, store, "second_order_effects")
-        with torch.no_grad():  # one forward pass of the check's batch for every layer
-            captures = loaded.adapter.capture_layers(batch, [int(k) for k in layers]) if layers else {}
-        for key in layers:
-            lens = SecondOrderLens(loaded.adapter, int(key), analysis.coefficient, analysis.convention,
-                                   dense_cache_bytes=0)
-            group = store.open_h5("second_order_effects", key)
-            stored = store.open_effects("second_order_effects", key)
-            rtol = 1e-8 if loaded.adapter.dtype == torch.float64 else 1e-3
-            file_rtol = max(rtol, STORED_RTOL[group.attrs.get("alpha_dtype", "float32")])
-            neurons = check_neurons(lens.n_neurons)
-            results.append(check_fast_equals_slow(lens, batch, stored, rtol, file_rtol, neurons, captures[int(key)]))
-        ok = all(r[0] for r in results)
-        worst = {k: max(r[1][k] for r in results) for k in ("fast_vs_slow", "file_vs_slow")} if results else {}
-        return _result((ok, worst), f"fast = slow on 2 samples, layers {_layers(context, store, 'second_order_effects')}")
+
+        def stored(layer: int):
+            group = store.open_h5("second_order_effects", str(layer))
+            return open_effects(group), group.attrs.get("alpha_dtype", "float32")
+
+        ok, worst = fast_equals_slow_layers(loaded.adapter, batch, [int(k) for k in layers], analysis.coefficient,
+                                            analysis.convention, stored)
+        return _result((ok, worst), f"fast = slow on 2 samples, layers {layers}")
 
     @dg.asset_check(asset="neuron_pcas", blocking=True, partitions_def=partitions_def,
                     description="PCA components are unit norm and follow the sign rule.")
