@@ -35,17 +35,24 @@ from typing import Any, Iterable
 import numpy as np
 
 __all__ = ["PROVENANCE_ATTR", "SHARED_FIELDS", "ProvenanceError", "entry", "split_fingerprint", "weights_hash",
-           "model_record", "lineage_of", "check", "data_version"]
+           "own_record", "lineage_of", "check", "data_version", "stale_entries", "is_setting"]
 
 #: the file attribute (HDF5 attrs, Parquet schema metadata) holding a file's lineage
 PROVENANCE_ATTR = "provenance"
 SPLITS = ("train", "val", "val_r")
-#: fields every record of a consumer's lineage must agree on, wherever they appear
-SHARED_FIELDS = ("model", "weights", "coefficient", "convention", "vocabulary", "top_k", "components",
-                 *(f"{s}.{f}" for s in SPLITS for f in ("samples", "content", "order")))
+#: fields every record of a consumer's lineage must agree on, wherever they appear, besides every
+#: profile setting (``section.field``, :mod:`oe_assets.settings`)
+SHARED_FIELDS = ("convention", "vocabulary", *(f"{s}.{f}" for s in SPLITS for f in ("samples", "content", "order")))
 #: plain attributes of files without a lineage -> record fields
-LEGACY_ATTRS = {"model": "model", "coefficient": "coefficient", "convention": "convention", "top_k": "top_k",
-                "components": "components", "vocabulary_version": "vocabulary", "code_version": "code_version"}
+LEGACY_ATTRS = {"model": "model.source", "coefficient": "analysis.coefficient", "convention": "convention",
+                "top_k": "analysis.top_k", "components": "analysis.components", "vocabulary_version": "vocabulary",
+                "code_version": "code_version"}
+#: record fields of lineages written before the settings were named ``section.field``
+OLD_FIELDS = {"model": "model.source", "weights": "model.weights", "dtype": "model.dtype",
+              "coefficient": "analysis.coefficient", "top_k": "analysis.top_k", "components": "analysis.components",
+              "sparse_dtype": "analysis.sparse_dtype", "alpha_dtype": "storage.alpha_dtype"}
+#: record fields that are bookkeeping, not what an asset was made from
+BOOKKEEPING = ("made_at", "data_version", "inputs")
 #: model files whose bytes make the weights hash: weights, configs, tokenizer files
 #: the files a model's outputs come from: weights (any format), configs and tokenizers; other files in
 #: the folder (notes, files a later step downloads, e.g. a processor config) do not change the hash
@@ -111,12 +118,12 @@ def split_record(name: str, split) -> dict[str, Any]:
 _WEIGHTS: dict[tuple, str] = {}
 
 
-def weights_hash(source: str) -> str | None:
+def weights_hash(source: str, revision: str | None = None) -> str | None:
     """A hash of the bytes of a model's weight, config and tokenizer files (:data:`MODEL_FILE_SUFFIXES`,
     :data:`MODEL_FILE_NAMES`),
-    once per process and file set; ``source`` a local folder or a hub id (its local snapshot folder,
-    never the network).  None when no local folder is found."""
-    folder = _model_folder(source)
+    once per process and file set; ``source`` a local folder or a hub id (its local snapshot folder at
+    ``revision``, never the network).  None when no local folder is found."""
+    folder = _model_folder(source, revision)
     if folder is None:
         return None
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
@@ -134,7 +141,7 @@ def weights_hash(source: str) -> str | None:
     return _WEIGHTS[key]
 
 
-def _model_folder(source: str) -> Path | None:
+def _model_folder(source: str, revision: str | None = None) -> Path | None:
     from .lens.hub import resolve_source
 
     resolved = resolve_source(source)
@@ -143,48 +150,72 @@ def _model_folder(source: str) -> Path | None:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(resolved, local_files_only=True))
+        return Path(snapshot_download(resolved, revision=revision, local_files_only=True))
     except Exception:  # noqa: BLE001 - not in the local cache: the weights are unknown, not compared
         return None
 
 
-def model_record(source: str) -> dict[str, Any]:
-    """``{"model": source, "weights": hash}`` of the model an asset runs."""
-    return {"model": source, "weights": weights_hash(source)}
-
-
 # ---------------------------------------------------------------- lineages
 def data_version(record: dict[str, Any], inputs: Iterable[str | None] = ()) -> str:
-    """The hash of a record's settings (not ``made_at`` / ``data_version``) and its inputs' versions."""
-    own = {k: v for k, v in record.items() if k not in ("made_at", "data_version")}
+    """The hash of a record's settings (not its bookkeeping) and its inputs' versions."""
+    own = {k: v for k, v in record.items() if k not in BOOKKEEPING}
     return _hash([json.dumps(own, sort_keys=True, default=str).encode(),
                   *(str(v).encode() for v in sorted(str(i) for i in inputs))])
 
 
 def lineage_of(attrs: dict[str, Any], name: str) -> dict[str, dict]:
     """The lineage a file's attributes carry; a file without one (see the module docstring): a record
-    of ``name`` from its plain attributes."""
+    of ``name`` from its plain attributes.  Fields of older lineages get their current names."""
     stored = attrs.get(PROVENANCE_ATTR)
     if isinstance(stored, str):
         stored = json.loads(stored)
     if isinstance(stored, dict) and stored.get("records"):
-        return stored["records"]
+        return {n: {OLD_FIELDS.get(k, k): v for k, v in r.items()} for n, r in stored["records"].items()}
     legacy = {field: attrs[a] for a, field in LEGACY_ATTRS.items() if attrs.get(a) is not None}
     return {name: {**legacy, "data_version": None, "made_at": None}}
 
 
-def check(consumer: str, inputs: dict[str, dict[str, Any]], own: dict[str, Any], code_version: str | None = None
-          ) -> dict[str, Any]:
+def own_record(attrs: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The record of the file itself (``name``) in its lineage; None for a file without a lineage."""
+    stored = attrs.get(PROVENANCE_ATTR)
+    if stored is None:
+        return None
+    return lineage_of(attrs, name).get(name)
+
+
+def is_setting(field: str) -> bool:
+    """A profile setting (``model.dtype``, ``analysis.top_k``, ...), as opposed to a data field."""
+    from .settings import SECTIONS
+
+    return field.split(".", 1)[0] in SECTIONS
+
+
+def _rank(name: str) -> tuple:
+    """Dependency order of lineage entries: the declaration order of :data:`oe_assets.settings.READS`,
+    then the layer."""
+    from .settings import READS, asset_of
+
+    order = list(READS)
+    asset = asset_of(name)
+    layer = name[len(asset) + 1:-1] if name != asset else ""
+    return (order.index(asset) if asset in order else len(order), int(layer) if layer.isdigit() else -1, name)
+
+
+def check(consumer: str, inputs: dict[str, dict[str, Any]], own: dict[str, Any], code_version: str | None = None,
+          current: dict[str, Any] | None = None) -> dict[str, Any]:
     """Refuse inputs made from different data or settings; return the consumer's lineage attribute.
 
     ``consumer``: the consumer's entry (:func:`entry`); ``inputs``: each input's entry -> its file
     attributes (``H5Group.attrs`` or a table's); ``own``: the consumer's record fields (what it reads
-    now: settings, dataset splits).  Every record of every input's lineage and ``own`` must agree on
-    each :data:`SHARED_FIELDS` field, and one entry seen through two inputs must have one data
-    version; otherwise a :class:`ProvenanceError` names the assets on each side, the fields and the
-    values, and asks to re-materialize every asset holding another value than the current one (that
-    of the consumer's own reading now, else of the newest record).  Returns ``{"entry": consumer, "records": ...}``
-    with the consumer's record (``code_version``, ``made_at``, ``data_version``) added."""
+    now: settings, dataset splits); ``current``: every profile setting's value now
+    (:func:`oe_assets.settings.current_values`).  Every record of every input's lineage and ``own``
+    must agree on each :data:`SHARED_FIELDS` field and each setting, a setting must have its value in
+    ``current``, and one entry seen through two inputs must have one data version; otherwise a
+    :class:`ProvenanceError` names the assets on each side, the fields and the values, and the
+    assets whose files are stale, in dependency order (:func:`stale_entries`).  Returns
+    ``{"entry": consumer, "records": ...}`` with the consumer's record (``code_version``,
+    ``made_at``, ``inputs``: the direct inputs' data versions, ``data_version``) added."""
+    current = current or {}
     seen: list[tuple[str, str | None, dict]] = []  # (entry, the direct input it came through, record)
     merged: dict[str, dict] = {}
     for via, attrs in inputs.items():
@@ -193,28 +224,89 @@ def check(consumer: str, inputs: dict[str, dict[str, Any]], own: dict[str, Any],
             merged.setdefault(name, record)
     now = {**own, "made_at": None}
     seen.append((consumer, None, now))
-    problems = []  # (field, [occurrences])
-    for field in SHARED_FIELDS:
-        values = [item for item in seen if item[2].get(field) is not None]
-        if len({_key(item[2][field]) for item in values}) > 1:
-            problems.append((field, values))
-    if not problems:  # one entry through two inputs: the same data version
-        by_entry: dict[str, tuple] = {}
-        for item in seen:
-            name, _, record = item
-            if record.get("data_version") is None:
-                continue
-            prior = by_entry.setdefault(name, item)
-            if prior[2]["data_version"] != record["data_version"]:  # name the settings that differ, if any
-                fields = [k for k in dict.fromkeys([*prior[2], *record]) if k not in ("made_at", "data_version")
-                          and prior[2].get(k) != record.get(k)] or ["data_version"]
-                problems += [(f, [prior, item]) for f in fields]
-                break
+    fields = list(dict.fromkeys([*SHARED_FIELDS, *sorted({f for _, _, r in seen for f in r if is_setting(f)})]))
+    newest = _newest(seen)
+    problems = []  # (field, [occurrences], current value key)
+    for field in fields:
+        values = [item for item in seen if item[2].get(field) is not None or (field in item[2] and field in current)]
+        if not values:
+            continue
+        want = _current_value(field, values, current, consumer, newest)
+        if len({_key(item[2].get(field)) for item in values} | {want}) > 1:
+            problems.append((field, values, want))
+    by_entry: dict[str, tuple] = {}  # one entry through two inputs: the same data version
+    for item in seen:
+        name, _, record = item
+        if record.get("data_version") is None:
+            continue
+        prior = by_entry.setdefault(name, item)
+        if prior[2]["data_version"] != record["data_version"] and not problems:
+            differ = [k for k in dict.fromkeys([*prior[2], *record]) if k not in BOOKKEEPING
+                      and prior[2].get(k) != record.get(k)] or ["data_version"]
+            problems += [(f, [prior, item], _key(newest[name][2].get(f))) for f in differ]
     if problems:
-        raise ProvenanceError(_message(consumer, problems))
-    record = {**own, "code_version": code_version, "made_at": time.time()}
+        stale = stale_entries(seen[:-1], newest, {f: want for f, _, want in problems})
+        raise ProvenanceError(_message(consumer, problems, stale))
+    direct = {via: (lineage_of(attrs, via).get(via) or {}).get("data_version") for via, attrs in inputs.items()}
+    record = {**own, "code_version": code_version, "made_at": time.time(), "inputs": direct}
     record["data_version"] = data_version(record, (r.get("data_version") for r in merged.values()))
     return {"entry": consumer, "records": {**merged, consumer: record}}
+
+
+def _newest(seen: list[tuple]) -> dict[str, tuple]:
+    """Each entry's record as its file is now: a direct input's own record, else the latest made."""
+    newest: dict[str, tuple] = {}
+    for item in seen:
+        name, via, record = item
+        prior = newest.get(name)
+        if prior is None or (via is None and prior[1] is not None) or (
+                (via is None) == (prior[1] is None) and (record.get("made_at") or 0) > (prior[2].get("made_at") or 0)):
+            newest[name] = item
+    return newest
+
+
+def _current_value(field: str, values: list[tuple], current: dict, consumer: str, newest: dict) -> str:
+    """The value a field should have: the profile's now, else the consumer's own reading, else that of
+    the newest record holding it."""
+    if field in current:
+        return _key(current[field])
+    for name, _, record in values:
+        if name == consumer and record.get("made_at") is None:
+            return _key(record.get(field))
+    latest = max(values, key=lambda item: (newest.get(item[0]) is item, item[2].get("made_at") or 0))
+    return _key(latest[2].get(field))
+
+
+def stale_entries(seen: list[tuple], newest: dict[str, tuple], want: dict[str, str]) -> list[str]:
+    """The entries whose files must be re-made, in dependency order: a file whose own record holds a
+    value other than ``want`` (field -> the current value's key), or that was made from another
+    version of an input than that input's file now (its record's ``inputs``); a record seen only
+    through a direct input's lineage (an input's file since re-made) makes that direct input stale.
+    ``seen``: (entry, the direct input it came through or None, record) of the inputs' lineages."""
+    versions = {name: item[2].get("data_version") for name, item in newest.items()}
+
+    def outdated(record: dict) -> bool:
+        if any(f in record and _key(record[f]) != w for f, w in want.items()):
+            return True
+        if record.get("data_version") is not None and any(
+                versions.get(e) not in (None, v) for e, v in (record.get("inputs") or {}).items()):
+            return True
+        return False
+
+    stale: dict[str, None] = {}
+    for item in seen:
+        name, via, record = item
+        if outdated(record):
+            if newest.get(name) is item:
+                stale[name] = None
+            elif via is not None:
+                stale[via] = None
+    for name, item in newest.items():  # another version of an entry seen through an input: that input
+        version = item[2].get("data_version")
+        for other_name, via, record in seen:
+            if other_name == name and via is not None and record.get("data_version") not in (None, version):
+                stale[via] = None
+    return sorted(stale, key=_rank)
 
 
 def _key(value) -> str:
@@ -232,38 +324,36 @@ def _plain_numbers(value):
     return value
 
 
-def _message(consumer: str, problems: list[tuple[str, list[tuple]]]) -> str:
+def _message(consumer: str, problems: list[tuple], stale: list[str]) -> str:
     """One line per field: the current value and who has it, then each other value and who has it;
-    then what to re-materialize: every record holding an other value.  The current value is that of
-    the consumer's own reading now (profile, data files) where it has the field, else that of the
-    record made last."""
+    then what to re-materialize: the stale files (:func:`stale_entries`), in dependency order, then the
+    consumer."""
     def name(item) -> str:
         n, via, record = item
         if n == consumer and record.get("made_at") is None:
             return f"{_describe(consumer)} (the profile and data it reads now)"
         return _describe(n) + (f" (as {_describe(via)} was made from it)" if via else "")
 
-    def rank(item):  # the consumer's reading now first, then the newest record
-        n, _, record = item
-        now = n == consumer and record.get("made_at") is None
-        return (not now, -(record.get("made_at") or 0))
-
     lines = [f"{_describe(consumer)}: its inputs were made from different data or settings; refusing to "
              "compute on them:"]
-    stale: dict[str, None] = {}
-    for field, items in problems:
-        groups: dict[str, list] = {}
-        for item in sorted(items, key=rank):
+    for field, items, want in problems:
+        groups: dict[str, list] = {want: []}
+        for item in sorted(items, key=lambda it: -(it[2].get("made_at") or 0)):
             groups.setdefault(_key(item[2].get(field)), []).append(item)
         parts = []
-        for i, members in enumerate(groups.values()):
+        for value, members in groups.items():
+            if not members:
+                parts.append(f"the profile has {json.loads(value)!r}")
+                continue
             who = ", ".join(dict.fromkeys(name(m) for m in members))
             parts.append(f"{who} {'has' if len(set(m[0] for m in members)) == 1 else 'have'} "
                          f"{members[0][2].get(field)!r}")
-            if i:
-                stale.update((_describe(m[0]), None) for m in members)
         lines.append(f"- {field}: " + "; ".join(parts))
-    lines.append(f"Re-materialize {', '.join(stale)} (made from other data or settings than the newest inputs) and "
-                 f"the assets downstream of {'it' if len(stale) == 1 else 'them'}, then {_describe(consumer)}, so "
-                 "that every input is made from the current data and profile.")
+    stale_names = [_describe(n) for n in stale]
+    if stale_names:
+        lines.append(f"Re-materialize {', '.join(stale_names)} (the stale "
+                     f"{'file' if len(stale) == 1 else 'files, in dependency order'}), then {_describe(consumer)}, so "
+                     "that every input is made from the current data and profile.")
+    else:
+        lines.append(f"Re-materialize the inputs of {_describe(consumer)} from the current data and profile.")
     return "\n".join(lines)

@@ -106,8 +106,8 @@ def test_coefficient_change_then_only_val_representations_and_ablation_report_is
     defs = build_definitions(profile(work, coefficient=50.0))
     materialize(defs, ["val_representations"], dg.DagsterInstance.ephemeral())
     msg = refused(defs, ["ablation_report"], "0")
-    line = next(line for line in msg.splitlines() if line.startswith("- coefficient: "))
-    assert line.startswith("- coefficient: val_representations has 50.0; ") and line.endswith(" have 100.0")
+    line = next(line for line in msg.splitlines() if line.startswith("- analysis.coefficient: "))
+    assert line.startswith("- analysis.coefficient: val_representations has 50.0; ") and line.endswith(" have 100.0")
     assert "val_second_order_effects layer 0" in line and "second_order_effects layer 0 (as neuron_pcas" in line
     # every input made with the other coefficient is to be re-materialized, not only the first one
     advice = msg.splitlines()[-1]
@@ -155,7 +155,7 @@ def test_files_without_provenance_are_checked_on_their_plain_attributes(work):
     with h5py.File(path, "a") as f:
         f.attrs["coefficient"] = 50.0
     msg = refused(defs, ["ablation_report"], "0")
-    assert "- coefficient: " in msg and "; val_representations has 50.0" in msg
+    assert "- analysis.coefficient: " in msg and "; val_representations has 50.0" in msg
 
 
 # ---------------------------------------------------------------- what is recorded
@@ -164,12 +164,12 @@ def test_every_file_records_its_lineage(work):
     pcas = H5Group(store / "neuron_pcas" / "0.h5").attrs[PROVENANCE_ATTR]
     assert pcas["entry"] == "neuron_pcas[0]"
     effects = pcas["records"]["second_order_effects[0]"]
-    for field in ("model", "weights", "coefficient", "convention", "train.samples", "train.content", "train.order",
-                  "code_version", "data_version"):
+    for field in ("model.source", "model.weights", "analysis.coefficient", "convention", "train.samples",
+                  "train.content", "train.order", "code_version", "data_version"):
         assert effects.get(field) is not None, field
-    assert pcas["records"]["neuron_pcas[0]"]["top_k"] == 3
+    assert pcas["records"]["neuron_pcas[0]"]["analysis.top_k"] == 3
     codes = H5Group(store / "sparse_codes" / "0.h5").attrs[PROVENANCE_ATTR]["records"]
-    assert codes["sparse_codes[0]"]["components"] == 2 and codes["text_embeddings"]["vocabulary"]
+    assert codes["sparse_codes[0]"]["analysis.components"] == 2 and codes["text_embeddings"]["vocabulary"]
     import pyarrow.parquet as pq
 
     from oe_assets.resources.store import table_attrs
@@ -177,7 +177,7 @@ def test_every_file_records_its_lineage(work):
     report = table_attrs(pq.read_table(store / "ablation_report" / "0.parquet", columns=["scenario"]))
     assert {"val_representations", "val_second_order_effects[0]", "classifier", "sparse_codes[0]",
             "ablation_report[0]"} <= set(report[PROVENANCE_ATTR]["records"])
-    assert weights_hash(str(work / "model")) == effects["weights"]
+    assert weights_hash(str(work / "model")) == effects["model.weights"]
 
 
 def test_materialization_metadata_carries_the_provenance(tmp_path):
@@ -186,7 +186,7 @@ def test_materialization_metadata_carries_the_provenance(tmp_path):
     materialize(defs, ["val_representations"], instance)
     md = instance.get_latest_materialization_event(dg.AssetKey("val_representations")).asset_materialization.metadata
     record = md["provenance"].value
-    assert record["coefficient"] == 100.0 and record["val.samples"] == 6 and record["weights"]
+    assert record["analysis.coefficient"] == 100.0 and record["val.samples"] == 6 and record["model.weights"]
 
 
 def test_fingerprint_and_weights_hash():
@@ -210,14 +210,14 @@ def test_weights_hash_follows_the_weight_bytes(tmp_path):
 
 
 def test_check_names_both_assets_the_field_and_the_values():
-    a = {PROVENANCE_ATTR: {"entry": "x", "records": {"x": {"coefficient": 50.0, "made_at": 2.0,
+    a = {PROVENANCE_ATTR: {"entry": "x", "records": {"x": {"analysis.coefficient": 50.0, "made_at": 2.0,
                                                            "data_version": "1"}}}}
-    b = {PROVENANCE_ATTR: {"entry": "y[0]", "records": {"y[0]": {"coefficient": 100.0, "made_at": 1.0,
+    b = {PROVENANCE_ATTR: {"entry": "y[0]", "records": {"y[0]": {"analysis.coefficient": 100.0, "made_at": 1.0,
                                                                  "data_version": "2"}}}}
     with pytest.raises(ProvenanceError) as e:
         check("z[0]", {"x": a, "y[0]": b}, {})
     msg = str(e.value)
-    assert "- coefficient: x has 50.0; y layer 0 has 100.0" in msg and "Re-materialize y layer 0 (" in msg
+    assert "- analysis.coefficient: x has 50.0; y layer 0 has 100.0" in msg and "Re-materialize y layer 0 (" in msg
     lineage = check("z[0]", {"x": a}, {"top_k": 3}, "2")
     assert set(lineage["records"]) == {"x", "z[0]"} and lineage["records"]["z[0]"]["top_k"] == 3
 

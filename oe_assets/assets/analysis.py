@@ -17,7 +17,7 @@ from ..resources.store import ArtifactStore, H5Payload, open_effects, table_attr
 from ..resources.model import AnalysisResource, ModelResource
 from ..lens.loading import resolve_dtype
 from .baselines import BASELINE_SCENARIOS
-from .common import CODE_VERSION, EAGER, md_table, provenance, timer
+from .common import CODE_VERSION, EAGER, md_table, profile_resources, provenance, timer
 
 ABLATION_SCHEMA = pa.schema([
     ("layer", pa.int64()), ("scenario", pa.string()), ("accuracy", pa.float64()), ("samples", pa.int64()),
@@ -110,13 +110,13 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition, imagenet_r: b
               "rule), norms [neurons, top_k] (ascending; norms[:, 0] is the significance threshold), "
               "means [neurons, d_out].  Reads the effects neuron block by neuron block.", **layered)
     def neuron_pcas(context: dg.AssetExecutionContext, analysis: AnalysisResource, model: ModelResource,
-                    second_order_effects: dict):
+                    dataset: DatasetResource, store: ArtifactStore, second_order_effects: dict):
         out, meta, thresholds, explained = {}, {}, {}, {}
         with timer(meta):
             for key in context.partition_keys:
                 attrs = provenance(context, "neuron_pcas",
                                    {entry("second_order_effects", key): second_order_effects[key].attrs},
-                                   {"top_k": analysis.top_k}, CODE_VERSION, partition=key)
+                                   profile_resources(model, dataset, analysis, store), partition=key)
                 effects = open_effects(second_order_effects[key], device=model.compute_device())
                 pca = neuron_pca(effects, analysis.top_k,
                                  progress=lambda done, total, key=key: context.log.debug(
@@ -144,7 +144,7 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition, imagenet_r: b
               description="Sparse codes of each neuron's PC over the normalised text dictionary (OMP, "
               "`components` non-zeros): indices and values [neurons, components].", **layered)
     def sparse_codes(context: dg.AssetExecutionContext, analysis: AnalysisResource, model: ModelResource,
-                     neuron_pcas: dict, text_embeddings):
+                     dataset: DatasetResource, store: ArtifactStore, neuron_pcas: dict, text_embeddings):
         texts = text_embeddings.read("texts")
         emb = text_embeddings.read("embeddings")
         out, meta = {}, {}
@@ -153,8 +153,7 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition, imagenet_r: b
                 pcas = neuron_pcas[key]
                 attrs = provenance(context, "sparse_codes", {entry("neuron_pcas", key): pcas.attrs,
                                                              "text_embeddings": text_embeddings.attrs},
-                                   {"components": analysis.components, "coefficient": analysis.coefficient,
-                                    "sparse_dtype": analysis.sparse_dtype}, CODE_VERSION, partition=key)
+                                   profile_resources(model, dataset, analysis, store), partition=key)
                 codes = sparse_decompose(pcas.read("components"), emb, analysis.components,
                                          coefficient=analysis.coefficient, device=model.compute_device(),
                                          dtype=resolve_dtype(analysis.sparse_dtype))
@@ -184,10 +183,11 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition, imagenet_r: b
     @dg.asset(description="Val accuracy and logits under the five ablation scenarios and the sparse-code "
               "reconstruction.", **report)
     def ablation_report(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource,
-                        val_representations,
+                        dataset: DatasetResource, store: ArtifactStore, val_representations,
                         val_second_order_effects: dict, classifier, neuron_pcas: dict, sparse_codes: dict,
                         text_embeddings):
-        return ablation_tables(context, model, analysis, val_representations, val_second_order_effects,
+        return ablation_tables(context, profile_resources(model, dataset, analysis, store), val_representations,
+                               val_second_order_effects,
                                classifier.read("classifier"), neuron_pcas, sparse_codes, text_embeddings,
                                classifier_attrs=classifier.attrs)
 
@@ -212,7 +212,8 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition, imagenet_r: b
                 provenance(context, "neuron_report", {
                     entry("neuron_pcas", key): pcas.attrs, entry("sparse_codes", key): codes.attrs,
                     entry("second_order_effects", key): second_order_effects[key].attrs,
-                    "text_embeddings": text_embeddings.attrs}, train_record, CODE_VERSION, partition=key)
+                    "text_embeddings": text_embeddings.attrs}, profile_resources(model, dataset, analysis, store),
+                    train_record, partition=key)
                 same_vocabulary(text_embeddings, codes, key)
                 thresholds = pcas.read("norms")[:, 0]
                 explained = pcas.read("explained")
@@ -246,9 +247,11 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition, imagenet_r: b
                   "ImageNet-R classes (the standard 200-way protocol), with 'all' it is the full 1000-way one.",
                   **report)
         def ablation_report_r(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource,
-                              dataset: DatasetResource, val_r_representations, val_r_second_order_effects: dict,
-                              classifier, neuron_pcas: dict, sparse_codes: dict, text_embeddings):
-            return ablation_tables(context, model, analysis, val_r_representations, val_r_second_order_effects,
+                              dataset: DatasetResource, store: ArtifactStore, val_r_representations,
+                              val_r_second_order_effects: dict, classifier, neuron_pcas: dict, sparse_codes: dict,
+                              text_embeddings):
+            return ablation_tables(context, profile_resources(model, dataset, analysis, store), val_r_representations,
+                                   val_r_second_order_effects,
                                    imagenet_r_classifier(classifier.read("classifier"), dataset), neuron_pcas,
                                    sparse_codes, text_embeddings, split="val_r", classifier_attrs=classifier.attrs)
 
@@ -266,12 +269,14 @@ def imagenet_r_classifier(W: np.ndarray, dataset: DatasetResource) -> np.ndarray
     return W if columns is None else W[:, columns]
 
 
-def ablation_tables(context, model: ModelResource, analysis: AnalysisResource, val_representations, effects_in: dict,
+def ablation_tables(context, resources: dict, val_representations, effects_in: dict,
                     W: np.ndarray, neuron_pcas: dict, sparse_codes: dict, text_embeddings, split: str = "val",
                     classifier_attrs: dict | None = None) -> dict[str, pa.Table]:
     """Every layer partition's ablation table (:data:`ABLATION_SCHEMA`) of one evaluation split
     (``split``: ``val`` or ``val_r``): its representations, its effects and the classifier ``W`` its
-    labels index; refused when these inputs were made from different data or settings."""
+    labels index; refused when these inputs were made from different data or settings (``resources``:
+    :func:`~oe_assets.assets.common.profile_resources`)."""
+    model, analysis = resources["model"], resources["analysis"]
     reps, labels = val_representations.read("representations"), val_representations.read("labels")
     coefficient = float(val_representations.attrs.get("coefficient", 100.0))
     dictionary = normalize_dictionary(text_embeddings.read("embeddings"), coefficient)
@@ -284,7 +289,7 @@ def ablation_tables(context, model: ModelResource, analysis: AnalysisResource, v
                 entry(f"{split}_second_order_effects", key): effects_in[key].attrs,
                 "classifier": classifier_attrs or {}, entry("neuron_pcas", key): pcas.attrs,
                 entry("sparse_codes", key): codes.attrs, "text_embeddings": text_embeddings.attrs},
-                {}, CODE_VERSION, partition=key)
+                resources, partition=key)
             same_vocabulary(text_embeddings, codes, key)
             dense = dense_codes(codes.read("indices"), codes.read("values"), dictionary.shape[0])
             effects = open_effects(effects_in[key], device=model.compute_device())
@@ -325,7 +330,8 @@ def build_layer_summary(imagenet_r: bool = False) -> dg.AssetsDefinition:
               "first-order, total); a plot of them against layer; and a findings table (significant "
               "(sample, neuron) pairs, significant neurons, median variance explained by the PC)."
               + (" With an ImageNet-R folder, its ablation accuracies too (`imagenet_r_*`)." if imagenet_r else ""))
-    def layer_summary(context: dg.AssetExecutionContext, ablation_report: dict, total_effects: dict,
+    def layer_summary(context: dg.AssetExecutionContext, model: ModelResource, dataset: DatasetResource,
+                      analysis: AnalysisResource, store: ArtifactStore, ablation_report: dict, total_effects: dict,
                       neuron_pcas: dict, **imagenet_r_report) -> pa.Table:
         report_r = imagenet_r_report.get("ablation_report_r", {})
         inputs = {}
@@ -333,7 +339,7 @@ def build_layer_summary(imagenet_r: bool = False) -> dg.AssetsDefinition:
                                ("ablation_report_r", report_r)):
             inputs.update({entry(name, k): table_attrs(t) for k, t in by_layer.items()})
         inputs.update({entry("neuron_pcas", k): g.attrs for k, g in neuron_pcas.items()})
-        attrs = provenance(context, "layer_summary", inputs, {}, CODE_VERSION)
+        attrs = provenance(context, "layer_summary", inputs, profile_resources(model, dataset, analysis, store))
         rows = []
         for key in sorted(ablation_report, key=int):
             report = ablation_report[key].to_pylist()

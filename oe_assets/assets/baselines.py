@@ -11,9 +11,9 @@ from ..lens import representations, replaced_mlp_representations, top1_accuracy
 from ..lens.batching import Progress
 from ..resources.datasets import DatasetResource
 from ..resources.model import AnalysisResource, ModelResource
-from ..provenance import entry, model_record, split_record
-from ..resources.store import H5Payload, table_with_attrs
-from .common import CODE_VERSION, EAGER, md_table, provenance, timer
+from ..provenance import entry, split_record
+from ..resources.store import ArtifactStore, H5Payload, table_with_attrs
+from .common import CODE_VERSION, EAGER, md_table, profile_resources, provenance, timer
 
 #: the scenarios of ``total_effects``, in report order
 BASELINE_SCENARIOS = ("first_order_mean_ablation", "total_mean_ablation")
@@ -33,7 +33,8 @@ def build_baseline_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
               "summed over neurons: val_sum [val samples, d_out], train_mean_sum [d_out] (the train mean of "
               "that sum), and mlp_out_mean [d_model] (the MLP output's mean over train samples and tokens).  "
               "Computed in the effects' own data pass (read here from their files: no model run).", **layered)
-    def first_order_effects(context: dg.AssetExecutionContext, second_order_effects: dict,
+    def first_order_effects(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource,
+                            dataset: DatasetResource, store: ArtifactStore, second_order_effects: dict,
                             val_second_order_effects: dict):
         out, meta = {}, {}
         with timer(meta):
@@ -41,7 +42,8 @@ def build_baseline_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
                 train, val = second_order_effects[key], val_second_order_effects[key]
                 attrs = provenance(context, "first_order_effects",
                                    {entry("second_order_effects", key): train.attrs,
-                                    entry("val_second_order_effects", key): val.attrs}, {}, CODE_VERSION, partition=key)
+                                    entry("val_second_order_effects", key): val.attrs},
+                                   profile_resources(model, dataset, analysis, store), partition=key)
                 for group in (train, val):
                     if "first_order_sum" not in group.names:
                         raise ValueError(f"{group.path} has no first-order sums (written by an earlier version); "
@@ -65,20 +67,22 @@ def build_baseline_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
               "replaced by its train mean over samples and tokens inside the real forward pass, everything "
               "downstream recomputed).", **layered)
     def total_effects(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource,
-                      dataset: DatasetResource, val_representations, classifier, first_order_effects: dict):
+                      dataset: DatasetResource, store: ArtifactStore, val_representations, classifier,
+                      first_order_effects: dict):
         reps, labels = val_representations.read("representations"), val_representations.read("labels")
         W = classifier.read("classifier")
         coefficient = float(val_representations.attrs.get("coefficient", analysis.coefficient))
         loaded = model.load()
         data = dataset.split("val")
-        made_from = {**model_record(model.source), "dtype": model.dtype, **split_record("val", data)}
+        made_from = split_record("val", data)
         out, meta = {}, {}
         with timer(meta), torch.no_grad():
             for key in context.partition_keys:
                 fo = first_order_effects[key]
                 attrs = provenance(context, "total_effects", {
                     "val_representations": val_representations.attrs, "classifier": classifier.attrs,
-                    entry("first_order_effects", key): fo.attrs}, made_from, CODE_VERSION, partition=key)
+                    entry("first_order_effects", key): fo.attrs}, profile_resources(model, dataset, analysis, store),
+                    made_from, partition=key)
                 X_fo = reps - fo.read("val_sum") + fo.read("train_mean_sum")
                 replacement = torch.as_tensor(fo.read("mlp_out_mean"))
                 progress = Progress(len(data), f"layer {key} total mean ablation", log=context.log.info)

@@ -10,6 +10,7 @@ import dagster as dg
 import numpy as np
 
 from ..provenance import PROVENANCE_ATTR, check, entry
+from ..settings import current_values, record
 
 #: bumped when an asset's computation changes meaning; recorded as code_version and in file attrs
 CODE_VERSION = "2"  # 2: effects stored factorized (earlier dense files must be re-materialized)
@@ -46,15 +47,19 @@ DATASET_SOURCES = ("train_data", "val_data", "val_r_data")
 EAGER = dg.AutomationCondition.eager().ignore(dg.AssetSelection.keys("model", *DATASET_SOURCES))
 
 
-def provenance(context, asset: str, inputs: dict[str, dict], own: dict, code_version: str,
-               partition: str | None = None) -> dict[str, Any]:
+def provenance(context, asset: str, inputs: dict[str, dict], resources: dict, extra: dict | None = None,
+               partition: str | None = None, code_version: str = CODE_VERSION) -> dict[str, Any]:
     """Check the provenance of an asset's inputs (:func:`oe_assets.provenance.check`: ``inputs``
-    maps each input's entry to its file attributes, ``own`` is what the asset reads now), record the
-    asset's own record and its inputs' data versions in the materialization metadata, and return the
-    file attributes that store its lineage."""
-    lineage = check(entry(asset, partition), inputs, own, code_version)
-    record = lineage["records"][lineage["entry"]]
-    metadata = {"provenance": dg.MetadataValue.json(record),
+    maps each input's entry to its file attributes) against each other and against the profile now
+    (``resources``: ``{"model", "dataset", "analysis", "store"}``); the asset's own record is the
+    value of every setting it declares (:data:`oe_assets.settings.READS`) and ``extra`` (the dataset
+    split it reads, the resolved convention).  Records the asset's record and its inputs' data
+    versions in the materialization metadata, and returns the file attributes that store its lineage."""
+    cache: dict = {}
+    own = {**record(asset, resources, cache), **(extra or {})}
+    lineage = check(entry(asset, partition), inputs, own, code_version, current_values(resources, cache=cache))
+    own_record = lineage["records"][lineage["entry"]]
+    metadata = {"provenance": dg.MetadataValue.json(own_record),
                 "made_from": dg.MetadataValue.json({e: r.get("data_version") for e, r in lineage["records"].items()
                                                     if e != lineage["entry"]})}
     if partition is None:
@@ -62,3 +67,8 @@ def provenance(context, asset: str, inputs: dict[str, dict], own: dict, code_ver
     else:
         context.add_asset_metadata(metadata, partition_key=partition)
     return {PROVENANCE_ATTR: lineage}
+
+
+def profile_resources(model, dataset, analysis, store) -> dict:
+    """The resources holding the profile's settings, as :func:`provenance` reads them."""
+    return {"model": model, "dataset": dataset, "analysis": analysis, "store": store}

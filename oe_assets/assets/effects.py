@@ -8,11 +8,11 @@ import dagster as dg
 from ..lens import FirstOrderLens, FirstOrderSums, SecondOrderLens
 from ..lens.batching import Progress, iter_factorized
 from ..lens.effects_file import FactorizedEffectsWriter
-from ..provenance import model_record, split_record
+from ..provenance import split_record
 from ..resources.datasets import DatasetResource
 from ..resources.model import AnalysisResource, ModelResource
 from ..resources.store import ArtifactStore, StagedH5
-from .common import CODE_VERSION, provenance
+from .common import CODE_VERSION, profile_resources, provenance
 
 
 def stream_effects(context, split: str, model: ModelResource, analysis: AnalysisResource, dataset: DatasetResource,
@@ -35,8 +35,7 @@ def stream_effects(context, split: str, model: ModelResource, analysis: Analysis
                                         convention=analysis.convention, dense_cache_bytes=0) for key in keys}
     first_order = FirstOrderSums({layer: FirstOrderLens(loaded.adapter, layer, coefficient=analysis.coefficient)
                                   for layer in lenses})
-    made_from = {**model_record(model.source), "dtype": model.dtype, "coefficient": analysis.coefficient,
-                 "alpha_dtype": store.alpha_dtype, **split_record(split, data)}
+    made_from = split_record(split, data)
     needed = sum(FactorizedEffectsWriter.expected_bytes(
         len(data), lenses[int(key)].factors, with_const=lenses[int(key)].convention == "reference",
         alpha_dtype=store.alpha_dtype, n_tokens=loaded.adapter.fixed_tokens,
@@ -68,7 +67,8 @@ def stream_effects(context, split: str, model: ModelResource, analysis: Analysis
             writers.pop(key).close(labels=data.labels, extras={"first_order_sum": fo_sums[int(key)],
                                                                "mlp_out_mean": mlp_means[int(key)]})
             attrs = provenance(context, context.asset_key.to_user_string(), {},
-                               {**made_from, "convention": lens.convention}, CODE_VERSION, partition=key)
+                               profile_resources(model, dataset, analysis, store),
+                               {**made_from, "convention": lens.convention}, partition=key)
             staged[key].attrs = {"model": model.source, "layer": int(key), "coefficient": analysis.coefficient,
                                  "convention": lens.convention, "split": split, "shape": list(shape),
                                  "code_version": CODE_VERSION, **attrs}

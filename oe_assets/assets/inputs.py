@@ -12,11 +12,12 @@ from ..lens.batching import Progress
 from ..lens.text_datasets import load_string_list
 from ..lens.vocabulary import load_vocabulary, tokenizer_vocabulary, vocabulary_hash
 from ..lens.zero_shot import imagenet_templates
-from ..provenance import model_record, split_fingerprint, split_record
+from ..provenance import split_fingerprint, split_record
 from ..resources.datasets import DatasetResource
 from ..resources.io_managers import H5Payload
 from ..resources.model import AnalysisResource, ModelResource
-from .common import CODE_VERSION, EAGER, array_metadata, md_table, provenance, timer
+from ..resources.store import ArtifactStore
+from .common import CODE_VERSION, EAGER, array_metadata, md_table, profile_resources, provenance, timer
 
 
 def read_descriptions(analysis: AnalysisResource, model: ModelResource) -> list[str]:
@@ -92,7 +93,8 @@ def _model_meta(model: ModelResource, analysis: AnalysisResource) -> dict:
     description="Embeddings [descriptions, d_out] of the vocabulary, encoded by the model's text side "
     "(or given as file.npz:key).",
 )
-def text_embeddings(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource):
+def text_embeddings(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource,
+                    dataset: DatasetResource, store: ArtifactStore):
     meta: dict = {}
     with timer(meta):
         texts = read_descriptions(analysis, model)
@@ -108,9 +110,8 @@ def text_embeddings(context: dg.AssetExecutionContext, model: ModelResource, ana
     meta.update(array_metadata("embeddings", emb), vocabulary_version=version, **_model_meta(model, analysis),
                 preview=dg.MetadataValue.md(", ".join(texts[:20])))
     context.add_output_metadata(meta)
-    made_from = {"text_embeddings_path": analysis.text_embeddings_path} if analysis.text_embeddings_path \
-        else model_record(model.source)
-    attrs = provenance(context, "text_embeddings", {}, {**made_from, "vocabulary": version}, CODE_VERSION)
+    attrs = provenance(context, "text_embeddings", {}, profile_resources(model, dataset, analysis, store),
+                       {"vocabulary": version})
     return H5Payload({"embeddings": emb, "texts": texts},
                      {"model": model.source, "vocabulary_version": version, "code_version": CODE_VERSION, **attrs})
 
@@ -122,7 +123,7 @@ def text_embeddings(context: dg.AssetExecutionContext, model: ModelResource, ana
     "side, normalised per prompt, averaged per class, unit columns (causal LMs: label unembeddings).",
 )
 def classifier(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource,
-               dataset: DatasetResource):
+               dataset: DatasetResource, store: ArtifactStore):
     meta: dict = {}
     with timer(meta):
         classes = dataset.classes()
@@ -138,14 +139,14 @@ def classifier(context: dg.AssetExecutionContext, model: ModelResource, analysis
     meta.update(array_metadata("classifier", W), classes=len(classes), **_model_meta(model, analysis),
                 preview=dg.MetadataValue.md(", ".join(classes[:20])))
     context.add_output_metadata(meta)
-    made_from = {"classifier_path": analysis.classifier_path} if analysis.classifier_path \
-        else model_record(model.source)
-    attrs = provenance(context, "classifier", {}, {**made_from, "classes": len(classes)}, CODE_VERSION)
+    attrs = provenance(context, "classifier", {}, profile_resources(model, dataset, analysis, store),
+                       {"classes": len(classes)})
     return H5Payload({"classifier": W, "classes": classes},
                      {"model": model.source, "code_version": CODE_VERSION, **attrs})
 
 
-def _representations(context, split: str, model: ModelResource, analysis: AnalysisResource, dataset: DatasetResource):
+def _representations(context, split: str, model: ModelResource, analysis: AnalysisResource, dataset: DatasetResource,
+                     store: ArtifactStore):
     meta: dict = {}
     with timer(meta), torch.no_grad():
         loaded = model.load()
@@ -161,9 +162,8 @@ def _representations(context, split: str, model: ModelResource, analysis: Analys
                 preview=dg.MetadataValue.md(md_table([{"sample": i, "label": int(data.labels[i]),
                                                        "input": data.describe(i)[:80]} for i in range(min(5, len(data)))])))
     context.add_output_metadata(meta)
-    attrs = provenance(context, f"{split}_representations", {},
-                       {**model_record(model.source), "dtype": model.dtype, "coefficient": analysis.coefficient,
-                        **split_record(split, data)}, CODE_VERSION)
+    attrs = provenance(context, f"{split}_representations", {}, profile_resources(model, dataset, analysis, store),
+                       split_record(split, data))
     return H5Payload({"representations": reps, "labels": data.labels,
                       "inputs": [data.describe(i) for i in range(len(data))]},
                      {"model": model.source, "coefficient": analysis.coefficient, "split": split,
@@ -174,16 +174,16 @@ def _representations(context, split: str, model: ModelResource, analysis: Analys
           code_version=CODE_VERSION, pool="gpu", deps=[model_asset, train_data],
           description="coefficient * r / |r| of every train sample, with labels and inputs.")
 def train_representations(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource,
-                          dataset: DatasetResource):
-    return _representations(context, "train", model, analysis, dataset)
+                          dataset: DatasetResource, store: ArtifactStore):
+    return _representations(context, "train", model, analysis, dataset, store)
 
 
 @dg.asset(group_name="inputs", io_manager_key="hdf5_io_manager", kinds={"pytorch", "hdf5"},
           code_version=CODE_VERSION, pool="gpu", deps=[model_asset, val_data],
           description="coefficient * r / |r| of every val sample, with labels and inputs.")
 def val_representations(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource,
-                        dataset: DatasetResource):
-    return _representations(context, "val", model, analysis, dataset)
+                        dataset: DatasetResource, store: ArtifactStore):
+    return _representations(context, "val", model, analysis, dataset, store)
 
 
 @dg.asset(group_name="inputs", io_manager_key="hdf5_io_manager", kinds={"pytorch", "hdf5"},
@@ -191,5 +191,5 @@ def val_representations(context: dg.AssetExecutionContext, model: ModelResource,
           description="coefficient * r / |r| of every ImageNet-R sample (dataset.val_r_path, stride val_stride), "
           "with labels (0..199 with imagenet_r_classes='subset', the 1000 ImageNet indices with 'all') and inputs.")
 def val_r_representations(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource,
-                          dataset: DatasetResource):
-    return _representations(context, "val_r", model, analysis, dataset)
+                          dataset: DatasetResource, store: ArtifactStore):
+    return _representations(context, "val_r", model, analysis, dataset, store)

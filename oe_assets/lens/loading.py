@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,6 +45,7 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 def load_model(
     name_or_path: str, dtype: str | torch.dtype = "float32", device: str = "auto", pooling: str | None = None,
+    revision: str | None = None,
 ) -> LoadedModel:
     """Load ``name_or_path`` (hub id or folder), pick its family's adapter by ``config.model_type``
     and load the family's model class, its tokenizer and (CLIP) image processor.
@@ -68,13 +70,14 @@ def load_model(
             f"{name_or_path!r} is a {model_type!r} model; supported model types: "
             + ", ".join(t for a in ADAPTERS for t in a.model_types)
         )
-    model = model_cls.from_pretrained(source, dtype=resolve_dtype(dtype)).to(resolve_device(device)).eval()
+    hub = {"revision": revision} if revision and not Path(source).is_dir() else {}  # a folder has one revision
+    model = model_cls.from_pretrained(source, dtype=resolve_dtype(dtype), **hub).to(resolve_device(device)).eval()
     pooling = pooling or adapter_cls.default_pooling(source)
     adapter = adapter_cls(model, pooling=pooling)
 
     def optional(loader):
         try:
-            return loader.from_pretrained(source)
+            return loader.from_pretrained(source, **hub)
         except Exception:
             return None
 

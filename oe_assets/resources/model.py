@@ -31,7 +31,8 @@ def model_layers(source: str) -> list[str]:
 
 class ModelResource(dg.ConfigurableResource):
     """A Hugging Face model id or local folder, loaded once per process (family detected from its
-    config).  ``device="auto"`` picks CUDA when available."""
+    config).  ``device="auto"`` picks CUDA when available; ``revision``: a hub branch, tag or commit
+    (None: the default branch; ignored for a local folder)."""
 
     source: str
     dtype: str = "float32"
@@ -39,16 +40,17 @@ class ModelResource(dg.ConfigurableResource):
     batch_size: int = 32
     pooling: str | None = None
     max_length: int = 128
+    revision: str | None = None
 
     def compute_device(self):
         """The device the model runs on, without loading it (the analysis stages compute there)."""
         return resolve_device(self.device)
 
     def load(self) -> LoadedModel:
-        key = (resolve_source(self.source), self.dtype, str(resolve_device(self.device)), self.pooling)
+        key = (resolve_source(self.source), self.dtype, str(resolve_device(self.device)), self.pooling, self.revision)
         with _LOCK:
             if key not in _CACHE:
-                _CACHE[key] = load_model(self.source, self.dtype, self.device, self.pooling)
+                _CACHE[key] = load_model(self.source, self.dtype, self.device, self.pooling, revision=self.revision)
             return _CACHE[key]
 
 
