@@ -1,15 +1,18 @@
 """Resumable materialization: which (asset, partition)s of a ``python -m oe_assets materialize`` are
-already up to date on the Dagster instance, and which must run, with the reason.
+already up to date, and which must run, with the reason.
 
-An (asset, partition) is up to date when the instance holds a materialization of it, its file is in
-the :class:`~oe_assets.resources.store.ArtifactStore`, the materialization's code version (the tag
-``dagster/code_version`` Dagster records) equals the asset's current code version, the profile
-settings that the asset reads are those the run recorded (run tag :data:`SETTINGS_TAG`; runs launched
-elsewhere carry none and are not second-guessed), ``text_embeddings`` was computed from the current
-vocabulary (its data version, the content hash), the observed source assets it reads (the dataset
-files) have the data version its run recorded, and none of its upstream (asset, partition)s was
-materialized after it or runs now.  Everything else runs; reasons propagate downstream in
-topological order, so a rerun after a failure starts where the failure was.
+The files are the truth, not the instance: an (asset, partition) is up to date when its file in the
+:class:`~oe_assets.resources.store.ArtifactStore` reads whole (every checksum verified, by the same
+IO manager that loads it), its own provenance record (:mod:`oe_assets.provenance`) carries the
+asset's current code version and, for every setting the asset declares
+(:data:`oe_assets.settings.READS`), the profile's value now; ``text_embeddings`` records the current
+vocabulary; the dataset splits it read have the data version observed now (the order hash of
+``<split>_data``); and for each upstream (asset, partition) its lineage holds the data version of the
+upstream file as it is now, and none of them runs now.  So a file written by another instance (the
+UI's, a ``dagster asset materialize`` with another ``DAGSTER_HOME``) is accepted when its provenance
+matches the profile and its inputs, and rerun when it does not; a truncated or corrupt file is rerun.
+Everything else runs; reasons propagate downstream in topological order, so a rerun after a failure
+starts where the failure was.
 """
 
 from __future__ import annotations
@@ -19,59 +22,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
-from dagster._core.definitions.data_version import (
-    CODE_VERSION_TAG, DATA_VERSION_TAG, DEFAULT_DATA_VERSION, get_input_data_version_tag,
-)
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
+
+from .provenance import SPLITS, _key, entry, lineage_of, own_record
+from .settings import SECTIONS, asset_of, current_values, declared
 
 __all__ = ["SETTINGS_TAG", "Plan", "plan_materialization", "settings_tags", "format_partitions", "observe_sources"]
 
-#: run tag with the profile settings a CLI run used (JSON), compared per asset on the next run
+#: run tag with the profile settings a CLI run used (JSON): what the run was made with, for the run's page
 SETTINGS_TAG = "oe_assets/settings"
 
-_MODEL = ["model.source", "model.dtype", "model.pooling", "model.max_length"]
-_DATA = ["dataset.kind", "dataset.train_path", "dataset.val_path", "dataset.text_column", "dataset.label_column",
-         "dataset.class_index", "dataset.offset", "dataset.limit", "dataset.train_key", "dataset.val_key",
-         "dataset.train_labels_key", "dataset.val_labels_key"]
-_IMAGENET_R = ["dataset.val_r_path", "dataset.imagenet_r_classes", "dataset.val_stride"]
-#: the profile settings each asset reads (upstream changes reach it through its upstream assets)
-ASSET_SETTINGS: dict[str, list[str]] = {
-    "text_embeddings": [*_MODEL, "analysis.vocabulary_path", "analysis.text_embeddings_path"],
-    "classifier": [*_MODEL, "analysis.templates_path", "analysis.classifier_path", "dataset.classes_path",
-                   "dataset.kind", "dataset.class_index", "dataset.n_classes"],
-    "train_representations": [*_MODEL, *_DATA, "dataset.train_stride", "analysis.coefficient"],
-    "val_representations": [*_MODEL, *_DATA, "dataset.val_stride", "analysis.coefficient"],
-    "second_order_effects": [*_MODEL, *_DATA, "dataset.train_stride", "analysis.coefficient", "analysis.convention",
-                             "storage.alpha_dtype"],
-    "val_second_order_effects": [*_MODEL, *_DATA, "dataset.val_stride", "analysis.coefficient",
-                                 "analysis.convention", "storage.alpha_dtype"],
-    "val_r_representations": [*_MODEL, *_DATA, *_IMAGENET_R, "analysis.coefficient"],
-    "val_r_second_order_effects": [*_MODEL, *_DATA, *_IMAGENET_R, "analysis.coefficient", "analysis.convention",
-                                   "storage.alpha_dtype"],
-    "ablation_report": ["analysis.store_logits"],
-    "ablation_report_r": ["dataset.imagenet_r_classes", "analysis.store_logits"],
-    "first_order_effects": [*_MODEL, *_DATA, "dataset.train_stride", "dataset.val_stride", "analysis.coefficient"],
-    "total_effects": [*_MODEL, *_DATA, "dataset.val_stride"],
-    "neuron_pcas": ["analysis.top_k"],
-    "sparse_codes": ["analysis.components", "analysis.coefficient", "analysis.sparse_dtype"],
-    "neuron_report": ["analysis.report_neurons", "dataset.classes_path"],
-}
+
+def profile_resources(defs: dg.Definitions) -> dict[str, Any]:
+    """The resources holding the profile's settings (:data:`oe_assets.settings.SECTIONS`)."""
+    return {name: defs.resources[name] for name in SECTIONS.values()}
 
 
-def _settings(defs: dg.Definitions) -> dict[str, Any]:
-    """The effective profile settings (resource fields, defaults included), as ``section.key``."""
-    out = {}
-    for section, resource in (("model", "model"), ("dataset", "dataset"), ("analysis", "analysis"),
-                              ("storage", "store")):
-        for k, v in defs.resources[resource].model_dump().items():
-            out[f"{section}.{k}"] = v
-    return out
-
-
-def settings_tags(defs: dg.Definitions) -> dict[str, str]:
-    """The run tag recording the settings of the CLI's runs."""
-    keys = sorted({k for ks in ASSET_SETTINGS.values() for k in ks})
-    s = _settings(defs)
-    return {SETTINGS_TAG: json.dumps({k: s.get(k) for k in keys}, sort_keys=True, default=str)}
+def settings_tags(defs: dg.Definitions, cache: dict | None = None) -> dict[str, str]:
+    """The run tag recording every declared setting's value."""
+    return {SETTINGS_TAG: json.dumps(current_values(profile_resources(defs), cache=cache), sort_keys=True,
+                                     default=str)}
 
 
 def observe_sources(defs: dg.Definitions, instance: dg.DagsterInstance, tags: dict[str, str] | None = None
@@ -148,43 +118,53 @@ def plan_materialization(defs: dg.Definitions, instance: dg.DagsterInstance, ass
     runs; see the module docstring."""
     graph = defs.resolve_asset_graph()
     order = [k for k in graph.toposorted_asset_keys if k in set(asset_keys)]
-    store = defs.resources["store"]
-    current = settings_tags(defs)[SETTINGS_TAG]
-    current_settings = json.loads(current)
-    run_settings: dict[str, dict | None] = {}
-    records: dict[tuple, Any] = {}
-
-    def latest(key: dg.AssetKey, partition: str | None):
-        if (key, partition) not in records:
-            flt = dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition is not None else None)
-            res = instance.fetch_materializations(flt, limit=1).records
-            records[(key, partition)] = res[0] if res else None
-        return records[(key, partition)]
-
-    def recorded_settings(record) -> dict | None:
-        if record.run_id not in run_settings:
-            run = instance.get_run_by_id(record.run_id)
-            tag = run.tags.get(SETTINGS_TAG) if run else None
-            run_settings[record.run_id] = json.loads(tag) if tag else None
-        return run_settings[record.run_id]
-
-    vocabulary_version = _vocabulary_version(defs, instance)
+    cache: dict = {}
+    current = current_values(profile_resources(defs), cache=cache)
+    files = _Files(defs)
     observed = _observed_versions(graph, instance)
+    context = {"current": current, "vocabulary": _vocabulary_version(defs, instance), "observed": observed,
+               "files": files, "instance": instance}
     plan = Plan(order, {})
     for key in order:
         node = graph.get(key)
         parts = node.partitions_def.get_partition_keys() if node.partitions_def else [None]
         plan.partitions[key] = parts
         plan.code_versions[key] = node.code_version
-        suffix = defs.resources[defs.resolve_assets_def(key).get_io_manager_key_for_asset_key(key)].suffix
         for p in ([q for q in parts if q in layers] if node.partitions_def else parts):
-            reason = _reason(key, p, node, graph, plan, latest, store, suffix, force, current_settings,
-                             recorded_settings, vocabulary_version, observed)
+            reason = "--force" if force else _reason(key, p, node, graph, plan, context)
             if reason:
                 plan.run.setdefault(key, {})[p] = reason
             else:
                 plan.skip.setdefault(key, []).append(p)
     return plan
+
+
+class _Files:
+    """Each (asset, partition)'s file: its path, and its attributes read whole through its IO manager
+    (checksums verified), once per plan."""
+
+    def __init__(self, defs: dg.Definitions):
+        self.defs, self.attrs = defs, {}
+
+    def io_manager(self, key: dg.AssetKey):
+        return self.defs.resources[self.defs.resolve_assets_def(key).get_io_manager_key_for_asset_key(key)]
+
+    def path(self, key: dg.AssetKey, partition: str | None):
+        return self.io_manager(key).path_for(key, partition)
+
+    def read(self, key: dg.AssetKey, partition: str | None) -> dict | Exception | None:
+        """The file's attributes; None without a file; the error of a file that does not read."""
+        if (key, partition) not in self.attrs:
+            path = self.path(key, partition)
+            if not path.exists():
+                self.attrs[(key, partition)] = None
+            else:
+                store = self.defs.resources["store"]
+                try:
+                    self.attrs[(key, partition)] = self.io_manager(key).verify(path, store.describe(key, partition))
+                except Exception as e:  # noqa: BLE001 - any unreadable file is rerun, saying why
+                    self.attrs[(key, partition)] = e
+        return self.attrs[(key, partition)]
 
 
 def _vocabulary_version(defs: dg.Definitions, instance: dg.DagsterInstance) -> str | None:
@@ -197,56 +177,66 @@ def _vocabulary_version(defs: dg.Definitions, instance: dg.DagsterInstance) -> s
         return vocabulary_hash(load_vocabulary(path))
     obs = instance.fetch_observations(dg.AssetKey("vocabulary"), limit=1).records
     if obs:
-        version = obs[0].asset_observation.tags.get("dagster/data_version")
+        version = obs[0].asset_observation.tags.get(DATA_VERSION_TAG)
         return version
     return None
 
 
-def _observed_versions(graph, instance: dg.DagsterInstance) -> dict[dg.AssetKey, str]:
+def _observed_versions(graph, instance: dg.DagsterInstance) -> dict[str, str]:
     """The latest observed data version of every observable source asset (the vocabulary, the
-    dataset files) that has one on the instance."""
+    dataset files) that has one on the instance, by asset name."""
     out = {}
     for key in graph.observable_asset_keys:
         obs = instance.fetch_observations(key, limit=1).records
         version = obs[0].asset_observation.tags.get(DATA_VERSION_TAG) if obs else None
         if version:
-            out[key] = version
+            out[key.to_user_string()] = version
     return out
 
 
-def _reason(key, partition, node, graph, plan, latest, store, suffix, force, current_settings, recorded_settings,
-            vocabulary_version, observed) -> str | None:
-    if force:
-        return "--force"
-    record = latest(key, partition)
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:13] + "..."
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0]
+
+
+def _reason(key, partition, node, graph, plan, context) -> str | None:
+    files: _Files = context["files"]
+    name = key.to_user_string()
+    attrs = files.read(key, partition)
+    if attrs is None:
+        flt = dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition is not None else None)
+        if not context["instance"].fetch_materializations(flt, limit=1).records:
+            return "never materialized"
+        return f"no file at {files.path(key, partition)}"
+    if isinstance(attrs, Exception):
+        return f"its file does not read: {_first_line(attrs)}"
+    me = entry(name, partition)
+    record = own_record(attrs, me)
     if record is None:
-        return "never materialized"
-    path = store.path_for(key, partition, suffix)
-    if not path.exists():
-        return f"no file at {path}"
-    mat = record.asset_materialization
-    recorded = (mat.tags or {}).get(CODE_VERSION_TAG)
+        return f"no provenance recorded in {files.path(key, partition)}"
+    recorded = record.get("code_version")
     if node.code_version is not None and recorded != node.code_version:
         return f"code version {recorded} -> {node.code_version}"
-    old = recorded_settings(record)
-    if old is not None:
-        changed = [k for k in ASSET_SETTINGS.get(key.to_user_string(), [])
-                   if json.dumps(old.get(k), default=str) != json.dumps(current_settings.get(k), default=str)]
-        if changed:
-            return "profile settings changed: " + ", ".join(f"{k} {old.get(k)!r} -> {current_settings.get(k)!r}"
-                                                             for k in changed)
-    if key.to_user_string() == "text_embeddings" and vocabulary_version is not None:
-        md = mat.metadata.get("vocabulary_version")
-        recorded_vocabulary = getattr(md, "value", md)
-        if recorded_vocabulary is not None and recorded_vocabulary != vocabulary_version:
-            return f"vocabulary changed ({str(recorded_vocabulary)[:12]} -> {vocabulary_version[:12]})"
+    current = context["current"]
+    changed = [s for s in declared(name) if s not in record or _key(record[s]) != _key(current[s])]
+    if changed:
+        return "profile settings changed: " + ", ".join(
+            f"{s} {_short(record[s]) if s in record else '(not recorded)'} -> {_short(current[s])}" for s in changed)
+    vocabulary = context["vocabulary"]
+    if name == "text_embeddings" and vocabulary is not None and record.get("vocabulary") != vocabulary:
+        return f"vocabulary changed ({str(record.get('vocabulary'))[:12]} -> {vocabulary[:12]})"
+    for split in SPLITS:
+        then, now = record.get(f"{split}.order"), context["observed"].get(f"{split}_data")
+        if then is not None and now is not None and then != now:
+            return f"{split}_data changed ({then[:12]} -> {now[:12]})"
+    lineage = lineage_of(attrs, me)
     for parent in sorted(node.parent_keys, key=lambda k: k.to_user_string()):
         pnode = graph.get(parent)
-        if not pnode.is_materializable:  # an observed source (a dataset file): its data version then and now
-            then = (mat.tags or {}).get(get_input_data_version_tag(parent))
-            now = observed.get(parent)
-            if then not in (None, DEFAULT_DATA_VERSION.value) and now is not None and then != now:
-                return f"{parent.to_user_string()} changed ({then[:12]} -> {now[:12]})"
+        if not pnode.is_materializable:  # the model, the observed dataset files: compared above
             continue
         if pnode.partitions_def is None:
             pparts = [None]
@@ -254,12 +244,20 @@ def _reason(key, partition, node, graph, plan, latest, store, suffix, force, cur
             pparts = [partition]
         else:  # an unpartitioned asset over every layer (layer_summary)
             pparts = pnode.partitions_def.get_partition_keys()
-        name = parent.to_user_string()
+        pname = parent.to_user_string()
         for pp in pparts:
             where = f" layer {pp}" if pp is not None and node.partitions_def is None else ""
             if pp in plan.run.get(parent, {}):
-                return f"upstream {name}{where} runs"
-            prec = latest(parent, pp)
-            if prec is not None and prec.storage_id > record.storage_id:
-                return f"upstream {name}{where} materialized later"
+                return f"upstream {pname}{where} runs"
+            pattrs = files.read(parent, pp)
+            if pattrs is None or isinstance(pattrs, Exception):
+                continue  # not materialized (layer_summary takes the layers that exist) or not in this plan
+            precord = own_record(pattrs, entry(pname, pp)) or {}
+            made_from = lineage.get(entry(pname, pp))
+            if made_from is None:
+                if any(asset_of(e) == pname for e in lineage):  # an input it read, but not this layer of it
+                    return f"upstream {pname}{where} is not among what it was made from"
+                continue  # an ordering dependency it does not read (the effects recompute the representations)
+            if precord.get("data_version") != made_from.get("data_version"):
+                return f"upstream {pname}{where} was re-made since"
     return None

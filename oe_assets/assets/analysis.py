@@ -13,7 +13,7 @@ from ..plots import accuracy_against_layer, explained_variance_profile, markdown
 from ..reports import NeuronSection, render_report
 from ..resources.datasets import DatasetResource
 from ..provenance import entry, split_record
-from ..resources.store import ArtifactStore, H5Payload, open_effects, table_attrs, table_with_attrs
+from ..resources.store import ArtifactStore, H5Payload, HTMLPage, open_effects, table_attrs, table_with_attrs
 from ..resources.model import AnalysisResource, ModelResource
 from ..lens.loading import resolve_dtype
 from .baselines import BASELINE_SCENARIOS
@@ -209,7 +209,7 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition, imagenet_r: b
         with timer(meta):
             for key in context.partition_keys:
                 pcas, codes = neuron_pcas[key], sparse_codes[key]
-                provenance(context, "neuron_report", {
+                lineage = provenance(context, "neuron_report", {
                     entry("neuron_pcas", key): pcas.attrs, entry("sparse_codes", key): codes.attrs,
                     entry("second_order_effects", key): second_order_effects[key].attrs,
                     "text_embeddings": text_embeddings.attrs}, profile_resources(model, dataset, analysis, store),
@@ -233,10 +233,10 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition, imagenet_r: b
                 path = store.path_for(context.asset_key, key, ".html").resolve()
                 layer_meta(context, key, report=dg.MetadataValue.path(str(path)),
                            report_url=dg.MetadataValue.url(path.as_uri()))
-                out[key] = render_report(
+                out[key] = HTMLPage(render_report(
                     f"Layer {key}: the {len(sections)} most significant neurons",
                     f"model {attrs.get('model')}, convention {attrs.get('convention')}, coefficient "
-                    f"{attrs.get('coefficient')}; neurons ordered by significance (top-k norm threshold)", sections)
+                    f"{attrs.get('coefficient')}; neurons ordered by significance (top-k norm threshold)", sections), lineage)
         context.add_output_metadata({**meta, "neurons": len(chosen), "layers": ", ".join(context.partition_keys)})
         return out
 

@@ -48,13 +48,15 @@ EAGER = dg.AutomationCondition.eager().ignore(dg.AssetSelection.keys("model", *D
 
 
 def provenance(context, asset: str, inputs: dict[str, dict], resources: dict, extra: dict | None = None,
-               partition: str | None = None, code_version: str = CODE_VERSION) -> dict[str, Any]:
+               partition: str | None = None) -> dict[str, Any]:
     """Check the provenance of an asset's inputs (:func:`oe_assets.provenance.check`: ``inputs``
     maps each input's entry to its file attributes) against each other and against the profile now
     (``resources``: ``{"model", "dataset", "analysis", "store"}``); the asset's own record is the
     value of every setting it declares (:data:`oe_assets.settings.READS`) and ``extra`` (the dataset
-    split it reads, the resolved convention).  Records the asset's record and its inputs' data
-    versions in the materialization metadata, and returns the file attributes that store its lineage."""
+    split it reads, the resolved convention) and its code version (the asset definition's).  Records
+    the asset's record and its inputs' data versions in the materialization metadata, and returns the
+    file attributes that store its lineage."""
+    code_version = context.assets_def.code_versions_by_key.get(context.asset_key)
     cache: dict = {}
     own = {**record(asset, resources, cache), **(extra or {})}
     lineage = check(entry(asset, partition), inputs, own, code_version, current_values(resources, cache=cache))

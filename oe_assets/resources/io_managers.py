@@ -22,8 +22,8 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .store import (ArtifactStore, CorruptFileError, H5Group, H5Payload, LazyH5Array, StagedH5, _write_attrs,
-                    open_effects, write_h5)
+from .store import (ArtifactStore, CorruptFileError, H5Group, H5Payload, HTMLPage, LazyH5Array, StagedH5, _write_attrs,
+                    html_attrs, html_with_attrs, open_effects, table_attrs, write_h5)
 
 __all__ = ["H5Payload", "StagedH5", "H5Group", "LazyH5Array", "HDF5IOManager", "HTMLIOManager", "ParquetIOManager",
            "open_effects"]
@@ -96,6 +96,11 @@ class _BaseIOManager(dg.ConfigurableIOManager):
         (partition) in errors."""
         raise NotImplementedError
 
+    def verify(self, path: Path, what: str) -> dict:
+        """Read the whole file, as every load would, checksums included, and return its attributes;
+        a truncated or corrupt file raises naming it and ``what``."""
+        raise NotImplementedError
+
 
 class HDF5IOManager(_BaseIOManager):
     """Arrays in HDF5, one file per asset partition, chunked and compressed, with attributes."""
@@ -117,6 +122,11 @@ class HDF5IOManager(_BaseIOManager):
 
     def _read(self, path: Path, metadata: dict, what: str) -> H5Group:
         return H5Group(path, what)
+
+    def verify(self, path: Path, what: str) -> dict:
+        with H5Group(path, what) as group:
+            group.verify()
+            return dict(group.attrs)
 
 
 class ParquetIOManager(_BaseIOManager):
@@ -141,17 +151,23 @@ class ParquetIOManager(_BaseIOManager):
             raise CorruptFileError(f"{path}: cannot read the Parquet file ({type(e).__name__}: {e}): it is truncated "
                                    f"or corrupt, re-materialize {what}") from e
 
+    def verify(self, path: Path, what: str) -> dict:
+        return table_attrs(self._read(path, {}, what))
+
 
 class HTMLIOManager(_BaseIOManager):
-    """Static HTML reports (a ``str`` per partition), written atomically."""
+    """Static HTML reports (an :class:`HTMLPage` or a ``str`` per partition), written atomically; a
+    page's attributes (its provenance) are stored in a final comment."""
 
     suffix: ClassVar[str] = ".html"
 
     def _write(self, context, path: Path, obj) -> None:
-        if not isinstance(obj, str):
-            raise TypeError(f"HTMLIOManager stores HTML text, got {type(obj).__name__}")
+        if isinstance(obj, str):
+            obj = HTMLPage(obj)
+        if not isinstance(obj, HTMLPage):
+            raise TypeError(f"HTMLIOManager stores HTMLPage or HTML text, got {type(obj).__name__}")
         with self.store.atomic(path) as tmp:
-            tmp.write_text(obj, encoding="utf-8")
+            tmp.write_text(html_with_attrs(obj), encoding="utf-8")
 
     def _record(self, context, paths: list[Path]) -> None:
         super()._record(context, paths)
@@ -161,3 +177,10 @@ class HTMLIOManager(_BaseIOManager):
 
     def _read(self, path: Path, metadata: dict, what: str) -> str:
         return path.read_text(encoding="utf-8")
+
+    def verify(self, path: Path, what: str) -> dict:
+        try:
+            return html_attrs(self._read(path, {}, what))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise CorruptFileError(f"{path}: cannot read the report ({type(e).__name__}: {e}): it is corrupt, "
+                                   f"re-materialize {what}") from e

@@ -33,7 +33,8 @@ import numpy as np
 from ..lens.effects_file import CorruptFileError, H5Dataset, H5Handle, checksummed, discard_h5, is_disk_full
 from ..recovery import is_dead, staging_suffix, staging_writer
 
-__all__ = ["ArtifactStore", "H5Payload", "StagedH5", "H5Group", "LazyH5Array", "atomic_path", "staging_path", "write_h5",
+__all__ = ["ArtifactStore", "H5Payload", "StagedH5", "HTMLPage", "html_attrs", "html_with_attrs",
+           "H5Group", "LazyH5Array", "atomic_path", "staging_path", "write_h5",
            "CorruptFileError", "DiskFullError",
            "table_attrs", "table_with_attrs"]
 
@@ -102,6 +103,33 @@ class StagedH5:
     attrs: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class HTMLPage:
+    """An HTML report with attributes (its provenance), stored as a comment at the end of the page."""
+
+    html: str
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+_HTML_ATTRS = "<!-- oe_assets:attrs "
+
+
+def html_with_attrs(page: HTMLPage) -> str:
+    """The page's text with its attributes as a final comment (JSON; ``--`` escaped, a comment may not hold it)."""
+    encoded = json.dumps({k: v for k, v in page.attrs.items() if v is not None}, sort_keys=True, default=str)
+    encoded = encoded.replace("--", "-\\u002d")
+    return f"{page.html}\n{_HTML_ATTRS}{encoded} -->\n"
+
+
+def html_attrs(text: str) -> dict[str, Any]:
+    """The attributes :func:`html_with_attrs` stored in a page ({} for a page without them)."""
+    at = text.rfind(_HTML_ATTRS)
+    if at < 0:
+        return {}
+    end = text.find(" -->", at)
+    return json.loads(text[at + len(_HTML_ATTRS): end])
+
+
 class LazyH5Array(H5Dataset):
     """A dataset in an HDF5 file, read through one open handle (:class:`H5Handle`, shared with its
     :class:`H5Group`, or its own when given a path): ``shape``, ``dtype``, ``__getitem__``,
@@ -148,6 +176,20 @@ class H5Group:
         if h5py.check_string_dtype(self.handle.file[name].dtype) is not None:
             return [s.decode("utf-8") if isinstance(s, bytes) else s for s in data]
         return data
+
+    def verify(self, block_bytes: int = 1 << 26) -> None:
+        """Read every dataset whole, ``block_bytes`` at a time along its first axis, so that every
+        chunk's checksum is checked; a corrupt chunk raises :class:`CorruptFileError`."""
+        names: list[str] = []
+        self.handle.file.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+        for name in names:
+            ds = self.handle.file[name]
+            if ds.ndim == 0 or ds.shape[0] == 0:
+                self.handle.read(name)
+                continue
+            rows = max(1, block_bytes // max(1, ds.dtype.itemsize * int(np.prod(ds.shape[1:]))))
+            for start in range(0, ds.shape[0], rows):
+                self.handle.read(name, np.s_[start:start + rows])
 
     def close(self) -> None:
         self.handle.close()
