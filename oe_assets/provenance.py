@@ -279,33 +279,26 @@ def _current_value(field: str, values: list[tuple], current: dict, consumer: str
 
 def stale_entries(seen: list[tuple], newest: dict[str, tuple], want: dict[str, str]) -> list[str]:
     """The entries whose files must be re-made, in dependency order: a file whose own record holds a
-    value other than ``want`` (field -> the current value's key), or that was made from another
-    version of an input than that input's file now (its record's ``inputs``); a record seen only
-    through a direct input's lineage (an input's file since re-made) makes that direct input stale.
-    ``seen``: (entry, the direct input it came through or None, record) of the inputs' lineages."""
-    versions = {name: item[2].get("data_version") for name, item in newest.items()}
-
-    def outdated(record: dict) -> bool:
-        if any(f in record and _key(record[f]) != w for f, w in want.items()):
-            return True
-        if record.get("data_version") is not None and any(
-                versions.get(e) not in (None, v) for e, v in (record.get("inputs") or {}).items()):
-            return True
-        return False
-
+    value other than ``want`` (field -> the current value's key); a direct input whose lineage holds
+    another version of an entry than that entry's file now (made from an input since re-made); and,
+    transitively, every file made from a stale one (its record's ``inputs``).  ``seen``: (entry, the
+    direct input it came through or None, record) of the inputs' lineages; ``newest``: each entry's
+    record as its file is now."""
     stale: dict[str, None] = {}
-    for item in seen:
-        name, via, record = item
-        if outdated(record):
-            if newest.get(name) is item:
+    for name, (_, _, record) in newest.items():
+        if any(f in record and _key(record[f]) != w for f, w in want.items()):
+            stale[name] = None
+    for name, via, record in seen:  # another version of an entry, seen through an input
+        version = newest[name][2].get("data_version")
+        if via is not None and record.get("data_version") not in (None, version):
+            stale[via] = None
+    grew = True
+    while grew:  # made from a stale file
+        grew = False
+        for name, (_, _, record) in newest.items():
+            if name not in stale and any(i in stale for i in (record.get("inputs") or {})):
                 stale[name] = None
-            elif via is not None:
-                stale[via] = None
-    for name, item in newest.items():  # another version of an entry seen through an input: that input
-        version = item[2].get("data_version")
-        for other_name, via, record in seen:
-            if other_name == name and via is not None and record.get("data_version") not in (None, version):
-                stale[via] = None
+                grew = True
     return sorted(stale, key=_rank)
 
 

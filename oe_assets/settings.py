@@ -38,7 +38,7 @@ SECTIONS = {"model": "model", "dataset": "dataset", "analysis": "analysis", "sto
 
 _MODEL = ("model.source", "model.revision", "model.weights", "model.dtype", "model.pooling", "model.max_length")
 _DATA = ("dataset.kind", "dataset.text_column", "dataset.label_column", "dataset.class_index", "dataset.offset",
-         "dataset.limit")
+         "dataset.limit", "dataset.classes")  # text labels are indices into the class names
 _TRAIN = (*_DATA, "dataset.train_stride", "dataset.train_key", "dataset.train_labels_key")
 _VAL = (*_DATA, "dataset.val_stride", "dataset.val_key", "dataset.val_labels_key")
 _VAL_R = (*_DATA, "dataset.val_stride", "dataset.imagenet_r_classes")
@@ -57,12 +57,12 @@ READS: dict[str, tuple[str, ...]] = {
     "val_r_second_order_effects": (*_MODEL, *_VAL_R, *_EFFECTS),
     "first_order_effects": (*_MODEL, *_TRAIN, "dataset.val_stride", "dataset.val_key", "dataset.val_labels_key",
                             "analysis.coefficient"),
-    "total_effects": (*_MODEL, *_VAL),
+    "total_effects": (*_MODEL, *_VAL, "analysis.coefficient"),
     "neuron_pcas": ("analysis.top_k",),
     "sparse_codes": ("analysis.components", "analysis.coefficient", "analysis.sparse_dtype"),
     "ablation_report": ("analysis.store_logits",),
     "ablation_report_r": ("dataset.imagenet_r_classes", "analysis.store_logits"),
-    "neuron_report": ("analysis.report_neurons", "dataset.classes"),
+    "neuron_report": (*_TRAIN, "analysis.report_neurons"),
     "layer_summary": (),
 }
 

@@ -32,6 +32,24 @@ class ProfileError(ValueError):
         super().__init__(f"{where} is invalid:\n" + "\n".join(f"  - {p}" for p in self.problems))
 
 
+def _defaults(section: str) -> dict[str, Any]:
+    """The field defaults of the resource configuring ``section`` (the one place they live)."""
+    from ..settings import default
+
+    return {name: default(f"{section}.{name}") for name in section_fields()[section]
+            if not _required(section, name)}
+
+
+def _required(section: str, name: str) -> bool:
+    from ..resources.datasets import DatasetResource
+    from ..resources.model import AnalysisResource, ModelResource
+    from ..resources.store import ArtifactStore
+
+    cls = {"model": ModelResource, "dataset": DatasetResource, "analysis": AnalysisResource,
+           "storage": ArtifactStore}[section]
+    return cls.model_fields[name].is_required()
+
+
 def section_fields() -> dict[str, list[str]]:
     """The valid keys of each profile section: the fields of the resource it configures."""
     from ..resources.datasets import DatasetResource
@@ -98,8 +116,9 @@ def count_samples(dataset: dict[str, Any], split: str) -> int:
     cheaply: text rows, an image folder's listing, an npz array's shape."""
     from ..lens.text_datasets import subsample
 
+    dataset = {**_defaults("dataset"), **dataset}
     path = Path(dataset[f"{split}_path"])
-    kind = dataset.get("kind", "text")
+    kind = dataset["kind"]
     if kind == "text":
         n = _text_rows(path)
     elif kind == "image_folder":
@@ -110,14 +129,14 @@ def count_samples(dataset: dict[str, Any], split: str) -> int:
         if str(path).endswith(".npy"):
             n = np.load(path, mmap_mode="r").shape[0]
         else:
-            n = npz_shape(path, dataset.get(f"{split}_key", f"{split}_images"))[0]
+            n = npz_shape(path, dataset[f"{split}_key"])[0]
     elif kind in ("cifar10", "cifar100"):
         from ..lens.cifar import load_cifar
 
         n = len(load_cifar(path, kind, split)[1])
     else:
         raise ValueError(f"dataset.kind: {kind!r}; choose 'text', 'image_folder', 'npz', 'cifar10' or 'cifar100'")
-    return len(subsample(range(n), int(dataset.get("offset", 0)), int(dataset.get(f"{split}_stride", 1)),
+    return len(subsample(range(n), int(dataset["offset"]), int(dataset[f"{split}_stride"]),
                          dataset.get("limit")))
 
 
@@ -238,18 +257,19 @@ def validate_profile(cfg: dict[str, dict[str, Any]], where: str = "profile") -> 
         raise ProfileError(problems, where)
     problems = check_keys(cfg) + _check_paths(cfg)
     model, dataset = cfg["model"], cfg["dataset"]
-    analysis = {"top_k": 32, "components": 8, **(cfg.get("analysis") or {})}
+    analysis = {**_defaults("analysis"), **(cfg.get("analysis") or {})}
+    dataset = {**_defaults("dataset"), **dataset}
     if "source" not in model:
         problems.append("model.source: missing (a Hugging Face hub id or a local folder)")
     for key in ("train_path", "val_path"):
         if key not in dataset:
             problems.append(f"dataset.{key}: missing")
-    if dataset.get("imagenet_r_classes", "subset") not in ("subset", "all"):
+    if dataset["imagenet_r_classes"] not in ("subset", "all"):
         problems.append(f"dataset.imagenet_r_classes: {dataset['imagenet_r_classes']!r} must be 'subset' (200-way, "
                         "the standard ImageNet-R protocol) or 'all' (1000-way)")
-    if dataset.get("val_r_path") and dataset.get("kind", "text") != "image_folder":
+    if dataset["val_r_path"] and dataset["kind"] != "image_folder":
         problems.append(f"dataset.val_r_path: an ImageNet-R folder needs dataset.kind 'image_folder' (the 1000-way "
-                        f"ImageNet classifier), not {dataset.get('kind', 'text')!r}")
+                        f"ImageNet classifier), not {dataset['kind']!r}")
     for section, key in (("dataset", "train_stride"), ("dataset", "val_stride"), ("model", "batch_size"),
                          ("analysis", "top_k"), ("analysis", "components")):
         value = (cfg.get(section) or {}).get(key)
@@ -262,8 +282,8 @@ def validate_profile(cfg: dict[str, dict[str, Any]], where: str = "profile") -> 
         measured["train_samples"] = n = count_samples(dataset, "train")
         if analysis["top_k"] > n:
             problems.append(f"analysis.top_k: {analysis['top_k']} exceeds the {n} train samples left after "
-                            f"subsampling (dataset.train_stride={dataset.get('train_stride', 1)}, "
-                            f"offset={dataset.get('offset', 0)}, limit={dataset.get('limit')})")
+                            f"subsampling (dataset.train_stride={dataset['train_stride']}, "
+                            f"offset={dataset['offset']}, limit={dataset['limit']})")
     except (OSError, ValueError, KeyError) as e:
         problems.append(f"dataset.train_path: {dataset['train_path']!r} cannot be counted: {e}")
     problems += _check_string_lists(dataset, analysis)
