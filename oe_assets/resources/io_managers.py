@@ -20,10 +20,9 @@ from typing import ClassVar
 
 import dagster as dg
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from .store import (ArtifactStore, CorruptFileError, H5Group, H5Payload, LazyH5Array, StagedH5, _write_attrs,
-                    open_effects, write_h5)
+from .store import (ArtifactStore, H5Group, H5Payload, LazyH5Array, StagedH5, open_effects, read_html, read_parquet,
+                    write_attrs, write_h5, write_html, write_parquet)
 
 __all__ = ["H5Payload", "StagedH5", "H5Group", "LazyH5Array", "HDF5IOManager", "HTMLIOManager", "ParquetIOManager",
            "open_effects"]
@@ -107,7 +106,7 @@ class HDF5IOManager(_BaseIOManager):
             import h5py
 
             with h5py.File(obj.path, "a") as f:
-                _write_attrs(f, obj.attrs)
+                write_attrs(f, obj.attrs)
             self.store.commit(obj.path, path)
         elif isinstance(obj, H5Payload):
             write_h5(path, obj)
@@ -120,38 +119,30 @@ class HDF5IOManager(_BaseIOManager):
 
 
 class ParquetIOManager(_BaseIOManager):
-    """Tables in Parquet (pyarrow), one file per asset partition."""
+    """Tables in Parquet (pyarrow), one file per asset partition, checksummed (:func:`write_parquet`)."""
 
     suffix: ClassVar[str] = ".parquet"
 
     def _write(self, context, path: Path, obj) -> None:
         if not isinstance(obj, pa.Table):
             raise TypeError(f"ParquetIOManager stores pyarrow.Table, got {type(obj).__name__}")
-        with self.store.atomic(path) as tmp:
-            pq.write_table(obj, tmp)
+        write_parquet(path, obj)
 
     def _read(self, path: Path, metadata: dict, what: str) -> pa.Table:
-        """The table, or only the input's ``columns`` (metadata) when it names some; a truncated or
-        corrupt file raises :class:`CorruptFileError` naming it and the asset."""
-        try:
-            return pq.read_table(path, columns=metadata.get("columns"))
-        except (pa.ArrowException, OSError) as e:
-            if isinstance(e, (FileNotFoundError, PermissionError)):
-                raise
-            raise CorruptFileError(f"{path}: cannot read the Parquet file ({type(e).__name__}: {e}): it is truncated "
-                                   f"or corrupt, re-materialize {what}") from e
+        """The table, or only the input's ``columns`` (metadata) when it names some; a file failing
+        its checksum, truncated or corrupt raises :class:`CorruptFileError` naming it and the asset."""
+        return read_parquet(path, what, metadata.get("columns"))
 
 
 class HTMLIOManager(_BaseIOManager):
-    """Static HTML reports (a ``str`` per partition), written atomically."""
+    """Static HTML reports (a ``str`` per partition), written atomically, checksummed (:func:`write_html`)."""
 
     suffix: ClassVar[str] = ".html"
 
     def _write(self, context, path: Path, obj) -> None:
         if not isinstance(obj, str):
             raise TypeError(f"HTMLIOManager stores HTML text, got {type(obj).__name__}")
-        with self.store.atomic(path) as tmp:
-            tmp.write_text(obj, encoding="utf-8")
+        write_html(path, obj)
 
     def _record(self, context, paths: list[Path]) -> None:
         super()._record(context, paths)
@@ -160,4 +151,4 @@ class HTMLIOManager(_BaseIOManager):
         })
 
     def _read(self, path: Path, metadata: dict, what: str) -> str:
-        return path.read_text(encoding="utf-8")
+        return read_html(path, what)
