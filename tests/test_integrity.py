@@ -30,7 +30,8 @@ from oe_assets.resources import store as store_module
 from oe_assets.resources.io_managers import HDF5IOManager, HTMLIOManager, ParquetIOManager
 from oe_assets.resources.store import (ArtifactStore, CorruptFileError, DiskFullError, H5Group, H5Payload, StagedH5,
                                        open_effects, table_attrs, table_with_attrs, write_h5)
-from test_assets import tiny_bert_profile
+from oe_assets.definitions import inputs_job, layers_job, summary_job
+from test_assets import layer_range, materialize, run_job, tiny_bert_profile
 
 warnings.filterwarnings("ignore", category=dg.PreviewWarning if hasattr(dg, "PreviewWarning") else Warning)
 
@@ -130,7 +131,8 @@ REAL_ENOSPC = textwrap.dedent("""
     sys.path.insert(0, sys.argv[3])
     from oe_assets.resources import store as store_module
     from test_integrity import materialize_effects
-    from test_assets import tiny_bert_profile
+    from oe_assets.definitions import inputs_job, layers_job, summary_job
+from test_assets import layer_range, materialize, run_job, tiny_bert_profile
     from pathlib import Path
     profile = tiny_bert_profile(Path(sys.argv[1]))
     disk = Path(sys.argv[2])
@@ -424,6 +426,45 @@ def test_hdf5_attributes_without_a_checksum_still_read(tmp_path):
         f.attrs["coefficient"] = 100.0
         f.attrs["provenance"] = "json:" + json.dumps(LINEAGE)
     assert H5Group(old).attrs == {"coefficient": 100.0, "provenance": LINEAGE}
+
+
+def corrupt_file_error(run) -> CorruptFileError:
+    """The :class:`CorruptFileError` a failing materialization raised."""
+    with pytest.raises(Exception) as info:
+        run()
+    error = info.value
+    while error is not None and not isinstance(error, CorruptFileError):
+        error = getattr(error, "user_exception", None) or error.__cause__
+    assert error is not None, f"expected a CorruptFileError, got {info.value!r}"
+    return error
+
+
+def test_the_graph_refuses_a_flipped_ablation_report_byte_and_a_changed_coefficient(tmp_path):
+    import pyarrow.parquet as pq
+
+    profile = tiny_bert_profile(tmp_path)
+    defs = build_definitions(profile)
+    instance = dg.DagsterInstance.ephemeral()
+    run_job(defs, inputs_job, instance)
+    run_job(defs, layers_job, instance, tags=layer_range(0, 1))
+    run_job(defs, summary_job, instance)
+    store = Path(profile["storage"]["base_dir"])
+    report = store / "ablation_report" / "1.parquet"
+    chunk = pq.ParquetFile(report).metadata.row_group(0).column(pq.read_schema(report).names.index("accuracy"))
+    end = (chunk.dictionary_page_offset or chunk.data_page_offset) + chunk.total_compressed_size
+    data = bytearray(report.read_bytes())
+    data[end - 3] ^= 0x01  # a byte of the accuracy column's last page
+    report.write_bytes(bytes(data))
+    error = corrupt_file_error(lambda: materialize(defs, ["layer_summary"], instance))
+    assert str(error).startswith(f"{report}: checksum mismatch")
+    assert str(error).endswith("re-materialize asset ablation_report partition 1")
+    reps = store / "val_representations" / "all.h5"
+    with h5py.File(reps, "a") as f:
+        assert f.attrs["coefficient"] == 100.0
+        f.attrs["coefficient"] = 96.0
+    error = corrupt_file_error(lambda: materialize(defs, ["ablation_report"], instance, partition_key="0"))
+    assert str(error).startswith(f"{reps}: checksum mismatch in the file's attributes")
+    assert str(error).endswith("re-materialize asset val_representations")
 
 
 # ---------------------------------------------------------------- one handle per read
