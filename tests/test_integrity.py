@@ -131,8 +131,7 @@ REAL_ENOSPC = textwrap.dedent("""
     sys.path.insert(0, sys.argv[3])
     from oe_assets.resources import store as store_module
     from test_integrity import materialize_effects
-    from oe_assets.definitions import inputs_job, layers_job, summary_job
-from test_assets import layer_range, materialize, run_job, tiny_bert_profile
+    from test_assets import tiny_bert_profile
     from pathlib import Path
     profile = tiny_bert_profile(Path(sys.argv[1]))
     disk = Path(sys.argv[2])
