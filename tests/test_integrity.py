@@ -22,7 +22,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from oe_assets.definitions import build_definitions
+from oe_assets.definitions import build_definitions, inputs_job, layers_job, summary_job
 from oe_assets.lens import SecondOrderLens
 from oe_assets.lens.effects_file import FactorizedEffectsWriter, open_factorized
 from oe_assets.lens.factorized import FactorizedEffects, HeadFactors
@@ -30,7 +30,6 @@ from oe_assets.resources import store as store_module
 from oe_assets.resources.io_managers import HDF5IOManager, HTMLIOManager, ParquetIOManager
 from oe_assets.resources.store import (ArtifactStore, CorruptFileError, DiskFullError, H5Group, H5Payload, StagedH5,
                                        open_effects, table_attrs, table_with_attrs, write_h5)
-from oe_assets.definitions import inputs_job, layers_job, summary_job
 from test_assets import layer_range, materialize, run_job, tiny_bert_profile
 
 warnings.filterwarnings("ignore", category=dg.PreviewWarning if hasattr(dg, "PreviewWarning") else Warning)
