@@ -4,9 +4,11 @@ holds one file for a whole read, and unreadable files name their path and asset.
 
 import errno
 import glob
+import json
 import os
 import pickle
 import shutil
+import struct
 import subprocess
 import sys
 import textwrap
@@ -20,15 +22,15 @@ import pyarrow as pa
 import pytest
 import torch
 
-from oe_assets.definitions import build_definitions
+from oe_assets.definitions import build_definitions, inputs_job, layers_job, summary_job
 from oe_assets.lens import SecondOrderLens
 from oe_assets.lens.effects_file import FactorizedEffectsWriter, open_factorized
 from oe_assets.lens.factorized import FactorizedEffects, HeadFactors
 from oe_assets.resources import store as store_module
-from oe_assets.resources.io_managers import HDF5IOManager, ParquetIOManager
-from oe_assets.resources.store import (ArtifactStore, CorruptFileError, DiskFullError, H5Group, H5Payload,
-                                       open_effects, write_h5)
-from test_assets import tiny_bert_profile
+from oe_assets.resources.io_managers import HDF5IOManager, HTMLIOManager, ParquetIOManager
+from oe_assets.resources.store import (ArtifactStore, CorruptFileError, DiskFullError, H5Group, H5Payload, StagedH5,
+                                       open_effects, table_attrs, table_with_attrs, write_h5)
+from test_assets import layer_range, materialize, run_job, tiny_bert_profile
 
 warnings.filterwarnings("ignore", category=dg.PreviewWarning if hasattr(dg, "PreviewWarning") else Warning)
 
@@ -259,6 +261,208 @@ def test_files_written_without_checksums_still_read(tmp_path):
     fe = open_factorized(old)
     np.testing.assert_allclose(fe[:], np.einsum("spn,pdk,pkn->snd", alpha, left, right), rtol=1e-6)
     assert H5Group(old).read("names") == ["a", "b"]
+
+
+# ---------------------------------------------------------------- checksums of attributes, Parquet and HTML
+def flip_byte_of(path: Path, needle: bytes, at: int = 0, mask: int = 0x01) -> None:
+    """XOR byte ``at`` of the one occurrence of ``needle`` in the file with ``mask``."""
+    data = bytearray(path.read_bytes())
+    assert data.count(needle) == 1, f"{needle!r} occurs {data.count(needle)} times in {path}"
+    data[data.index(needle) + at] ^= mask
+    path.write_bytes(bytes(data))
+
+
+#: an ablation report's rows: the middle accuracy is neither the column's min nor max (stored once, in
+#: the page, and as its bytes: they do not compress)
+REPORT = {"scenario": ["baseline", "first order", "second order"], "accuracy": [0.5, 118 / 145, 0.96875]}
+LINEAGE = {"entry": "ablation_report[1]", "records": {"model": {"weights": "5f2a9c77e1"}}}
+
+
+def parquet_io(tmp_path):
+    return ParquetIOManager(store=ArtifactStore(base_dir=str(tmp_path)))
+
+
+def load_report(io, partition="1"):
+    context = dg.build_input_context(asset_key=dg.AssetKey("ablation_report"), partition_key=partition)
+    return io.load_input(context)[partition]
+
+
+@pytest.mark.parametrize("where", ["value page", "provenance"])
+def test_a_flipped_byte_in_a_parquet_file_is_an_error_naming_file_and_asset(tmp_path, where):
+    io = parquet_io(tmp_path)
+    table = table_with_attrs(pa.table(REPORT), {"provenance": LINEAGE})
+    io.handle_output(dg.build_output_context(asset_key=dg.AssetKey("ablation_report"), partition_key="1"), table)
+    path = tmp_path / "ablation_report" / "1.parquet"
+    loaded = load_report(io)
+    assert loaded.to_pydict() == REPORT and table_attrs(loaded) == {"provenance": LINEAGE}
+    if where == "value page":  # a bit of the accuracy's mantissa
+        needle, at = struct.pack("<d", 118 / 145), 6
+        # the same flip in a file without the checksum reads as another accuracy, silently
+        legacy = tmp_path / "legacy.parquet"
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, legacy)
+        flip_byte_of(legacy, needle, at)
+        wrong = pq.read_table(legacy).column("accuracy").to_pylist()[1]
+        assert wrong != 118 / 145 and abs(wrong - 118 / 145) < 0.1
+    else:  # a character of the lineage in the footer's key-value metadata
+        needle, at = b"5f2a9c77e1", 0
+    flip_byte_of(path, needle, at)
+    with pytest.raises(CorruptFileError) as info:
+        load_report(io)
+    message = str(info.value)
+    assert message.startswith(f"{path}: checksum mismatch (SHA-256 ")
+    assert message.endswith("the Parquet file is corrupt, re-materialize asset ablation_report partition 1")
+
+
+def test_a_flipped_byte_in_the_parquet_checksum_itself_is_an_error(tmp_path):
+    import pyarrow.parquet as pq
+
+    io = parquet_io(tmp_path)
+    io.handle_output(dg.build_output_context(asset_key=dg.AssetKey("ablation_report"), partition_key="1"),
+                     pa.table(REPORT))
+    path = tmp_path / "ablation_report" / "1.parquet"
+    stored = pq.read_metadata(path).metadata[b"oe_assets.sha256"]
+    flip_byte_of(path, stored, at=5, mask=0x02)
+    with pytest.raises(CorruptFileError, match="checksum mismatch"):
+        load_report(io)
+
+
+def test_parquet_and_html_without_a_checksum_still_read(tmp_path):
+    import pyarrow.parquet as pq
+
+    io = parquet_io(tmp_path)
+    path = tmp_path / "ablation_report" / "1.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(table_with_attrs(pa.table(REPORT), {"layer": 1}), path)  # as written before the checksums
+    loaded = load_report(io)
+    assert loaded.to_pydict() == REPORT and table_attrs(loaded) == {"layer": 1}
+    html = HTMLIOManager(store=ArtifactStore(base_dir=str(tmp_path)))
+    page = tmp_path / "neuron_report" / "0.html"
+    page.parent.mkdir(parents=True)
+    page.write_text("<html><body>neuron 3</body></html>\n", encoding="utf-8")
+    context = dg.build_input_context(asset_key=dg.AssetKey("neuron_report"), partition_key="0")
+    assert html.load_input(context) == {"0": "<html><body>neuron 3</body></html>\n"}
+
+
+def test_a_flipped_byte_in_an_html_report_is_an_error_naming_file_and_asset(tmp_path):
+    html = HTMLIOManager(store=ArtifactStore(base_dir=str(tmp_path)))
+    text = "<!DOCTYPE html><html><body><h1>Layer 0</h1><p>neuron 17: 0.8125 « cat »</p></body></html>"
+    out = dg.build_output_context(asset_key=dg.AssetKey("neuron_report"), partition_key="0")
+    html.handle_output(out, text)
+    context = dg.build_input_context(asset_key=dg.AssetKey("neuron_report"), partition_key="0")
+    assert html.load_input(context) == {"0": text}  # the checksum comment is not part of the text
+    path = tmp_path / "neuron_report" / "0.html"
+    flip_byte_of(path, b"neuron 17", at=8)  # 17 -> 16
+    with pytest.raises(CorruptFileError) as info:
+        html.load_input(context)
+    message = str(info.value)
+    assert message.startswith(f"{path}: checksum mismatch (SHA-256 ")
+    assert message.endswith("the HTML file is corrupt, re-materialize asset neuron_report partition 0")
+
+
+def write_store_h5(tmp_path) -> tuple[HDF5IOManager, Path]:
+    io = HDF5IOManager(store=ArtifactStore(base_dir=str(tmp_path)))
+    io.handle_output(dg.build_output_context(asset_key=dg.AssetKey("val_representations")),
+                     H5Payload({"representations": np.arange(12.0).reshape(4, 3)},
+                               {"coefficient": 100.0, "split": "val", "provenance": LINEAGE}))
+    return io, tmp_path / "val_representations" / "all.h5"
+
+
+def test_a_changed_hdf5_attribute_is_an_error_naming_file_and_asset(tmp_path):
+    io, path = write_store_h5(tmp_path)
+    context = dg.build_input_context(asset_key=dg.AssetKey("val_representations"))
+    assert io.load_input(context).attrs == {"coefficient": 100.0, "split": "val", "provenance": LINEAGE}
+    with h5py.File(path, "a") as f:  # a changed value, the checksum left as it was
+        f.attrs["coefficient"] = 96.0
+    with pytest.raises(CorruptFileError) as info:
+        io.load_input(context)
+    message = str(info.value)
+    assert message.startswith(f"{path}: checksum mismatch in the file's attributes (SHA-256 ")
+    assert message.endswith("the file is corrupt, re-materialize asset val_representations")
+    with pytest.raises(CorruptFileError, match="checksum mismatch in the file's attributes"):
+        H5Group(path)
+
+
+def test_a_flipped_byte_in_the_provenance_attribute_is_an_error(tmp_path):
+    io, path = write_store_h5(tmp_path)
+    flip_byte_of(path, b"5f2a9c77e1")  # still valid JSON: without the checksum, another lineage
+    with h5py.File(path, "r") as f:
+        assert json.loads(f.attrs["provenance"][5:])["records"]["model"]["weights"] == "4f2a9c77e1"
+    with pytest.raises(CorruptFileError, match=f"^{path}: checksum mismatch in the file's attributes"):
+        io.load_input(dg.build_input_context(asset_key=dg.AssetKey("val_representations")))
+
+
+def test_attributes_of_a_streamed_effects_file_are_checked_on_every_open(tmp_path):
+    # the writer sets the layout attributes, the IO manager the asset's: one checksum covers both
+    store = ArtifactStore(base_dir=str(tmp_path))
+    io = HDF5IOManager(store=store)
+    staged = store.stage("second_order_effects", "0")
+    write_effects(staged, {})
+    io.handle_output(dg.build_output_context(asset_key=dg.AssetKey("second_order_effects"), partition_key="0"),
+                     StagedH5(staged, {"coefficient": 100.0, "layer": 0, "provenance": LINEAGE}))
+    path = store.path_for("second_order_effects", "0")
+    group = store.open_h5("second_order_effects", "0")
+    assert group.attrs["coefficient"] == 100.0 and group.attrs["layout"] == "factorized"
+    assert "attrs_sha256" not in group.attrs
+    blob = pickle.dumps(group["alpha"])
+    group.close()
+    with h5py.File(path, "a") as f:
+        f.attrs["coefficient"] = 96.0
+    for load in (lambda: store.open_effects("second_order_effects", "0"),
+                 lambda: open_factorized(path, what="asset second_order_effects partition 0"),
+                 lambda: pickle.loads(blob)):  # a reader reopening the file in another process
+        with pytest.raises(CorruptFileError, match=f"^{path}: checksum mismatch in the file's attributes") as info:
+            load()
+        assert str(info.value).endswith("re-materialize asset second_order_effects partition 0")
+
+
+def test_hdf5_attributes_without_a_checksum_still_read(tmp_path):
+    old = tmp_path / "old.h5"
+    with h5py.File(old, "w") as f:  # attributes as written before their checksum
+        f.create_dataset("x", data=np.arange(3.0))
+        f.attrs["coefficient"] = 100.0
+        f.attrs["provenance"] = "json:" + json.dumps(LINEAGE)
+    assert H5Group(old).attrs == {"coefficient": 100.0, "provenance": LINEAGE}
+
+
+def corrupt_file_error(run) -> CorruptFileError:
+    """The :class:`CorruptFileError` a failing materialization raised."""
+    with pytest.raises(Exception) as info:
+        run()
+    error = info.value
+    while error is not None and not isinstance(error, CorruptFileError):
+        error = getattr(error, "user_exception", None) or error.__cause__
+    assert error is not None, f"expected a CorruptFileError, got {info.value!r}"
+    return error
+
+
+def test_the_graph_refuses_a_flipped_ablation_report_byte_and_a_changed_coefficient(tmp_path):
+    import pyarrow.parquet as pq
+
+    profile = tiny_bert_profile(tmp_path)
+    defs = build_definitions(profile)
+    instance = dg.DagsterInstance.ephemeral()
+    run_job(defs, inputs_job, instance)
+    run_job(defs, layers_job, instance, tags=layer_range(0, 1))
+    run_job(defs, summary_job, instance)
+    store = Path(profile["storage"]["base_dir"])
+    report = store / "ablation_report" / "1.parquet"
+    chunk = pq.ParquetFile(report).metadata.row_group(0).column(pq.read_schema(report).names.index("accuracy"))
+    end = (chunk.dictionary_page_offset or chunk.data_page_offset) + chunk.total_compressed_size
+    data = bytearray(report.read_bytes())
+    data[end - 3] ^= 0x01  # a byte of the accuracy column's last page
+    report.write_bytes(bytes(data))
+    error = corrupt_file_error(lambda: materialize(defs, ["layer_summary"], instance))
+    assert str(error).startswith(f"{report}: checksum mismatch")
+    assert str(error).endswith("re-materialize asset ablation_report partition 1")
+    reps = store / "val_representations" / "all.h5"
+    with h5py.File(reps, "a") as f:
+        assert f.attrs["coefficient"] == 100.0
+        f.attrs["coefficient"] = 96.0
+    error = corrupt_file_error(lambda: materialize(defs, ["ablation_report"], instance, partition_key="0"))
+    assert str(error).startswith(f"{reps}: checksum mismatch in the file's attributes")
+    assert str(error).endswith("re-materialize asset val_representations")
 
 
 # ---------------------------------------------------------------- one handle per read

@@ -16,9 +16,10 @@ Datasets (see :mod:`.factorized` for the formula):
 - ``left`` ``[paths, d_out, d_head]``, ``right`` ``[paths, d_head, neurons]``: the layer's per-head
   factors, once per file.
 
-Every dataset carries HDF5's ``fletcher32`` checksum (chunked): a flipped byte is a read error
-naming the file (:class:`CorruptFileError`), never a wrong number.  Files written before the
-checksums read as they are.
+Every dataset carries HDF5's ``fletcher32`` checksum (chunked), and the file's attributes a
+SHA-256 over all of them (:data:`ATTRS_CHECKSUM`, :func:`write_attrs` / :func:`read_attrs`, checked
+whenever a file is opened): a flipped byte is a read error naming the file (:class:`CorruptFileError`),
+never a wrong number.  Files written before the checksums read as they are.
 
 ``attrs["layout"] == "factorized"`` marks the layout.  A file of the earlier dense layout (one
 ``effects`` dataset ``[samples, neurons, d_out]``) is refused by :func:`open_factorized`, never
@@ -30,6 +31,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -41,7 +44,8 @@ import torch
 from .factorized import FactorizedEffects, HeadFactors
 
 __all__ = ["ALPHA_DTYPES", "FactorizedEffectsWriter", "open_factorized", "LAYOUT", "DenseLayoutError",
-           "CorruptFileError", "H5Handle", "H5Dataset", "checksummed", "is_disk_full", "discard_h5"]
+           "CorruptFileError", "H5Handle", "H5Dataset", "checksummed", "is_disk_full", "discard_h5",
+           "ATTRS_CHECKSUM", "write_attrs", "read_attrs"]
 
 LAYOUT = "factorized"
 #: storage dtypes of ``alpha``
@@ -55,7 +59,8 @@ class DenseLayoutError(ValueError):
 
 
 class CorruptFileError(OSError):
-    """An HDF5 artifact that cannot be read: truncated, or a chunk failing its checksum."""
+    """An artifact that cannot be read: truncated, or failing a checksum (an HDF5 chunk, the HDF5
+    attributes, a whole Parquet or HTML file)."""
 
 
 # ---------------------------------------------------------------------------- checked HDF5 IO
@@ -74,6 +79,73 @@ def checksummed(shape: tuple[int, ...], chunks: tuple[int, ...] | None = None) -
         row = int(np.prod(shape[1:], dtype=np.int64))
         chunks = (max(1, min(shape[0], CHECKSUM_CHUNK // max(1, row))), *shape[1:])
     return {"chunks": tuple(chunks), "fletcher32": True}
+
+
+#: the file attribute holding the SHA-256 (hex) of every other attribute (:func:`attrs_digest`)
+ATTRS_CHECKSUM = "attrs_sha256"
+
+
+def _canonical(value) -> list:
+    """An attribute value as HDF5 hands it back, in a form that changes with any of its bits: the
+    text of strings, the dtype, shape and raw bytes of numbers and arrays."""
+    if isinstance(value, str):
+        return ["str", value]
+    if isinstance(value, bytes):
+        return ["bytes", value.hex()]
+    a = np.asarray(value)
+    if a.dtype.kind in "OSU":
+        return ["strings", list(a.shape), [_canonical(v) for v in a.ravel().tolist()]]
+    return [a.dtype.str, list(a.shape), np.ascontiguousarray(a).tobytes().hex()]
+
+
+def attrs_digest(raw: dict[str, Any]) -> str:
+    """The SHA-256 (hex) of attributes as stored (``h5py`` values), the checksum's own excluded, in
+    name order."""
+    items = [[k, _canonical(v)] for k, v in sorted(raw.items()) if k != ATTRS_CHECKSUM]
+    return hashlib.sha256(json.dumps(items, ensure_ascii=True).encode()).hexdigest()
+
+
+def write_attrs(obj: h5py.File | h5py.Group, attrs: dict[str, Any]) -> None:
+    """Set ``attrs`` on an HDF5 file (or group): strings and numbers as they are, anything else as
+    ``"json:" + JSON``, None skipped; then the checksum :data:`ATTRS_CHECKSUM` over all the object's
+    attributes as read back (the ones set earlier included).  Every attribute write goes through
+    here, every read through :func:`read_attrs`."""
+    for k, v in attrs.items():
+        if v is None:
+            continue
+        obj.attrs[k] = v if isinstance(v, (str, int, float, bool, np.number)) else "json:" + json.dumps(v)
+    obj.attrs[ATTRS_CHECKSUM] = attrs_digest(dict(obj.attrs.items()))
+
+
+def attr_value(v):
+    """A stored attribute value for Python: bytes decoded, ``json:`` text parsed, numpy scalars as
+    Python numbers."""
+    if isinstance(v, bytes):
+        v = v.decode()
+    if isinstance(v, str) and v.startswith("json:"):
+        return json.loads(v[5:])
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def read_attrs(obj: h5py.File | h5py.Group, path: str | Path, what: str | None = None) -> dict[str, Any]:
+    """The attributes :func:`write_attrs` set (decoded, :func:`attr_value`; the checksum left out),
+    after checking them against :data:`ATTRS_CHECKSUM`: a mismatch (or unreadable attributes) raises
+    :class:`CorruptFileError` naming the file and ``what`` (the asset).  Attributes without a checksum
+    (files written before it) are read as they are."""
+    path = Path(path)
+    try:
+        raw = dict(obj.attrs.items())
+    except OSError as e:
+        raise _read_error(path, what, e, attributes=True) from e
+    stored = raw.pop(ATTRS_CHECKSUM, None)
+    if stored is not None:
+        stored = stored.decode(errors="replace") if isinstance(stored, bytes) else str(stored)
+        actual = attrs_digest(raw)
+        if stored != actual:
+            raise CorruptFileError(
+                f"{path}: checksum mismatch in the file's attributes (SHA-256 {actual}, stored {stored}): the file is "
+                f"corrupt, re-materialize {what or f'the asset stored at {path}'}")
+    return {k: attr_value(v) for k, v in raw.items()}
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -103,9 +175,10 @@ def discard_h5(file: h5py.File | None, path: str | Path) -> bool:
     return not file.id.valid
 
 
-def _read_error(path: Path, what: str | None, exc: OSError, name: str | None = None) -> CorruptFileError:
+def _read_error(path: Path, what: str | None, exc: OSError, name: str | None = None,
+                attributes: bool = False) -> CorruptFileError:
     asset = what or f"the asset stored at {path}"
-    where = f"dataset {name!r} of " if name else ""
+    where = f"dataset {name!r} of " if name else "the attributes of " if attributes else ""
     if "filter returned failure" in str(exc) or "checksum" in str(exc).lower():
         return CorruptFileError(f"{path}: checksum mismatch in {where}the file (HDF5: {exc}): the file is corrupt, "
                                 f"re-materialize {asset}")
@@ -118,7 +191,8 @@ class H5Handle:
     comes from the same file, even when another run replaces the path meanwhile (POSIX keeps a
     replaced file's data while it is open).  ``what`` names the asset in errors.  ``close()`` or a
     ``with`` block closes it (garbage collection does otherwise).  Pickled, it reopens the path in the
-    other process and refuses a file replaced since it was first opened (``(device, inode)``)."""
+    other process and refuses a file replaced since it was first opened (``(device, inode)``).
+    ``attrs``: the file's attributes, checked against their checksum at every open (:func:`read_attrs`)."""
 
     def __init__(self, path: str | Path, what: str | None = None):
         self.path, self.what = Path(path), what
@@ -127,11 +201,17 @@ class H5Handle:
 
     def _open(self) -> h5py.File:
         try:
-            return h5py.File(self.path, "r")
+            f = h5py.File(self.path, "r")
         except (FileNotFoundError, PermissionError, IsADirectoryError):
             raise
         except OSError as e:
             raise _read_error(self.path, self.what, e) from e
+        try:
+            self.attrs = read_attrs(f, self.path, self.what)
+        except BaseException:
+            f.close()
+            raise
+        return f
 
     def _identity(self) -> tuple[int, int]:
         st = os.fstat(self.file.id.get_vfd_handle())
@@ -331,11 +411,8 @@ class FactorizedEffectsWriter:
                 self._create_from("labels", np.asarray(labels))
             for name, arr in (extras or {}).items():
                 self._create_from(name, np.asarray(arr))
-            self.file.attrs["layout"] = LAYOUT
-            self.file.attrs["alpha_dtype"] = self.alpha_dtype
-            self.file.attrs["alpha_form"] = "tokens" if self.token_form else "alpha"
-            for k, v in (attrs or {}).items():
-                self.file.attrs[k] = v
+            write_attrs(self.file, {"layout": LAYOUT, "alpha_dtype": self.alpha_dtype,
+                                    "alpha_form": "tokens" if self.token_form else "alpha", **(attrs or {})})
             self.file.flush()  # a full disk fails here, while the file can still be closed cleanly
             self.file.close()
         except BaseException:
@@ -375,15 +452,14 @@ def _token_form(factors: HeadFactors, n_tokens: int | None) -> bool:
 def check_layout(path: str | Path | H5Handle) -> None:
     """Raise :class:`DenseLayoutError` (naming the file) unless ``path`` is a factorized effects file."""
     if isinstance(path, H5Handle):
-        return _check_layout(path.file, path.path)
+        return _check_layout(path)
     with H5Handle(path) as handle:
-        _check_layout(handle.file, handle.path)
+        _check_layout(handle)
 
 
-def _check_layout(f: h5py.File, path: Path) -> None:
-    layout = f.attrs.get("layout")
-    layout = layout.decode() if isinstance(layout, bytes) else layout
-    if layout == LAYOUT:
+def _check_layout(handle: H5Handle) -> None:
+    f, path = handle.file, handle.path
+    if handle.attrs.get("layout") == LAYOUT:
         return
     if "effects" in f:
         raise DenseLayoutError(
@@ -404,8 +480,8 @@ def open_factorized(path: str | Path | H5Handle, dtype: torch.dtype = torch.floa
     handle = path if isinstance(path, H5Handle) else H5Handle(path, what)
     check_layout(handle)
     f = handle.file
-    alpha_dtype = f.attrs.get("alpha_dtype", "float32")
-    token_form = f.attrs.get("alpha_form", "alpha") == "tokens"
+    alpha_dtype = handle.attrs.get("alpha_dtype", "float32")
+    token_form = handle.attrs.get("alpha_form", "alpha") == "tokens"
     scale = handle.read("scale")
     const = handle.read("const") if "const" in f else None
     factors = HeadFactors(torch.from_numpy(handle.read("left")), torch.from_numpy(handle.read("right")))

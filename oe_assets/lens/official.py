@@ -33,6 +33,7 @@ import h5py
 import numpy as np
 
 from ..recovery import staging_suffix
+from .effects_file import read_attrs, write_attrs
 from .sparse import nonzeros_by_magnitude
 
 __all__ = ["OfficialNames", "OfficialFormatError", "export_official", "import_official", "ImportResult"]
@@ -81,7 +82,8 @@ def store_path(base: str | Path, asset: str, partition: str | None = None) -> Pa
 
 
 def _write_h5(path: Path, arrays: dict[str, Any], attrs: dict[str, Any]) -> None:
-    """Arrays (string lists as UTF-8) and scalar attributes, written to a staging file and renamed."""
+    """Arrays (string lists as UTF-8) and attributes (with their checksum, :func:`write_attrs`),
+    written to a staging file and renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + staging_suffix(uuid.uuid4().hex[:8]))  # names its writer
     try:
@@ -91,9 +93,7 @@ def _write_h5(path: Path, arrays: dict[str, Any], attrs: dict[str, Any]) -> None
                     f.create_dataset(name, data=np.array(arr, dtype=object), dtype=h5py.string_dtype("utf-8"))
                 else:
                     f.create_dataset(name, data=np.asarray(arr))
-            for k, v in attrs.items():
-                if v is not None:
-                    f.attrs[k] = v
+            write_attrs(f, attrs)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -111,8 +111,9 @@ def _read(path: Path, name: str):
 
 
 def _attrs(path: Path) -> dict:
+    """A store file's attributes, checked against their checksum (:func:`read_attrs`)."""
     with h5py.File(path, "r") as f:
-        return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        return read_attrs(f, path)
 
 
 def _require(path: Path, what: str) -> Path:

@@ -20,10 +20,10 @@ from typing import ClassVar
 
 import dagster as dg
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from .store import (ArtifactStore, CorruptFileError, H5Group, H5Payload, HTMLPage, LazyH5Array, StagedH5, _write_attrs,
-                    html_attrs, html_with_attrs, open_effects, table_attrs, write_h5)
+from .store import (ArtifactStore, CorruptFileError, H5Group, H5Payload, HTMLPage, LazyH5Array, StagedH5,
+                    html_attrs, html_with_attrs, open_effects, read_html, read_parquet, table_attrs, write_attrs, write_h5,
+                    write_html, write_parquet)
 
 __all__ = ["H5Payload", "StagedH5", "H5Group", "LazyH5Array", "HDF5IOManager", "HTMLIOManager", "ParquetIOManager",
            "open_effects"]
@@ -112,7 +112,7 @@ class HDF5IOManager(_BaseIOManager):
             import h5py
 
             with h5py.File(obj.path, "a") as f:
-                _write_attrs(f, obj.attrs)
+                write_attrs(f, obj.attrs)
             self.store.commit(obj.path, path)
         elif isinstance(obj, H5Payload):
             write_h5(path, obj)
@@ -130,34 +130,27 @@ class HDF5IOManager(_BaseIOManager):
 
 
 class ParquetIOManager(_BaseIOManager):
-    """Tables in Parquet (pyarrow), one file per asset partition."""
+    """Tables in Parquet (pyarrow), one file per asset partition, checksummed (:func:`write_parquet`)."""
 
     suffix: ClassVar[str] = ".parquet"
 
     def _write(self, context, path: Path, obj) -> None:
         if not isinstance(obj, pa.Table):
             raise TypeError(f"ParquetIOManager stores pyarrow.Table, got {type(obj).__name__}")
-        with self.store.atomic(path) as tmp:
-            pq.write_table(obj, tmp)
+        write_parquet(path, obj)
 
     def _read(self, path: Path, metadata: dict, what: str) -> pa.Table:
-        """The table, or only the input's ``columns`` (metadata) when it names some; a truncated or
-        corrupt file raises :class:`CorruptFileError` naming it and the asset."""
-        try:
-            return pq.read_table(path, columns=metadata.get("columns"))
-        except (pa.ArrowException, OSError) as e:
-            if isinstance(e, (FileNotFoundError, PermissionError)):
-                raise
-            raise CorruptFileError(f"{path}: cannot read the Parquet file ({type(e).__name__}: {e}): it is truncated "
-                                   f"or corrupt, re-materialize {what}") from e
+        """The table, or only the input's ``columns`` (metadata) when it names some; a file failing
+        its checksum, truncated or corrupt raises :class:`CorruptFileError` naming it and the asset."""
+        return read_parquet(path, what, metadata.get("columns"))
 
     def verify(self, path: Path, what: str) -> dict:
         return table_attrs(self._read(path, {}, what))
 
 
 class HTMLIOManager(_BaseIOManager):
-    """Static HTML reports (an :class:`HTMLPage` or a ``str`` per partition), written atomically; a
-    page's attributes (its provenance) are stored in a final comment."""
+    """Static HTML reports (an :class:`HTMLPage` or a ``str`` per partition), written atomically and
+    checksummed (:func:`write_html`); a page's attributes (its provenance) are stored in a final comment."""
 
     suffix: ClassVar[str] = ".html"
 
@@ -166,8 +159,7 @@ class HTMLIOManager(_BaseIOManager):
             obj = HTMLPage(obj)
         if not isinstance(obj, HTMLPage):
             raise TypeError(f"HTMLIOManager stores HTMLPage or HTML text, got {type(obj).__name__}")
-        with self.store.atomic(path) as tmp:
-            tmp.write_text(html_with_attrs(obj), encoding="utf-8")
+        write_html(path, html_with_attrs(obj))
 
     def _record(self, context, paths: list[Path]) -> None:
         super()._record(context, paths)
@@ -176,11 +168,11 @@ class HTMLIOManager(_BaseIOManager):
         })
 
     def _read(self, path: Path, metadata: dict, what: str) -> str:
-        return path.read_text(encoding="utf-8")
+        return read_html(path, what)
 
     def verify(self, path: Path, what: str) -> dict:
         try:
             return html_attrs(self._read(path, {}, what))
-        except (UnicodeDecodeError, ValueError) as e:
-            raise CorruptFileError(f"{path}: cannot read the report ({type(e).__name__}: {e}): it is corrupt, "
-                                   f"re-materialize {what}") from e
+        except ValueError as e:
+            raise CorruptFileError(f"{path}: cannot read the report's attributes ({type(e).__name__}: {e}): it is "
+                                   f"corrupt, re-materialize {what}") from e

@@ -6,9 +6,12 @@ place only when complete (fsynced first), so a killed run never leaves a file th
 takes as a finished asset.  The IO managers (:mod:`.io_managers`) are thin adapters over this
 resource; assets and checks that need a path, a staging file or a lazy read ask it too.
 
-Integrity: every HDF5 dataset written here carries the ``fletcher32`` checksum, and a reader holds
-one open handle for a whole load (:class:`H5Group`), so a corrupt chunk is an error naming the file
+Integrity: every HDF5 dataset written here carries the ``fletcher32`` checksum and the HDF5
+attributes a SHA-256 over all of them (checked at every open), every Parquet and HTML file a SHA-256
+over its bytes (:func:`write_parquet`, :func:`write_html`, checked at every read), and a reader holds
+one open handle for a whole load (:class:`H5Group`), so a flipped byte is an error naming the file
 and the asset (:class:`CorruptFileError`), and a concurrent re-materialization cannot mix two files.
+Files written before the checksums read as they are.
 A full disk is refused before a streamed write starts (:meth:`ArtifactStore.require_free_space`)
 and, when it happens anyway, is a :class:`DiskFullError` naming the file, the free and the needed
 space, with the staged files removed.
@@ -18,8 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -29,14 +34,17 @@ from typing import Any, Iterator
 import dagster as dg
 import h5py
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from ..lens.effects_file import CorruptFileError, H5Dataset, H5Handle, checksummed, discard_h5, is_disk_full
+from ..lens.effects_file import (CorruptFileError, H5Dataset, H5Handle, attr_value, checksummed, discard_h5, is_disk_full,
+                                 write_attrs)
 from ..recovery import is_dead, staging_suffix, staging_writer
 
 __all__ = ["ArtifactStore", "H5Payload", "StagedH5", "HTMLPage", "html_attrs", "html_with_attrs",
            "H5Group", "LazyH5Array", "atomic_path", "staging_path", "write_h5",
            "CorruptFileError", "DiskFullError",
-           "table_attrs", "table_with_attrs"]
+           "table_attrs", "table_with_attrs", "write_parquet", "read_parquet", "write_html", "read_html"]
 
 
 class DiskFullError(OSError):
@@ -154,14 +162,14 @@ class H5Group:
     """The arrays of one asset file, by name; small arrays via :meth:`read`, large ones lazily.  One
     handle (:class:`H5Handle`) is opened here and held until :meth:`close` (or the end of a ``with``
     block, or garbage collection): every array read through the group comes from the same file.
-    ``what`` names the asset in errors (e.g. ``"asset second_order_effects partition 3"``)."""
+    ``what`` names the asset in errors (e.g. ``"asset second_order_effects partition 3"``).  ``attrs``:
+    the file's attributes, checked against their checksum on opening (:func:`~oe_assets.lens.effects_file.read_attrs`)."""
 
     def __init__(self, path: Path, what: str | None = None):
         self.path = Path(path)
         self.handle = H5Handle(self.path, what)
-        f = self.handle.file
-        self.names = list(f.keys())
-        self.attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
+        self.names = list(self.handle.file.keys())
+        self.attrs = self.handle.attrs
 
     def __getitem__(self, name: str) -> LazyH5Array:
         if name not in self.names:
@@ -204,21 +212,6 @@ class H5Group:
         return f"H5Group({str(self.path)!r}, {self.names})"
 
 
-def _attr_value(v):
-    if isinstance(v, bytes):
-        v = v.decode()
-    if isinstance(v, str) and v.startswith("json:"):
-        return json.loads(v[5:])
-    return v.item() if isinstance(v, np.generic) else v
-
-
-def _write_attrs(obj, attrs: dict[str, Any]) -> None:
-    for k, v in attrs.items():
-        if v is None:
-            continue
-        obj.attrs[k] = v if isinstance(v, (str, int, float, bool, np.number)) else "json:" + json.dumps(v)
-
-
 def table_with_attrs(table, attrs: dict[str, Any]):
     """A ``pyarrow.Table`` carrying ``attrs`` in its schema metadata (written with the Parquet file),
     encoded as HDF5 attributes are (JSON for non-scalars)."""
@@ -228,9 +221,109 @@ def table_with_attrs(table, attrs: dict[str, Any]):
 
 
 def table_attrs(table) -> dict[str, Any]:
-    """The attributes :func:`table_with_attrs` stored in a table's schema metadata (pandas' own excluded)."""
+    """The attributes :func:`table_with_attrs` stored in a table's schema metadata (pandas' own and the
+    file checksum excluded)."""
     meta = table.schema.metadata or {}
-    return {k.decode(): _attr_value(v) for k, v in meta.items() if k != b"pandas"}
+    return {k.decode(): attr_value(v) for k, v in meta.items() if k not in (b"pandas", PARQUET_CHECKSUM.encode())}
+
+
+# ---------------------------------------------------------------- checksummed Parquet and HTML
+#: the Parquet key-value metadata entry holding the file's SHA-256 (:func:`write_parquet`)
+PARQUET_CHECKSUM = "oe_assets.sha256"
+#: the checksum's stand-in while the file is hashed: 64 hex digits, all zero
+_UNHASHED = b"0" * 64
+
+
+def _checksum_span(data: bytes | bytearray, value: bytes) -> tuple[int, int] | None:
+    """Where ``value`` of the :data:`PARQUET_CHECKSUM` entry lies in a Parquet file's footer (the
+    Thrift key-value pair: the key, a field header and a length, the value); None unless exactly once."""
+    footer_len = int.from_bytes(data[-8:-4], "little") if len(data) >= 12 else 0
+    start = len(data) - 8 - footer_len
+    if footer_len <= 0 or start < 4:
+        return None
+    pattern = re.compile(re.escape(PARQUET_CHECKSUM.encode()) + rb".{1,4}?(" + re.escape(value) + rb")", re.DOTALL)
+    found = [m.span(1) for m in pattern.finditer(data, start, len(data) - 8)]
+    return found[0] if len(found) == 1 else None
+
+
+def write_parquet(path: Path, table: pa.Table) -> None:
+    """``table`` as a Parquet file at ``path``, atomically, carrying in its key-value metadata
+    (:data:`PARQUET_CHECKSUM`) the SHA-256 of the whole file as written with 64 zeros in place of the
+    checksum: every byte (data pages, schema, the attributes of :func:`table_with_attrs`) is covered."""
+    with atomic_path(path) as tmp:
+        with pq.ParquetWriter(tmp, table.schema) as writer:
+            writer.write_table(table)
+            writer.add_key_value_metadata({PARQUET_CHECKSUM: _UNHASHED.decode()})
+        data = tmp.read_bytes()
+        span = _checksum_span(data, _UNHASHED)
+        if span is None:
+            raise RuntimeError(f"{tmp}: the checksum entry {PARQUET_CHECKSUM!r} is not found once in the Parquet footer")
+        with open(tmp, "r+b") as fh:
+            fh.seek(span[0])
+            fh.write(hashlib.sha256(data).hexdigest().encode())
+
+
+def read_parquet(path: Path, what: str, columns: list[str] | None = None) -> pa.Table:
+    """The table of a Parquet artifact (only ``columns`` when given), read from one read of the file
+    after checking its checksum (:func:`write_parquet`; a file without one is read as it is).  A
+    mismatch, a truncated or an unreadable file raises :class:`CorruptFileError` naming the file and
+    ``what`` (the asset)."""
+    data = Path(path).read_bytes()
+    try:
+        meta = pq.read_metadata(pa.BufferReader(data)).metadata or {}
+    except (pa.ArrowException, OSError) as e:
+        raise _parquet_error(path, what, e) from e
+    stored = meta.get(PARQUET_CHECKSUM.encode())
+    if stored is not None:
+        span = _checksum_span(data, stored)
+        unhashed = bytearray(data)
+        if span is not None:
+            unhashed[span[0]:span[1]] = _UNHASHED
+        actual = hashlib.sha256(unhashed).hexdigest()
+        if span is None or stored != actual.encode():
+            raise CorruptFileError(f"{path}: checksum mismatch (SHA-256 {actual}, stored {stored.decode(errors='replace')}): "
+                                   f"the Parquet file is corrupt, re-materialize {what}")
+    try:
+        table = pq.read_table(pa.BufferReader(data), columns=columns)
+    except (pa.ArrowException, OSError) as e:
+        raise _parquet_error(path, what, e) from e
+    own = table.schema.metadata or {}
+    return table.replace_schema_metadata({k: v for k, v in own.items() if k != PARQUET_CHECKSUM.encode()} or None)
+
+
+def _parquet_error(path: Path, what: str, exc: BaseException) -> CorruptFileError:
+    return CorruptFileError(f"{path}: cannot read the Parquet file ({type(exc).__name__}: {exc}): it is truncated "
+                            f"or corrupt, re-materialize {what}")
+
+
+#: the comment closing a checksummed HTML file: the SHA-256 of the UTF-8 bytes before it
+_HTML_CHECKSUM = re.compile(rb"\n<!-- oe_assets sha256 ([0-9a-f]{64}) -->\n\Z")
+
+
+def write_html(path: Path, text: str) -> None:
+    """``text`` as an HTML file at ``path``, atomically, closed by a comment carrying the SHA-256 of
+    the text's UTF-8 bytes (comments may follow the ``html`` element)."""
+    body = text.encode("utf-8")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(body + f"\n<!-- oe_assets sha256 {hashlib.sha256(body).hexdigest()} -->\n".encode())
+
+
+def read_html(path: Path, what: str) -> str:
+    """The text :func:`write_html` wrote (its checksum comment removed) after checking it; a file
+    without the comment is read as it is.  A mismatch or text that is not UTF-8 raises
+    :class:`CorruptFileError` naming the file and ``what`` (the asset)."""
+    data = Path(path).read_bytes()
+    found = _HTML_CHECKSUM.search(data)
+    if found is not None:
+        data = data[:found.start()]
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != found.group(1).decode():
+            raise CorruptFileError(f"{path}: checksum mismatch (SHA-256 {actual}, stored {found.group(1).decode()}): "
+                                   f"the HTML file is corrupt, re-materialize {what}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CorruptFileError(f"{path}: the HTML file is not UTF-8 ({e}): it is corrupt, re-materialize {what}") from e
 
 
 def _chunks(shape: tuple[int, ...]) -> tuple[int, ...] | None:
@@ -282,7 +375,7 @@ def write_h5(path: Path, payload: H5Payload) -> None:
                 arr = np.asarray(arr)
                 f.create_dataset(name, data=arr, **checksummed(arr.shape, _chunks(arr.shape)),
                                  **({"compression": "gzip", "compression_opts": 1} if arr.size >= 1024 else {}))
-            _write_attrs(f, payload.attrs)
+            write_attrs(f, payload.attrs)
             f.flush()  # a full disk fails here, while the file can still be closed cleanly
             f.close()
         except BaseException:
