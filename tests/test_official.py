@@ -11,6 +11,7 @@ import scipy.sparse
 from oe_assets import __main__ as cli
 from oe_assets.lens.official import OfficialFormatError, OfficialNames, import_official
 from oe_assets.resources.store import H5Group
+from conftest import REFERENCE
 from test_assets import reference_graph  # noqa: F401 - the module-scoped fixture
 
 warnings.filterwarnings("ignore")
@@ -129,4 +130,4 @@ def test_import_refuses_shapes_of_another_model(exported, tmp_path, capsys):
     np.save(bad, np.zeros((300, 32)))  # neurons of another model
     with pytest.raises(OfficialFormatError, match=r"\[300, 32\] does not match the expected \[256, 32\]"):
         import_official(src, tmp_path / "a", LAYER, NAMES, 16, d_out=32, neurons=256)
-    assert cli.model_dims("../shared/reference/clip_vit_tiny/model") == (32, 256)
+    assert cli.model_dims(str(REFERENCE / "model")) == (32, 256)

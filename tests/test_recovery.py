@@ -285,11 +285,12 @@ def test_ci_run_keeps_the_users_venv(tmp_path):
     A stand-in python makes the venv and stops the script at its first pip call."""
     (tmp_path / ".ci").mkdir()
     shutil.copy(ROOT / ".ci" / "run", tmp_path / ".ci" / "run")
+    shutil.copy(ROOT / "run", tmp_path / "run")  # the set-up script .ci/run calls
     (tmp_path / ".venv").mkdir()
     (tmp_path / ".venv" / "mine").write_text("the user's venv")
     fake = tmp_path / "fakepython"
     fake.write_text('#!/bin/sh\n[ "$1 $2" = "-m venv" ] || exit 3\nmkdir -p "$3/bin"\n'
-                    'printf \'python() { exit 7; }\\n\' > "$3/bin/activate"\n')
+                    'printf \'#!/bin/sh\\nexit 7\\n\' > "$3/bin/python"\nchmod +x "$3/bin/python"\n')
     fake.chmod(0o755)
     r = subprocess.run(["bash", str(tmp_path / ".ci" / "run")], env={**os.environ, "PYTHON": str(fake)},
                        capture_output=True, text=True, timeout=60)

@@ -100,9 +100,8 @@ def test_load_model_from_local_folders(tmp_path):
     lm = load_model(str(tmp_path / "gpt"), device="cpu")
     assert type(lm.model).__name__ == "GPT2LMHeadModel" and lm.adapter.family == "gpt2"
     assert lm.tokenizer is not None and next(lm.model.parameters()).dtype == torch.float32
-    if REFERENCE.exists():
-        clip = load_model(str(REFERENCE / "model"), dtype="float64", device="cpu")
-        assert type(clip.model).__name__ == "CLIPVisionModelWithProjection" and clip.adapter.family == "clip_vision"
+    clip = load_model(str(REFERENCE / "model"), dtype="float64", device="cpu")
+    assert type(clip.model).__name__ == "CLIPVisionModelWithProjection" and clip.adapter.family == "clip_vision"
     with pytest.raises(ValueError, match=f"model folder {tmp_path / 'nothing-here'} does not exist"):
         load_model(str(tmp_path / "nothing-here"), device="cpu")
     with pytest.raises(ValueError, match="dtype='float8'"):

@@ -186,6 +186,10 @@ def _relative_hint(value: str) -> str:
 
     root = project_root()
     if Path(value).is_absolute() and Path(value).is_relative_to(root) and not Path(value).exists():
+        if Path(value).relative_to(root).parts[:1] == ("tests",):  # clip_reference's files: the repository's test data
+            return (f" ({Path(value).relative_to(root)} is test data of the source repository, not installed with the "
+                    f"package: run from a clone of the repository, or set $OE_ASSETS_ROOT to one; the project root "
+                    f"is now {root})")
         return f" (relative paths in a profile resolve against the project root {root}; set $OE_ASSETS_ROOT to change it)"
     return ""
 
