@@ -124,8 +124,10 @@ _HTML_ATTRS = "<!-- oe_assets:attrs "
 
 def html_with_attrs(page: HTMLPage) -> str:
     """The page's text with its attributes as a final comment (JSON; ``--`` escaped, a comment may not hold it)."""
-    encoded = json.dumps({k: v for k, v in page.attrs.items() if v is not None}, sort_keys=True, default=str)
-    encoded = encoded.replace("--", "-\\u002d")
+    attrs = {k: v for k, v in page.attrs.items() if v is not None}
+    if not attrs:
+        return page.html
+    encoded = json.dumps(attrs, sort_keys=True, default=str).replace("--", "-\\u002d")
     return f"{page.html}\n{_HTML_ATTRS}{encoded} -->\n"
 
 
