@@ -18,6 +18,72 @@ import uuid
 import warnings
 
 
+#: written as ``dagster.yaml`` into a Dagster instance folder the CLI creates: no usage statistics sent,
+#: no first-run telemetry banner, no community pop-up in the UI (as the shipped ``data/dagster_home``)
+INSTANCE_SETTINGS = "telemetry:\n  enabled: false\nnux:\n  enabled: false\n"
+#: what SQLite says when the instance's database files cannot be written (full disk, read-only, quota)
+_UNWRITABLE = ("disk i/o error", "database or disk is full", "readonly database", "unable to open database file")
+
+
+class InstanceUnwritable(OSError):
+    """The Dagster instance's storage under ``DAGSTER_HOME`` cannot be written."""
+
+
+def open_instance():
+    """The Dagster instance in ``DAGSTER_HOME`` (default ``<project root>/data/dagster_home``, exported
+    to the environment): a folder that does not exist or is empty is created with
+    :data:`INSTANCE_SETTINGS`.  A storage that cannot be written raises :class:`InstanceUnwritable`."""
+    from pathlib import Path
+
+    import dagster as dg
+
+    from .profiles import default_dagster_home
+    from .resources.store import atomic_path
+
+    home = Path(default_dagster_home()).resolve()
+    os.environ["DAGSTER_HOME"] = str(home)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        if not any(home.iterdir()):
+            with atomic_path(home / "dagster.yaml") as tmp:
+                tmp.write_text(INSTANCE_SETTINGS)
+        return dg.DagsterInstance.get()
+    except Exception as e:
+        unwritable = instance_error(e, home)
+        if unwritable is None:
+            raise
+        raise unwritable from e
+
+
+def instance_error(exc: BaseException, home=None) -> InstanceUnwritable | None:
+    """``exc`` (or an error it was raised from) as :class:`InstanceUnwritable` when it says the instance
+    at ``home`` (default ``$DAGSTER_HOME``) cannot be written: SQLite's disk I/O / disk full /
+    read-only errors (raw or wrapped by SQLAlchemy or Dagster), or an ``OSError`` on a file under
+    ``home``; else None."""
+    import errno
+    import sqlite3
+
+    home = home or os.environ.get("DAGSTER_HOME")
+    if not home:
+        return None
+    home = os.path.abspath(str(home))
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, InstanceUnwritable):
+            return e
+        if isinstance(e, sqlite3.OperationalError) and any(m in str(e).lower() for m in _UNWRITABLE):
+            return InstanceUnwritable(f"the Dagster instance at {home} cannot be written: {e}")
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG) \
+                and os.path.abspath(str(e.filename or "")).startswith(home + os.sep):
+            return InstanceUnwritable(f"the Dagster instance at {home} cannot be written: {e}")
+        todo += [getattr(e, "orig", None), e.__cause__, e.__context__]
+    return None
+
+
 def materialize_all(profile: str, first: str | None = None, last: str | None = None, force: bool = False) -> int:
     """The three jobs of :data:`oe_assets.definitions.MATERIALIZE_JOBS` as runs on the instance in
     ``DAGSTER_HOME`` (default: ``<project root>/data/dagster_home``, see
@@ -33,32 +99,28 @@ def materialize_all(profile: str, first: str | None = None, last: str | None = N
     time); at start, runs whose process is dead are marked failed and their pool slots freed, one line
     each.  Before each run, a pool slot held by a live run is waited for here, saying which run holds
     it; Ctrl-C / SIGTERM end the wait (exit 130 / 143)."""
-    from .profiles import default_dagster_home
-
-    os.environ["DAGSTER_HOME"] = str(default_dagster_home())
-    os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
     os.environ["OE_ASSETS_PROFILE"] = profile
     warnings.filterwarnings("ignore")
-    import dagster as dg
-
-    from .definitions import MATERIALIZE_JOBS, build_definitions, layer_range_tags, layers_job
+    from .lens.hub import ModelSourceError
     from .profiles.validation import ProfileError, validate_layers
     from .recovery import RUN_TAG, PoolWaitInterrupted, fail_stale_runs, process_tags, wait_for_pools, watch_pool_wait
     from .resume import observe_sources, plan_materialization, settings_tags
 
     t0 = time.perf_counter()
-    try:
+    try:  # importing the definitions builds them from OE_ASSETS_PROFILE: its errors are the user's too
+        from .definitions import MATERIALIZE_JOBS, build_definitions, layer_range_tags, layers_job
+
         defs = build_definitions(profile)
         layers = defs.resolve_job_def(layers_job.name).partitions_def.get_partition_keys()
         problems = validate_layers(layers, first, last)
         if problems:
             raise ProfileError(problems, "the command line")
-    except (ProfileError, FileNotFoundError) as e:
+    except (ProfileError, ModelSourceError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     first, last = first or layers[0], last or layers[-1]
     in_range = layers[layers.index(first): layers.index(last) + 1]
-    instance = dg.DagsterInstance.get()
+    instance = open_instance()
     fail_stale_runs(instance)  # runs left STARTED by a killed process: failed, their pool slots freed
     failed = observe_sources(defs, instance, process_tags())  # the runs record the sources' current data versions
     if failed:
@@ -191,11 +253,7 @@ def import_official_cmd(directory: str, profile: str, layer: int, dataset: str, 
     import dagster as dg
 
     if instance is None:
-        from .profiles import default_dagster_home
-
-        os.environ.setdefault("DAGSTER_HOME", str(default_dagster_home()))
-        os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
-        instance = dg.DagsterInstance.get()
+        instance = open_instance()
     for asset, partition, path, sources in result.assets:
         instance.report_runless_asset_event(dg.AssetMaterialization(
             asset_key=asset, partition=partition,
@@ -232,6 +290,17 @@ def main(argv=None) -> int:
         e.add_argument("--base-dir", default=None, help="the store (default: the profile's storage.base_dir)")
     sub.add_parser("demo", help="run every stage of the lens on the MiniLM demo and print the table")
     args, rest = ap.parse_known_args(argv)
+    try:
+        return _run(args, rest)
+    except Exception as e:  # noqa: BLE001 - the instance's disk: one line; anything else: the traceback
+        unwritable = instance_error(e)
+        if unwritable is None:
+            raise
+        print(f"error: {unwritable}", file=sys.stderr)
+        return 2
+
+
+def _run(args, rest) -> int:
     if args.command == "export":
         return export_cmd(args.profile, args.layer, args.out, args.dataset, args.model, args.pretrained, args.base_dir)
     if args.command == "import-official":
