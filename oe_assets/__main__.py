@@ -209,14 +209,25 @@ def model_dims(source: str) -> tuple[int | None, int | None]:
 
 def export_cmd(profile: str, layer: int, out: str | None, dataset: str, model: str | None, pretrained: str,
                base_dir: str | None = None) -> int:
-    """Write the official output files of one layer from the profile's materialized assets."""
-    from .lens.official import export_official
+    """Write the official output files of one layer from the profile's materialized assets, saying
+    how much first; refused when the output folder's disk has less free space.  ``dataset`` /
+    ``pretrained`` None: ``imagenet`` / ``openai`` (the CLIP setting), refused for a text profile."""
+    from .lens.official import export_bytes, export_official
+    from .resources.store import require_free_space
 
     try:
-        _, names, base = _official_setup(profile, model, dataset, pretrained, base_dir)
+        cfg, _, _ = _official_setup(profile, model, "-", "-", base_dir)
+        if cfg["dataset"].get("kind", "text") == "text" and (dataset is None or pretrained is None):
+            raise ValueError(f"profile {profile!r} is a text profile: the file names need --dataset NAME and "
+                             "--pretrained TAG (the defaults, imagenet and openai, name CLIP on ImageNet), "
+                             "e.g. --dataset demo --pretrained minilm")
+        _, names, base = _official_setup(profile, model, dataset or "imagenet", pretrained or "openai", base_dir)
         out = out or os.path.join(base, "official")
+        needed = export_bytes(base, layer)
+        require_free_space(out, needed, f"the official files of layer {layer}", "nothing was written")
+        print(f"writing {needed / 1e9:.2f} GB to {out}", flush=True)
         written = export_official(base, out, layer, names)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, OSError) as e:  # DiskFullError is an OSError
         print(f"error: {e}", file=sys.stderr)
         return 2
     for path in written:
@@ -284,9 +295,11 @@ def main(argv=None) -> int:
             e.add_argument("--top-k", type=int, default=None, help="the files' top_k (default: the profile's)")
         e.add_argument("--layer", type=int, required=True)
         e.add_argument("--profile", default=os.environ.get("OE_ASSETS_PROFILE", "demo"))
-        e.add_argument("--dataset", default="imagenet")
+        e.add_argument("--dataset", default=None if name == "export" else "imagenet",
+                       help="dataset name in the file names (default: imagenet; export: required for a text profile)")
         e.add_argument("--model", default=None, help="model name in the file names (default: the model folder's name)")
-        e.add_argument("--pretrained", default="openai")
+        e.add_argument("--pretrained", default=None if name == "export" else "openai",
+                       help="pretrained tag in the file names (default: openai; export: required for a text profile)")
         e.add_argument("--base-dir", default=None, help="the store (default: the profile's storage.base_dir)")
     sub.add_parser("demo", help="run every stage of the lens on the MiniLM demo and print the table")
     args, rest = ap.parse_known_args(argv)
