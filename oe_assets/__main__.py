@@ -5,6 +5,7 @@
                                [--dataset imagenet --model NAME --pretrained TAG]
     python -m oe_assets import-official DIR --layer L [--profile P] [...]
     python -m oe_assets demo [...]            (same as python -m oe_assets.demo)
+    python -m oe_assets dev [-p PORT ...]     (dagster dev on the project's workspace and instance)
 """
 
 from __future__ import annotations
@@ -277,6 +278,96 @@ def import_official_cmd(directory: str, profile: str, layer: int, dataset: str, 
     return 0
 
 
+def _process_group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` is still running (exited ones waiting to be reaped hold
+    nothing and do not count)."""
+    from pathlib import Path
+
+    if not Path("/proc/self/stat").exists():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if int(pgrp) == pgid and state != "Z":
+            return True
+    return False
+
+
+def _end_process_group(pgid: int, grace: float) -> None:
+    """Wait up to ``grace`` seconds for group ``pgid`` to end, then SIGTERM it, then SIGKILL it."""
+    import signal
+
+    for sig, wait in ((None, grace), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        if sig is not None:
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not _process_group_alive(pgid):
+                return
+            time.sleep(0.1)
+
+
+def _parent_death_sigterm() -> None:  # in the child, before exec: SIGTERM when this process dies
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def dev_cmd(rest: list[str], stop_grace: float = 20.0) -> int:
+    """``dagster dev`` on the project's ``workspace.yaml`` and instance (``DAGSTER_HOME``, default
+    ``<project root>/data/dagster_home``), in its own process group, ended with all its processes.
+
+    Ctrl-C (SIGINT), SIGTERM or SIGHUP here, or to this process's group, ask ``dagster dev`` to shut
+    down (SIGINT), wait ``stop_grace`` seconds for it, then end whatever of its group is left (its
+    code server outlives it by up to a heartbeat timeout, 45 s), with SIGTERM then SIGKILL.  Started
+    from a background job of a script, ``dagster dev`` inherits SIGINT ignored and maps SIGTERM to
+    that too, so neither would stop it: here it starts with SIGINT at its default.  Exit code
+    ``128 + signal`` when stopped by one, else ``dagster dev``'s."""
+    import signal
+    import subprocess
+
+    from .profiles import project_root
+
+    open_instance().dispose()  # DAGSTER_HOME exported; a new instance folder gets INSTANCE_SETTINGS
+    root = project_root()
+    received: list[int] = []
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in stops}
+    try:  # the handlers are in place before the child starts: it execs with SIGINT at its default, not ignored
+        proc = subprocess.Popen([sys.executable, "-m", "dagster", "dev", "-w", str(root / "workspace.yaml"), *rest],
+                                cwd=root, start_new_session=True, preexec_fn=_parent_death_sigterm)
+        try:
+            while proc.poll() is None and not received:
+                time.sleep(0.1)
+            if received:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=stop_grace)
+                except subprocess.TimeoutExpired:
+                    pass
+        finally:
+            _end_process_group(proc.pid, 5.0 if proc.poll() is not None else 0.0)
+            proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 + received[0] if received else proc.returncode
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m oe_assets")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -302,6 +393,8 @@ def main(argv=None) -> int:
                        help="pretrained tag in the file names (default: openai; export: required for a text profile)")
         e.add_argument("--base-dir", default=None, help="the store (default: the profile's storage.base_dir)")
     sub.add_parser("demo", help="run every stage of the lens on the MiniLM demo and print the table")
+    sub.add_parser("dev", help="dagster dev on the project's workspace and instance; Ctrl-C / SIGTERM end all of it "
+                               "(other arguments go to dagster dev)")
     args, rest = ap.parse_known_args(argv)
     try:
         return _run(args, rest)
@@ -319,6 +412,8 @@ def _run(args, rest) -> int:
     if args.command == "import-official":
         return import_official_cmd(args.directory, args.profile, args.layer, args.dataset, args.model,
                                    args.pretrained, args.top_k, args.base_dir)
+    if args.command == "dev":
+        return dev_cmd(rest)
     if args.command == "materialize":
         first, last = args.layers or (None, None)
         return materialize_all(args.profile, first, last, force=args.force)

@@ -422,3 +422,53 @@ def test_dataloader_workers_end_when_their_parent_is_sigkilled(tmp_path):
         for w in workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(w, signal.SIGKILL)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+@pytest.mark.parametrize("how", ["SIGINT to its pid", "SIGTERM to its process group"])
+def test_dagster_dev_stops_with_all_its_processes(tmp_path, how):
+    """``python -m oe_assets dev`` started as a script's background job (SIGINT ignored, which plain
+    ``dagster dev`` also applies to SIGTERM: neither stops it) serves the UI on loopback and stops,
+    with every process it started, within 30 s of Ctrl-C or a SIGTERM to its group."""
+    import urllib.request
+
+    port = free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "oe_assets", "dev", "-p", str(port)], env=env, cwd=tmp_path,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    started: list[int] = []
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "the UI did not come up"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(1)
+        started = descendants(proc.pid)
+        assert len(started) >= 4, started  # dagster dev, its code server, the webserver, the daemon
+        assert (tmp_path / "home" / "dagster.yaml").is_file()  # the instance: DAGSTER_HOME
+        if how.startswith("SIGINT"):
+            proc.send_signal(signal.SIGINT)
+        else:
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        assert proc.returncode == (130 if how.startswith("SIGINT") else 143)
+        deadline = time.monotonic() + 5  # a process reparented to pid 1 after the wrapper's last check
+        while time.monotonic() < deadline and any(alive(p) for p in started):
+            time.sleep(0.2)
+        assert [p for p in started if alive(p)] == []
+    finally:
+        for pid in [proc.pid, *started]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=30)
