@@ -5,6 +5,7 @@
                                [--dataset imagenet --model NAME --pretrained TAG]
     python -m oe_assets import-official DIR --layer L [--profile P] [...]
     python -m oe_assets demo [...]            (same as python -m oe_assets.demo)
+    python -m oe_assets dev [-p PORT ...]     (dagster dev on the project's workspace and instance)
 """
 
 from __future__ import annotations
@@ -16,6 +17,72 @@ import sys
 import time
 import uuid
 import warnings
+
+
+#: written as ``dagster.yaml`` into a Dagster instance folder the CLI creates: no usage statistics sent,
+#: no first-run telemetry banner, no community pop-up in the UI (as the shipped ``data/dagster_home``)
+INSTANCE_SETTINGS = "telemetry:\n  enabled: false\nnux:\n  enabled: false\n"
+#: what SQLite says when the instance's database files cannot be written (full disk, read-only, quota)
+_UNWRITABLE = ("disk i/o error", "database or disk is full", "readonly database", "unable to open database file")
+
+
+class InstanceUnwritable(OSError):
+    """The Dagster instance's storage under ``DAGSTER_HOME`` cannot be written."""
+
+
+def open_instance():
+    """The Dagster instance in ``DAGSTER_HOME`` (default ``<project root>/data/dagster_home``, exported
+    to the environment): a folder that does not exist or is empty is created with
+    :data:`INSTANCE_SETTINGS`.  A storage that cannot be written raises :class:`InstanceUnwritable`."""
+    from pathlib import Path
+
+    import dagster as dg
+
+    from .profiles import default_dagster_home
+    from .resources.store import atomic_path
+
+    home = Path(default_dagster_home()).resolve()
+    os.environ["DAGSTER_HOME"] = str(home)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        if not any(home.iterdir()):
+            with atomic_path(home / "dagster.yaml") as tmp:
+                tmp.write_text(INSTANCE_SETTINGS)
+        return dg.DagsterInstance.get()
+    except Exception as e:
+        unwritable = instance_error(e, home)
+        if unwritable is None:
+            raise
+        raise unwritable from e
+
+
+def instance_error(exc: BaseException, home=None) -> InstanceUnwritable | None:
+    """``exc`` (or an error it was raised from) as :class:`InstanceUnwritable` when it says the instance
+    at ``home`` (default ``$DAGSTER_HOME``) cannot be written: SQLite's disk I/O / disk full /
+    read-only errors (raw or wrapped by SQLAlchemy or Dagster), or an ``OSError`` on a file under
+    ``home``; else None."""
+    import errno
+    import sqlite3
+
+    home = home or os.environ.get("DAGSTER_HOME")
+    if not home:
+        return None
+    home = os.path.abspath(str(home))
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, InstanceUnwritable):
+            return e
+        if isinstance(e, sqlite3.OperationalError) and any(m in str(e).lower() for m in _UNWRITABLE):
+            return InstanceUnwritable(f"the Dagster instance at {home} cannot be written: {e}")
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG) \
+                and os.path.abspath(str(e.filename or "")).startswith(home + os.sep):
+            return InstanceUnwritable(f"the Dagster instance at {home} cannot be written: {e}")
+        todo += [getattr(e, "orig", None), e.__cause__, e.__context__]
+    return None
 
 
 def materialize_all(profile: str, first: str | None = None, last: str | None = None, force: bool = False) -> int:
@@ -33,32 +100,28 @@ def materialize_all(profile: str, first: str | None = None, last: str | None = N
     time); at start, runs whose process is dead are marked failed and their pool slots freed, one line
     each.  Before each run, a pool slot held by a live run is waited for here, saying which run holds
     it; Ctrl-C / SIGTERM end the wait (exit 130 / 143)."""
-    from .profiles import default_dagster_home
-
-    os.environ["DAGSTER_HOME"] = str(default_dagster_home())
-    os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
     os.environ["OE_ASSETS_PROFILE"] = profile
     warnings.filterwarnings("ignore")
-    import dagster as dg
-
-    from .definitions import MATERIALIZE_JOBS, build_definitions, layer_range_tags, layers_job
+    from .lens.hub import ModelSourceError
     from .profiles.validation import ProfileError, validate_layers
     from .recovery import RUN_TAG, PoolWaitInterrupted, fail_stale_runs, process_tags, wait_for_pools, watch_pool_wait
     from .resume import observe_sources, plan_materialization, settings_tags
 
     t0 = time.perf_counter()
-    try:
+    try:  # importing the definitions builds them from OE_ASSETS_PROFILE: its errors are the user's too
+        from .definitions import MATERIALIZE_JOBS, build_definitions, layer_range_tags, layers_job
+
         defs = build_definitions(profile)
         layers = defs.resolve_job_def(layers_job.name).partitions_def.get_partition_keys()
         problems = validate_layers(layers, first, last)
         if problems:
             raise ProfileError(problems, "the command line")
-    except (ProfileError, FileNotFoundError) as e:
+    except (ProfileError, ModelSourceError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     first, last = first or layers[0], last or layers[-1]
     in_range = layers[layers.index(first): layers.index(last) + 1]
-    instance = dg.DagsterInstance.get()
+    instance = open_instance()
     fail_stale_runs(instance)  # runs left STARTED by a killed process: failed, their pool slots freed
     failed = observe_sources(defs, instance, process_tags())  # the runs record the sources' current data versions
     if failed:
@@ -147,14 +210,25 @@ def model_dims(source: str) -> tuple[int | None, int | None]:
 
 def export_cmd(profile: str, layer: int, out: str | None, dataset: str, model: str | None, pretrained: str,
                base_dir: str | None = None) -> int:
-    """Write the official output files of one layer from the profile's materialized assets."""
-    from .lens.official import export_official
+    """Write the official output files of one layer from the profile's materialized assets, saying
+    how much first; refused when the output folder's disk has less free space.  ``dataset`` /
+    ``pretrained`` None: ``imagenet`` / ``openai`` (the CLIP setting), refused for a text profile."""
+    from .lens.official import export_bytes, export_official
+    from .resources.store import require_free_space
 
     try:
-        _, names, base = _official_setup(profile, model, dataset, pretrained, base_dir)
+        cfg, _, _ = _official_setup(profile, model, "-", "-", base_dir)
+        if cfg["dataset"].get("kind", "text") == "text" and (dataset is None or pretrained is None):
+            raise ValueError(f"profile {profile!r} is a text profile: the file names need --dataset NAME and "
+                             "--pretrained TAG (the defaults, imagenet and openai, name CLIP on ImageNet), "
+                             "e.g. --dataset demo --pretrained minilm")
+        _, names, base = _official_setup(profile, model, dataset or "imagenet", pretrained or "openai", base_dir)
         out = out or os.path.join(base, "official")
+        needed = export_bytes(base, layer)
+        require_free_space(out, needed, f"the official files of layer {layer}", "nothing was written")
+        print(f"writing {needed / 1e9:.2f} GB to {out}", flush=True)
         written = export_official(base, out, layer, names)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, OSError) as e:  # DiskFullError is an OSError
         print(f"error: {e}", file=sys.stderr)
         return 2
     for path in written:
@@ -191,11 +265,7 @@ def import_official_cmd(directory: str, profile: str, layer: int, dataset: str, 
     import dagster as dg
 
     if instance is None:
-        from .profiles import default_dagster_home
-
-        os.environ.setdefault("DAGSTER_HOME", str(default_dagster_home()))
-        os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
-        instance = dg.DagsterInstance.get()
+        instance = open_instance()
     for asset, partition, path, sources in result.assets:
         instance.report_runless_asset_event(dg.AssetMaterialization(
             asset_key=asset, partition=partition,
@@ -206,6 +276,96 @@ def import_official_cmd(directory: str, profile: str, layer: int, dataset: str, 
     for path, why in result.skipped:
         print(f"not imported {path.name}: {why}")
     return 0
+
+
+def _process_group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` is still running (exited ones waiting to be reaped hold
+    nothing and do not count)."""
+    from pathlib import Path
+
+    if not Path("/proc/self/stat").exists():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if int(pgrp) == pgid and state != "Z":
+            return True
+    return False
+
+
+def _end_process_group(pgid: int, grace: float) -> None:
+    """Wait up to ``grace`` seconds for group ``pgid`` to end, then SIGTERM it, then SIGKILL it."""
+    import signal
+
+    for sig, wait in ((None, grace), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        if sig is not None:
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not _process_group_alive(pgid):
+                return
+            time.sleep(0.1)
+
+
+def _parent_death_sigterm() -> None:  # in the child, before exec: SIGTERM when this process dies
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def dev_cmd(rest: list[str], stop_grace: float = 20.0) -> int:
+    """``dagster dev`` on the project's ``workspace.yaml`` and instance (``DAGSTER_HOME``, default
+    ``<project root>/data/dagster_home``), in its own process group, ended with all its processes.
+
+    Ctrl-C (SIGINT), SIGTERM or SIGHUP here, or to this process's group, ask ``dagster dev`` to shut
+    down (SIGINT), wait ``stop_grace`` seconds for it, then end whatever of its group is left (its
+    code server outlives it by up to a heartbeat timeout, 45 s), with SIGTERM then SIGKILL.  Started
+    from a background job of a script, ``dagster dev`` inherits SIGINT ignored and maps SIGTERM to
+    that too, so neither would stop it: here it starts with SIGINT at its default.  Exit code
+    ``128 + signal`` when stopped by one, else ``dagster dev``'s."""
+    import signal
+    import subprocess
+
+    from .profiles import project_root
+
+    open_instance().dispose()  # DAGSTER_HOME exported; a new instance folder gets INSTANCE_SETTINGS
+    root = project_root()
+    received: list[int] = []
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in stops}
+    try:  # the handlers are in place before the child starts: it execs with SIGINT at its default, not ignored
+        proc = subprocess.Popen([sys.executable, "-m", "dagster", "dev", "-w", str(root / "workspace.yaml"), *rest],
+                                cwd=root, start_new_session=True, preexec_fn=_parent_death_sigterm)
+        try:
+            while proc.poll() is None and not received:
+                time.sleep(0.1)
+            if received:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=stop_grace)
+                except subprocess.TimeoutExpired:
+                    pass
+        finally:
+            _end_process_group(proc.pid, 5.0 if proc.poll() is not None else 0.0)
+            proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 + received[0] if received else proc.returncode
 
 
 def main(argv=None) -> int:
@@ -226,17 +386,34 @@ def main(argv=None) -> int:
             e.add_argument("--top-k", type=int, default=None, help="the files' top_k (default: the profile's)")
         e.add_argument("--layer", type=int, required=True)
         e.add_argument("--profile", default=os.environ.get("OE_ASSETS_PROFILE", "demo"))
-        e.add_argument("--dataset", default="imagenet")
+        e.add_argument("--dataset", default=None if name == "export" else "imagenet",
+                       help="dataset name in the file names (default: imagenet; export: required for a text profile)")
         e.add_argument("--model", default=None, help="model name in the file names (default: the model folder's name)")
-        e.add_argument("--pretrained", default="openai")
+        e.add_argument("--pretrained", default=None if name == "export" else "openai",
+                       help="pretrained tag in the file names (default: openai; export: required for a text profile)")
         e.add_argument("--base-dir", default=None, help="the store (default: the profile's storage.base_dir)")
     sub.add_parser("demo", help="run every stage of the lens on the MiniLM demo and print the table")
+    sub.add_parser("dev", help="dagster dev on the project's workspace and instance; Ctrl-C / SIGTERM end all of it "
+                               "(other arguments go to dagster dev)")
     args, rest = ap.parse_known_args(argv)
+    try:
+        return _run(args, rest)
+    except Exception as e:  # noqa: BLE001 - the instance's disk: one line; anything else: the traceback
+        unwritable = instance_error(e)
+        if unwritable is None:
+            raise
+        print(f"error: {unwritable}", file=sys.stderr)
+        return 2
+
+
+def _run(args, rest) -> int:
     if args.command == "export":
         return export_cmd(args.profile, args.layer, args.out, args.dataset, args.model, args.pretrained, args.base_dir)
     if args.command == "import-official":
         return import_official_cmd(args.directory, args.profile, args.layer, args.dataset, args.model,
                                    args.pretrained, args.top_k, args.base_dir)
+    if args.command == "dev":
+        return dev_cmd(rest)
     if args.command == "materialize":
         first, last = args.layers or (None, None)
         return materialize_all(args.profile, first, last, force=args.force)

@@ -277,3 +277,40 @@ def test_cli_reports_a_broken_profile_up_front(tmp_path, monkeypatch, capsys):
     assert cli.main(["materialize", "--profile", str(path)]) == 2
     err = capsys.readouterr().err
     assert "analysis.coeficient: unknown key" in err and "Traceback" not in err
+
+
+def test_readme_partition_command_records_into_the_project_instance(tmp_path):
+    """The README's ``dagster asset materialize ... --partition-range 0...2``, run as printed from a
+    checkout's root (here a copy holding ``data/dagster_home/dagster.yaml``, on a 4-layer tiny BERT
+    whose inputs ``python -m oe_assets materialize`` made first), records its run and the new layer
+    partitions in ``data/dagster_home``, not in a temporary instance."""
+    import re
+    import subprocess
+    import sys
+
+    from transformers import BertConfig, BertModel
+
+    repo = Path(__file__).resolve().parents[1]
+    command = re.search(r"`(DAGSTER_HOME=\S+ dagster asset materialize [^`]+)`", (repo / "README.md").read_text()).group(1)
+    prof = tiny_bert_profile(tmp_path)
+    BertModel(BertConfig(vocab_size=25, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
+                         max_position_embeddings=32)).save_pretrained(tmp_path / "model")  # layers 0..2
+    profile = tmp_path / "tiny.yaml"
+    profile.write_text(yaml.safe_dump(prof))
+    checkout = tmp_path / "checkout"
+    (checkout / "data" / "dagster_home").mkdir(parents=True)
+    shipped = repo / "data" / "dagster_home" / "dagster.yaml"
+    (checkout / "data" / "dagster_home" / "dagster.yaml").write_text(shipped.read_text())
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    env.update(PYTHONPATH=str(repo), OE_ASSETS_PROFILE=str(profile), OE_ASSETS_ROOT=str(checkout))
+    first = subprocess.run([sys.executable, "-m", "oe_assets", "materialize", "--layers", "0", "0"], cwd=checkout, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    proc = subprocess.run(["bash", "-c", command], cwd=checkout, env={**env, "PATH": f"{Path(sys.executable).parent}:"
+                                                                       f"{env.get('PATH', '')}"},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with dg.DagsterInstance.from_config(str(checkout / "data" / "dagster_home")) as instance:
+        records = instance.fetch_materializations(dg.AssetKey("second_order_effects"), limit=100).records
+        assert sorted(r.partition_key for r in records) == ["0", "0", "1", "2"]  # 0: by both commands
+        assert any(r.job_name == "__ASSET_JOB" for r in instance.get_runs())

@@ -119,6 +119,7 @@ def test_layers_outside_the_model_fail_before_any_work(tmp_path, monkeypatch, ca
     assert "--layers LAST: '9' is not a layer of the model; its layers are 0..4" in out.err
     assert "Traceback" not in out.err and "materializing" not in out.out
     assert loads == [] and not (tmp_path / "store").exists()  # no input recomputed, nothing stored
+    (tmp_path / "home").mkdir(exist_ok=True)  # the CLI opens the instance only after validating
     with dg.DagsterInstance.get() as instance:
         assert instance.get_runs() == []
 
@@ -297,3 +298,85 @@ def test_class_and_template_files_name_file_and_line(tmp_path):
     assert f"analysis.templates_path: {templates}: entry 1 (0-based) of the prompt template list, " \
            "'no placeholder', has no '{}'" in msg
     assert f"dataset.classes_path: {classes}: entry 1 (0-based) of the class name list is 3, not a string" in msg
+
+
+# ---------------------------------------------------------------- the CLI's user errors, as a process
+
+
+def run_cli(tmp_path, *args, preamble: str = "", home: Path | None = None) -> subprocess.CompletedProcess:
+    """``python -m oe_assets ARGS`` in a fresh process (nothing imported before), ``preamble`` run first."""
+    env = {**os.environ, "DAGSTER_HOME": str(home or tmp_path / "home"), "PYTHONPATH": str(REPO)}
+    env.pop("OE_NO_SUCH_VARIABLE", None)
+    code = f"{preamble}\nimport sys\nfrom oe_assets.__main__ import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=300)
+
+
+def assert_one_error(proc, *expected: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and proc.stderr.lstrip().startswith("error: "), proc.stderr[-3000:]
+    for text in expected:
+        assert text in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("case", ["typo", "unknown profile", "unset variable", "missing path"])
+def test_profile_errors_of_the_cli_process_are_one_error_line_and_exit_2(tmp_path, case):
+    """Importing the definitions builds them from the profile: its errors are reported like the rest."""
+    if case == "unknown profile":
+        profile, expected = "no_such_profile", "profile 'no_such_profile' not found"
+    else:
+        changes = {"typo": {"analysis": {"coeficient": 50}},
+                   "unset variable": {"storage": {"base_dir": "${OE_NO_SUCH_VARIABLE}/store"}},
+                   "missing path": {"dataset": {"train_path": str(tmp_path / "nowhere.jsonl")}}}[case]
+        profile = str(demo_copy(tmp_path, **changes))
+        expected = {"typo": "did you mean 'coefficient'?", "unset variable": "OE_NO_SUCH_VARIABLE",
+                    "missing path": "nowhere.jsonl"}[case]
+    proc = run_cli(tmp_path, "materialize", "--profile", profile)
+    assert_one_error(proc, expected)
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_full_dagster_home_is_one_error_line_naming_it(tmp_path):
+    """Files the process writes may not grow past 20 kB (``RLIMIT_FSIZE``, no root needed): SQLite
+    cannot create the instance's databases, as on a full disk."""
+    preamble = ("import resource, signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+                "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))")
+    proc = run_cli(tmp_path, "materialize", "--profile", str(demo_copy(tmp_path)), preamble=preamble)
+    assert_one_error(proc, f"error: the Dagster instance at {tmp_path / 'home'} cannot be written: ")
+    assert "disk I/O error" in proc.stderr or "database or disk is full" in proc.stderr
+
+
+def test_a_full_dagster_home_on_a_small_tmpfs(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        proc = run_cli(tmp_path, "materialize", "--profile", str(demo_copy(tmp_path)), home=disk / "home")
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+    assert_one_error(proc, f"error: the Dagster instance at {disk / 'home'} cannot be written: ")
+
+
+def test_shipped_instance_sends_no_telemetry_and_shows_no_community_pop_up():
+    settings = yaml.safe_load((REPO / "data" / "dagster_home" / "dagster.yaml").read_text())
+    assert settings["telemetry"] == {"enabled": False} and settings["nux"] == {"enabled": False}
+    assert yaml.safe_load(cli.INSTANCE_SETTINGS) == {"telemetry": {"enabled": False}, "nux": {"enabled": False}}
+
+
+def test_an_instance_the_cli_creates_has_telemetry_off_and_no_banner(tmp_path):
+    """A fresh ``DAGSTER_HOME``: the CLI writes its ``dagster.yaml``; a whole run prints no telemetry
+    banner and makes no telemetry id (Dagster prints its banner when it first makes one)."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_bert_profile(tmp_path)))
+    proc = run_cli(tmp_path, "materialize", "--profile", str(path), "--layers", "0", "0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Telemetry:" not in proc.stderr and "Welcome to Dagster" not in proc.stderr
+    home = tmp_path / "home"
+    assert yaml.safe_load((home / "dagster.yaml").read_text())["telemetry"] == {"enabled": False}
+    assert not (home / ".telemetry").exists()
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert not instance.telemetry_enabled and not instance.nux_enabled and instance.get_runs()

@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse
 
 from oe_assets import __main__ as cli
-from oe_assets.lens.official import OfficialFormatError, OfficialNames, import_official
+from oe_assets.lens.official import OfficialFormatError, OfficialNames, export_bytes, import_official
 from oe_assets.resources.store import H5Group
 from conftest import REFERENCE
 from test_assets import reference_graph  # noqa: F401 - the module-scoped fixture
@@ -28,6 +28,42 @@ def exported(reference_graph, tmp_path_factory):  # noqa: F811
                    "--base-dir", str(base), "--out", str(out), "--model", "tiny", "--pretrained", "ref"])
     assert rc == 0
     return base, out
+
+
+def test_export_states_its_size_first_and_refuses_a_disk_without_room(reference_graph, tmp_path, monkeypatch,  # noqa: F811
+                                                                       capsys):
+    """``writing <N> GB to <folder>`` before any file; N is the size of the ``.npy`` files written
+    (less their headers); a disk with less free space is refused with nothing written."""
+    import shutil
+
+    from oe_assets.resources import store as store_module
+
+    _, _, base, _, _ = reference_graph
+    args = ["export", "--format", "official", "--layer", str(LAYER), "--profile", "clip_reference", "--base-dir", str(base),
+            "--model", "tiny", "--pretrained", "ref"]
+    real = shutil.disk_usage
+    monkeypatch.setattr(store_module.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    assert cli.main([*args, "--out", str(tmp_path / "full")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the official files of layer 1 needs about ") and "1000 bytes) free" in err, err
+    assert list((tmp_path / "full").iterdir()) == []
+    monkeypatch.undo()
+    assert cli.main([*args, "--out", str(tmp_path / "out")]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("writing ") and first.endswith(f" GB to {tmp_path / 'out'}"), first
+    npy = list((tmp_path / "out").glob("*.npy"))
+    data = sum(np.load(p, mmap_mode="r").nbytes for p in npy)
+    assert f"{data / 1e9:.2f}" == first.split()[1]
+    assert export_bytes(base, LAYER) == data
+
+
+def test_export_refuses_the_clip_names_for_a_text_profile(tmp_path, capsys):
+    """The demo is MiniLM on a text corpus: ``imagenet_*_openai`` file names would be wrong."""
+    assert cli.main(["export", "--format", "official", "--layer", "3", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error: ") == 1 and "profile 'demo' is a text profile" in err
+    assert "--dataset NAME" in err and "--pretrained TAG" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_export_writes_the_official_files(exported, reference):

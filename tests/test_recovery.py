@@ -2,6 +2,7 @@
 pool slot, dead writers' staging files removed, and a SIGKILLed materialization that the next one
 finishes by itself.  Also: ``.ci/run`` keeps a working copy's ``.venv``."""
 
+import contextlib
 import os
 import shutil
 import signal
@@ -347,3 +348,128 @@ def test_a_run_blocked_on_a_pool_inside_dagster_says_so_and_stops_on_ctrl_c(inst
     assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
     assert holders(instance) == {live.run_id}
     assert all(p.run_id != run_id for p in instance.event_log_storage.get_concurrency_info("gpu").pending_steps)
+
+
+# ---------------------------------------------------------------- process ends
+
+LOADER_CHILD = r"""
+import sys, time
+from types import SimpleNamespace
+from pathlib import Path
+import numpy as np
+from PIL import Image
+from transformers import CLIPImageProcessor
+from oe_assets.resources.datasets import DatasetResource
+
+root = Path(sys.argv[1])
+rng = np.random.default_rng(0)
+for c in ("a", "b"):
+    (root / c).mkdir(parents=True)
+    for i in range(48):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+split = DatasetResource(kind="image_folder", class_index="folders", train_path=str(root), val_path=str(root),
+                        num_workers=2).split("train")
+loaded = SimpleNamespace(model=None, image_processor=CLIPImageProcessor(), source="clip")
+batches = iter(split.batches(loaded, batch_size=4))
+next(batches)
+print("READY", flush=True)
+time.sleep(600)
+"""
+
+
+def descendants(pid: int) -> list[int]:
+    """The live processes below ``pid`` (from ``/proc``)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` exists and has not exited (a zombie waiting for pid 1 holds nothing)."""
+    return bool(process_start(pid)) and not recovery._zombie(pid)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_dataloader_workers_end_when_their_parent_is_sigkilled(tmp_path):
+    """The image pipeline's DataLoader workers, mid-prefetch, end within 2 s of a SIGKILLed parent (the
+    kernel kills them: 0.05 s here).  Torch's own check of the parent runs every 5 s between samples,
+    and a worker can then hang at exit in ``Queue._finalize_join``; this fails without the guard."""
+    proc = subprocess.Popen([sys.executable, "-c", LOADER_CHILD, str(tmp_path / "images")], stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    workers: list[int] = []
+    try:
+        assert "READY" in lines_until(proc, "READY", 180)[-1]
+        time.sleep(2)  # the workers fill the queue the dead parent will never read
+        workers = descendants(proc.pid)
+        assert len(workers) >= 2, workers
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and any(alive(w) for w in workers):
+            time.sleep(0.2)
+        assert [w for w in workers if alive(w)] == []
+    finally:
+        proc.kill()
+        for w in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w, signal.SIGKILL)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+@pytest.mark.parametrize("how", ["SIGINT to its pid", "SIGTERM to its process group"])
+def test_dagster_dev_stops_with_all_its_processes(tmp_path, how):
+    """``python -m oe_assets dev`` started as a script's background job (SIGINT ignored, which plain
+    ``dagster dev`` also applies to SIGTERM: neither stops it) serves the UI on loopback and stops,
+    with every process it started, within 30 s of Ctrl-C or a SIGTERM to its group."""
+    import urllib.request
+
+    port = free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "oe_assets", "dev", "-p", str(port)], env=env, cwd=tmp_path,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    started: list[int] = []
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "the UI did not come up"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(1)
+        started = descendants(proc.pid)
+        assert len(started) >= 4, started  # dagster dev, its code server, the webserver, the daemon
+        assert (tmp_path / "home" / "dagster.yaml").is_file()  # the instance: DAGSTER_HOME
+        if how.startswith("SIGINT"):
+            proc.send_signal(signal.SIGINT)
+        else:
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        assert proc.returncode == (130 if how.startswith("SIGINT") else 143)
+        deadline = time.monotonic() + 5  # a process reparented to pid 1 after the wrapper's last check
+        while time.monotonic() < deadline and any(alive(p) for p in started):
+            time.sleep(0.2)
+        assert [p for p in started if alive(p)] == []
+    finally:
+        for pid in [proc.pid, *started]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=30)

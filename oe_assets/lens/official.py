@@ -151,6 +151,30 @@ def export_merged(effects_path: Path, target: Path, dtype=np.float32, block_byte
     return target
 
 
+def export_bytes(base: str | Path, layer: int, splits: tuple[str, ...] = ("train", "val"), dtype=np.float32) -> int:
+    """About how many bytes :func:`export_official` writes for ``layer``: the dense merged effects
+    (``samples * neurons * d_out`` each) and the arrays copied as they are; the sparse decomposition
+    (a few MB) is left out.  Missing files count 0 (the export names them)."""
+    from .effects_file import H5Handle, open_factorized
+
+    def stored(path: Path, *names: str, itemsize: int | None = None) -> int:
+        if not path.exists():
+            return 0
+        with h5py.File(path, "r") as f:
+            return sum(f[n].size * (itemsize or f[n].dtype.itemsize) for n in names if n in f)
+
+    base, total = Path(base), 0
+    for split, asset in zip(splits, ("second_order_effects", "val_second_order_effects")):
+        total += stored(store_path(base, f"{split}_representations"), "representations")
+        total += stored(store_path(base, f"{split}_representations"), "labels", itemsize=8)
+        path = store_path(base, asset, str(layer))
+        if path.exists():
+            with H5Handle(path) as handle:
+                total += int(np.prod(open_factorized(handle).shape)) * np.dtype(dtype).itemsize
+    total += stored(store_path(base, "classifier"), "classifier")
+    return total + stored(store_path(base, "neuron_pcas", str(layer)), "components", "norms", "means")
+
+
 def export_official(base: str | Path, out: str | Path, layer: int, names: OfficialNames,
                     splits: tuple[str, ...] = ("train", "val"), dtype=np.float32) -> list[Path]:
     """Write the official files of one layer from the materialized assets under ``base``; returns the

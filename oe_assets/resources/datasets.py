@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -48,6 +49,55 @@ class _Items(torch.utils.data.Dataset):
         return self.load(i)
 
 
+@dataclass
+class _WatchParent:
+    """A DataLoader ``worker_init_fn``: the worker ends when the process that started it dies.
+
+    Torch's workers notice a dead parent only between samples, and then hang at exit joining a queue
+    nobody reads (keeping staged files of a killed run open).  Two guards, each enough alone:
+    ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` (Linux) has the kernel kill the worker at once, even in C
+    code; it fires when the *thread* that forked the worker ends, so it is set only when the
+    DataLoader was made in the main thread.  A daemon thread polling the parent (``os.getppid()``) covers
+    the rest (other platforms, other threads) within a second."""
+
+    parent: int
+    parent_is_main_thread: bool
+
+    def __call__(self, worker_id: int) -> None:
+        import signal
+        import sys
+        import time
+
+        forked = os.getppid() == self.parent  # else started by a fork server, or the parent already died
+        if forked and self.parent_is_main_thread and sys.platform.startswith("linux"):
+            import ctypes
+
+            try:
+                ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+            except (OSError, AttributeError):
+                pass
+        if not self._alive(forked):  # died before the guards were in place
+            os._exit(1)
+
+        def watch() -> None:
+            while self._alive(forked):
+                time.sleep(0.5)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+    def _alive(self, forked: bool) -> bool:
+        if forked:
+            return os.getppid() == self.parent
+        try:
+            os.kill(self.parent, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+
+
 class Split:
     """One subsampled split: ``labels`` ``[n]``, ``describe(i)``, ``batches(loaded, batch_size)``.
 
@@ -62,7 +112,9 @@ class Split:
         return torch.utils.data.DataLoader(
             _Items(len(self), load), batch_size=batch_size, shuffle=False, num_workers=workers,
             collate_fn=collate, pin_memory=loaded.model is not None and next(loaded.model.parameters()).is_cuda,
-            persistent_workers=False, prefetch_factor=4 if workers else None)
+            persistent_workers=False, prefetch_factor=4 if workers else None,
+            worker_init_fn=_WatchParent(os.getpid(), threading.current_thread() is threading.main_thread())
+            if workers else None)
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -43,7 +43,7 @@ from ..recovery import is_dead, staging_suffix, staging_writer
 
 __all__ = ["ArtifactStore", "H5Payload", "StagedH5", "HTMLPage", "html_attrs", "html_with_attrs",
            "H5Group", "LazyH5Array", "atomic_path", "staging_path", "write_h5",
-           "CorruptFileError", "DiskFullError",
+           "CorruptFileError", "DiskFullError", "require_free_space",
            "table_attrs", "table_with_attrs", "write_parquet", "read_parquet", "write_html", "read_html"]
 
 
@@ -57,6 +57,17 @@ def _size(n: float) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.3g} {unit}"
     return f"{int(n)} bytes"
+
+
+def require_free_space(folder: Path, needed: int, what: str, advice: str) -> None:
+    """Refuse (:class:`DiskFullError`, with both numbers and the folder) writing ``needed`` bytes of
+    ``what`` into ``folder`` (created) when its disk has less free space."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise DiskFullError(f"{what} needs about {_size(needed)} ({needed} bytes) in {folder}, but its disk has only "
+                            f"{_size(free)} ({free} bytes) free; {advice}")
 
 
 @contextlib.contextmanager
@@ -448,15 +459,10 @@ class ArtifactStore(dg.ConfigurableResource):
     def require_free_space(self, asset_key: dg.AssetKey | str, partitions: list[str] | None, needed: int) -> None:
         """Refuse (:class:`DiskFullError`, with both numbers and the folder) a write of ``needed`` bytes
         into the asset's folder when its disk has less free space; called before a long streamed write."""
-        folder = self.path_for(asset_key, (partitions or [None])[0]).parent
-        folder.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(folder).free
-        if needed > free:
-            what = self.describe(asset_key, partitions)
-            raise DiskFullError(
-                f"{what} needs about {_size(needed)} ({needed} bytes) in {folder}, but its disk has only "
-                f"{_size(free)} ({free} bytes) free; nothing was computed. Free some space (or set the "
-                "store's base_dir to a larger disk), then materialize again")
+        require_free_space(self.path_for(asset_key, (partitions or [None])[0]).parent, needed,
+                           self.describe(asset_key, partitions),
+                           "nothing was computed. Free some space (or set the store's base_dir to a larger disk), "
+                           "then materialize again")
 
     def write_error(self, asset_key: dg.AssetKey | str, partitions: list[str] | None, path: Path,
                     exc: BaseException, needed: int | None = None) -> OSError:
