@@ -86,6 +86,8 @@ class Plan:
     partitions: dict[dg.AssetKey, list[str | None]]
     run: dict[dg.AssetKey, dict[str | None, str]] = field(default_factory=dict)
     skip: dict[dg.AssetKey, list[str | None]] = field(default_factory=dict)
+    #: skipped partitions whose file this instance did not record (made by another instance): accepted
+    adopted: dict[dg.AssetKey, list[str | None]] = field(default_factory=dict)
     code_versions: dict[dg.AssetKey, str | None] = field(default_factory=dict)
 
     def to_run(self, key: dg.AssetKey) -> list[str | None]:
@@ -102,6 +104,11 @@ class Plan:
                 where = format_partitions(skipped, all_keys)
                 parts.append(f"{where + ' ' if where else ''}up to date (code version {self.code_versions[key]}), "
                              "skipped")
+            adopted = self.adopted.get(key, [])
+            if adopted:
+                where = format_partitions(adopted, all_keys)
+                parts.append(f"{where + ' ' if where else ''}made outside this instance's runs, accepted: its "
+                             "provenance matches the profile and its inputs")
             by_reason: dict[str, list] = {}
             for p, reason in self.run.get(key, {}).items():
                 by_reason.setdefault(reason, []).append(p)
@@ -136,6 +143,8 @@ def plan_materialization(defs: dg.Definitions, instance: dg.DagsterInstance, ass
                 plan.run.setdefault(key, {})[p] = reason
             else:
                 plan.skip.setdefault(key, []).append(p)
+                if not force and not _recorded_by(instance, key, p, files.read(key, p)):
+                    plan.adopted.setdefault(key, []).append(p)
     return plan
 
 
@@ -165,6 +174,19 @@ class _Files:
                 except Exception as e:  # noqa: BLE001 - any unreadable file is rerun, saying why
                     self.attrs[(key, partition)] = e
         return self.attrs[(key, partition)]
+
+
+def _recorded_by(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None, attrs: dict) -> bool:
+    """Whether the instance's latest materialization of (asset, partition) recorded this very file (its
+    data version and the time it was made)."""
+    flt = dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition is not None else None)
+    records = instance.fetch_materializations(flt, limit=1).records
+    if not records:
+        return False
+    md = records[0].asset_materialization.metadata.get("provenance")
+    recorded = getattr(md, "value", None) or {}
+    mine = own_record(attrs, entry(key.to_user_string(), partition)) or {}
+    return all(recorded.get(k) == mine.get(k) for k in ("data_version", "made_at"))
 
 
 def _vocabulary_version(defs: dg.Definitions, instance: dg.DagsterInstance) -> str | None:

@@ -194,6 +194,8 @@ def test_files_rewritten_by_another_instance_are_accepted_when_they_match_and_re
     materialize(build_definitions(prof), ["neuron_pcas"], other, partition_key="0")
     rc, lines, out = run_cli(root, capsys)
     assert rc == 0 and "nothing run" in out, out
+    assert "layer 0 made outside this instance's runs, accepted" in lines["neuron_pcas"]
+    assert "made outside" not in lines["sparse_codes"]
     materialize(build_definitions({**prof, "analysis": {**prof["analysis"], "top_k": 2}}), ["neuron_pcas"], other,
                 partition_key="1")
     rc, lines, out = run_cli(root, capsys)
