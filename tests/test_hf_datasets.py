@@ -180,3 +180,13 @@ def test_tiny_bert_graph_on_hf_datasets_equals_the_jsonl_one(tmp_path):
             assert names and names == [n for n in b if isinstance(b[n], h5py.Dataset)]
             for n in names:
                 assert np.array_equal(a[n][()], b[n][()]), (rel, n)
+
+
+def test_without_datasets_the_error_names_the_extra(sources, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
+    with pytest.raises(ImportError, match=r"oe_assets\[llm\]"):
+        _resource("hf", sources["saved"], sources["saved"]).split("train")
+    split = _resource("hf", sources["parquet"], sources["parquet"]).split("train")  # pyarrow alone
+    assert len(split) == 2500
