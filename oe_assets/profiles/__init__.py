@@ -53,8 +53,8 @@ def available_profiles() -> list[str]:
 
 
 def _resolve(key: str, value: Any) -> Any:
-    if not isinstance(value, str) or key not in PATH_KEYS or value == "imagenet":
-        return value
+    if not isinstance(value, str) or key not in PATH_KEYS or value == "imagenet" or value.startswith("hf:"):
+        return value  # "hf:<name>": a dataset in the local datasets cache, not a path
     value = os.path.expanduser(os.path.expandvars(value))
     path, sep, suffix = value.partition(".npz:")  # "file.npz:key"
     target = path + (".npz" if sep else "")

@@ -121,6 +121,11 @@ def count_samples(dataset: dict[str, Any], split: str) -> int:
     kind = dataset["kind"]
     if kind == "text":
         n = _text_rows(path)
+    elif kind == "hf":
+        from ..lens.hf_datasets import count_rows, split_name
+
+        n = count_rows(str(dataset[f"{split}_path"]), split_name(split, dataset[f"{split}_key"]),
+                       dataset["text_column"], dataset["label_column"])
     elif kind == "image_folder":
         from ..resources.datasets import image_folder_samples
 
@@ -135,7 +140,9 @@ def count_samples(dataset: dict[str, Any], split: str) -> int:
 
         n = len(load_cifar(path, kind, split)[1])
     else:
-        raise ValueError(f"dataset.kind: {kind!r}; choose 'text', 'image_folder', 'npz', 'cifar10' or 'cifar100'")
+        from ..resources.datasets import KINDS
+
+        raise ValueError(f"dataset.kind: {kind!r}; choose one of {', '.join(map(repr, KINDS))}")
     return len(subsample(range(n), int(dataset["offset"]), int(dataset[f"{split}_stride"]),
                          dataset.get("limit")))
 
@@ -195,12 +202,15 @@ def _relative_hint(value: str) -> str:
 
 
 def _check_paths(cfg: dict[str, dict[str, Any]]) -> list[str]:
+    from ..lens.hf_datasets import CACHE_PREFIX
     from . import PATH_KEYS
 
     problems = []
     for section in ("model", "dataset", "analysis"):
         for key, value in (cfg.get(section) or {}).items():
             if key not in PATH_KEYS or not isinstance(value, str) or value == "imagenet":
+                continue
+            if section == "dataset" and value.startswith(CACHE_PREFIX):  # a name in the datasets cache: counted
                 continue
             unset = _unset_variables(value)
             if unset:

@@ -21,6 +21,7 @@ import torch
 
 from ..lens.adapters.text import tokenize
 from ..lens.cifar import CIFAR_KINDS, cifar_classes, cifar_image, load_cifar
+from ..lens.hf_datasets import hf_class_names, hf_text_split, open_rows, split_name
 from ..lens.text_datasets import load_string_list, load_text_dataset, subsample
 
 __all__ = ["Split", "TextSplit", "ImageFolderSplit", "ArraySplit", "CifarSplit", "DatasetResource",
@@ -29,6 +30,7 @@ __all__ = ["Split", "TextSplit", "ImageFolderSplit", "ArraySplit", "CifarSplit",
 #: ``DatasetResource.imagenet_r_classes``: the 200-way subset (standard protocol) or all 1000 classes
 IMAGENET_R_CLASSES = ("subset", "all")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+KINDS = ("text", "hf", "image_folder", "npz", "cifar10", "cifar100")
 
 
 def default_workers() -> int:
@@ -304,6 +306,16 @@ class DatasetResource(dg.ConfigurableResource):
 
     - ``kind="text"``: CSV / JSONL / Parquet files with ``text_column`` and ``label_column``; class
       names from ``classes_path`` (a JSON list).
+    - ``kind="hf"``: Hugging Face ``datasets`` (:mod:`oe_assets.lens.hf_datasets`): ``train_path`` /
+      ``val_path`` a ``save_to_disk`` folder (a Dataset, or a DatasetDict), ``hf:<name>[:<config>]`` (a
+      dataset in the local ``datasets`` cache, read offline), or a folder (or file) of ``.parquet`` or
+      ``.arrow`` files; columns ``text_column`` and ``label_column`` (integers, ``ClassLabel`` too, used
+      as they are; strings mapped through ``classes_path``).  The split of a DatasetDict or a cached
+      name is ``train_key`` / ``val_key``; left at their defaults: ``"train"`` / ``"validation"``.
+      Memory-mapped / read by Parquet row groups, in blocks: never loaded whole; tokenized in the main
+      process.  Class names: ``classes_path``, else the label column's ``ClassLabel`` names, else
+      ``n_classes``.  Reading a ``save_to_disk`` folder or a cached name needs ``datasets``
+      (``pip install 'oe_assets[llm]'``); Parquet / Arrow files need only pyarrow.
     - ``kind="image_folder"``: ImageNet layout (``root/<wnid>/<image>``); ``class_index="imagenet"``
       labels folders by the 1000 ImageNet WordNet ids (ImageNet-R remaps onto them), ``"folders"``
       by sorted folder names.
@@ -391,6 +403,10 @@ class DatasetResource(dg.ConfigurableResource):
             raise ValueError(f"{split}_stride must be >= 1, got {stride}")
         return stride
 
+    def hf_split_name(self, split: str) -> str:
+        """The split of a ``kind="hf"`` DatasetDict or cached name read as ``split`` (``train``, ``val``)."""
+        return split_name(split, self.train_key if split == "train" else self.val_key)
+
     def classes(self) -> list[str]:
         if self.classes_path:  # errors name the file (and the line of a decode error)
             return load_string_list(self.classes_path, "class name")
@@ -402,6 +418,10 @@ class DatasetResource(dg.ConfigurableResource):
             return image_folder_samples(Path(self.train_path))[2]
         if self.kind in CIFAR_KINDS:
             return cifar_classes(self.train_path, self.kind)
+        if self.kind == "hf":
+            names = hf_class_names(open_rows(self.train_path, self.hf_split_name("train")), self.label_column)
+            if names:
+                return names
         if self.n_classes:
             return [f"class {i}" for i in range(self.n_classes)]
         raise ValueError(f"dataset kind {self.kind!r} needs classes_path (a JSON list of class names)")
@@ -427,6 +447,11 @@ class DatasetResource(dg.ConfigurableResource):
             ds = load_text_dataset(path, self.text_column, self.label_column, stride=stride, offset=self.offset,
                                    limit=self.limit, classes=self.classes() if self.classes_path else None)
             return TextSplit(list(ds.texts), np.asarray(ds.labels), self.workers())
+        if self.kind == "hf":  # read in the main process: blocks of a memory map / Parquet row groups
+            texts, labels = hf_text_split(path, self.hf_split_name(split), self.text_column, self.label_column,
+                                          stride=stride, offset=self.offset, limit=self.limit,
+                                          classes=self.classes() if self.classes_path else None)
+            return TextSplit(texts, labels, 0)
         if self.kind == "image_folder":
             from ..lens.zero_shot import imagenet_wnids
 
@@ -454,4 +479,4 @@ class DatasetResource(dg.ConfigurableResource):
             images, labels = load_cifar(path, self.kind, split)
             indices = keep(np.arange(len(labels)))
             return CifarSplit(images[indices], labels[indices], indices, self.workers())
-        raise ValueError(f"dataset kind={self.kind!r}; choose 'text', 'image_folder', 'npz', 'cifar10' or 'cifar100'")
+        raise ValueError(f"dataset kind={self.kind!r}; choose one of {', '.join(map(repr, KINDS))}")
