@@ -1,15 +1,19 @@
 """Plots for the catalog (matplotlib's object API, Agg; no pyplot state): each ``*_figure`` function
 builds a titled, labelled :class:`~matplotlib.figure.Figure` whose lines differ in colour, marker and
-line style; the same-named function without ``_figure`` returns it as PNG bytes."""
+line style; the same-named function without ``_figure`` returns it as PNG bytes.  matplotlib is
+imported on first use (loading the definitions stays fast)."""
 
 from __future__ import annotations
 
 import base64
 import io
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: line styles and markers cycled over the lines of a plot; with distinct colours every line differs
 #: in all three, so it can be told apart in greyscale or where lines overlap
@@ -17,6 +21,18 @@ LINESTYLES = ("-", "--", "-.", ":")
 MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">", "h", "p")
 #: scenario columns of an ImageNet-R folder start with this; they get a row of panels of their own
 IMAGENET_R_PREFIX = "imagenet_r_"
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _integer_ticks(axis) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _style(i: int, n: int, sequential: bool = False) -> dict:
@@ -35,7 +51,7 @@ def _layer_axis(ax, layers: list[int]) -> None:
     if len(layers) <= 16:
         ax.set_xticks(sorted(set(layers)))
     else:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _integer_ticks(ax.xaxis)
     ax.set_xlabel("MLP layer")
 
 
@@ -61,7 +77,7 @@ def markdown_image(png: bytes, alt: str) -> str:
 def significance_histogram_figure(thresholds_by_layer: dict[str, np.ndarray]) -> Figure:
     """Distribution of neuron significance (``norms[:, 0]``) per layer, over bins shared by all
     layers (so the curves compare), one line per layer coloured early (dark) to late (yellow)."""
-    fig = Figure(figsize=(7.0, 3.8), dpi=100, layout="constrained")
+    fig = _new_figure(7.0, 3.8)
     ax = fig.add_subplot()
     values = [np.asarray(t, dtype=float) for t in thresholds_by_layer.values()]
     finite = np.concatenate([v[np.isfinite(v)] for v in values]) if values else np.zeros(0)
@@ -74,7 +90,7 @@ def significance_histogram_figure(thresholds_by_layer: dict[str, np.ndarray]) ->
     ax.set_title("Neuron significance per layer")
     ax.set_xlabel("significance threshold (top-k norm)")
     ax.set_ylabel("neurons")
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    _integer_ticks(ax.yaxis)
     ax.grid(alpha=0.3)
     _legend(fig, ax, "layer")
     return fig
@@ -82,7 +98,7 @@ def significance_histogram_figure(thresholds_by_layer: dict[str, np.ndarray]) ->
 
 def explained_variance_profile_figure(explained_by_layer: dict[str, np.ndarray]) -> Figure:
     """Share of each neuron's top-k variance along its PC, neurons sorted high to low, one line per layer."""
-    fig = Figure(figsize=(7.0, 3.8), dpi=100, layout="constrained")
+    fig = _new_figure(7.0, 3.8)
     ax = fig.add_subplot()
     for i, (layer, ev) in enumerate(explained_by_layer.items()):
         ev = np.sort(np.asarray(ev, dtype=float))[::-1]
@@ -91,7 +107,7 @@ def explained_variance_profile_figure(explained_by_layer: dict[str, np.ndarray])
     ax.set_title("Variance explained by each neuron's first PC")
     ax.set_xlabel("neurons, sorted by variance explained")
     ax.set_ylabel("variance explained by the PC")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _integer_ticks(ax.xaxis)
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     _legend(fig, ax, "layer")
@@ -110,7 +126,7 @@ def accuracy_against_layer_figure(rows: list[dict], scenarios: list[str]) -> Fig
         s.removeprefix(IMAGENET_R_PREFIX) for s in scenarios].index)
     styles = {k: _style(i, len(kinds)) for i, k in enumerate(kinds)}
     layers = [int(r["layer"]) for r in rows]
-    fig = Figure(figsize=(10.0, 3.6 * len(groups)), dpi=100, layout="constrained")
+    fig = _new_figure(10.0, 3.6 * len(groups))
     axes = fig.subplots(len(groups), 2, squeeze=False)
     for (title, names), (acc_ax, diff_ax) in zip(groups, axes):
         prefix = IMAGENET_R_PREFIX if names[0].startswith(IMAGENET_R_PREFIX) else ""
