@@ -136,11 +136,11 @@ def _run_process(instance, run) -> Process | None:
     tags = run.tags
     if PID_TAG in tags and tags[PID_TAG].isdigit() and tags.get(RUN_TAG, run.run_id) == run.run_id:
         return Process(tags.get(HOST_TAG, ""), int(tags[PID_TAG]), tags.get(START_TAG, ""))
-    from dagster._core.events import DagsterEventType
-    from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
+    from dagster import DagsterEventType
 
-    storage = getattr(instance.run_storage, "_storage", instance.run_storage)
-    if not isinstance(storage, SqliteRunStorage):
+    from .dagster_private import run_storage_is_sqlite
+
+    if not run_storage_is_sqlite(instance):
         return None
     for record in instance.get_records_for_run(run.run_id, of_type=DagsterEventType.ENGINE_EVENT,
                                                limit=50).records:
@@ -312,7 +312,7 @@ class watch_pool_wait:
         return None
 
     def _watch(self) -> None:
-        from dagster._utils.interrupts import check_captured_interrupt
+        from .dagster_private import check_captured_interrupt
 
         said = False
         while not self._stop.wait(self.poll):

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
-from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
+from .dagster_private import DATA_VERSION_TAG
 from .provenance import SPLITS, _key, entry, lineage_of, own_record
 from .settings import SECTIONS, asset_of, current_values, declared
 

@@ -162,7 +162,8 @@ def test_partition_selection(tmp_path):
     run_job(defs, inputs_job, instance)
     materialize(defs, ["second_order_effects", "neuron_pcas"], instance, partition_key="1")
     assert sorted(p.name for p in (tmp_path / "second_order_effects").iterdir()) == ["1.h5"]
-    assert sorted(p.name for p in (tmp_path / "neuron_pcas").iterdir()) == ["1.h5"]
+    assert sorted(p.name for p in (tmp_path / "neuron_pcas").iterdir()) == ["1.h5", "explained_variance.1.png",
+                                                                           "significance.1.png"]
     assert instance.get_materialized_partitions(dg.AssetKey("second_order_effects")) == {"1"}
 
 

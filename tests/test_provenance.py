@@ -15,10 +15,9 @@ import dagster as dg
 import h5py
 import pytest
 import yaml
-from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
-from dagster._core.loader import LoadingContextForTest
 
 from oe_assets import __main__ as cli
+from oe_assets.dagster_private import CachingStaleStatusResolver, LoadingContextForTest, StaleStatus
 from oe_assets.lens.effects_file import ATTRS_CHECKSUM
 from oe_assets.definitions import OBSERVE_DATASETS, build_definitions, inputs_job
 from oe_assets.provenance import PROVENANCE_ATTR, ProvenanceError, check, split_fingerprint, weights_hash

@@ -17,10 +17,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
-from dagster._core.events import DagsterEventType, EngineEventData
-from dagster._core.test_utils import create_run_for_test
+from dagster import DagsterEventType
 
 from oe_assets import recovery
+from oe_assets.dagster_private import EngineEventData, create_run_for_test
 from oe_assets.recovery import Process, process_start, process_tags
 from oe_assets.resources.store import ArtifactStore, atomic_path
 from test_assets import tiny_bert_profile

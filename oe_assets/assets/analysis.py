@@ -100,6 +100,12 @@ def same_vocabulary(text_embeddings, codes, key: str) -> None:
                          f"{a}; re-materialize sparse_codes (the vocabulary automation does this)")
 
 
+def plot_links(path, name: str) -> dict:
+    """Catalog links to a plot's PNG in the store: ``<name>_png`` (path) and ``<name>_url`` (file URL)."""
+    path = path.resolve()
+    return {f"{name}_png": dg.MetadataValue.path(str(path)), f"{name}_url": dg.MetadataValue.url(path.as_uri())}
+
+
 def build_analysis_assets(partitions_def: dg.PartitionsDefinition, imagenet_r: bool = False) -> list[dg.AssetsDefinition]:
     """The per-layer analysis assets and ``layer_summary``; with ``imagenet_r`` also ``ablation_report_r``."""
     layered = dict(partitions_def=partitions_def, code_version=CODE_VERSION,
@@ -130,10 +136,11 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition, imagenet_r: b
                                       "explained": pca.explained},
                                      {"layer": int(key), "top_k": analysis.top_k, "code_version": CODE_VERSION,
                                       **second_order_effects[key].attrs, **attrs})
-        meta["significance"] = dg.MetadataValue.md(markdown_image(significance_histogram(thresholds),
-                                                                   "neuron significance per layer"))
-        meta["explained_variance"] = dg.MetadataValue.md(markdown_image(explained_variance_profile(explained),
-                                                                        "variance explained by each PC"))
+        for name, plot, alt in (("significance", significance_histogram(thresholds), "neuron significance per layer"),
+                                ("explained_variance", explained_variance_profile(explained),
+                                 "variance explained by each PC")):
+            meta[name] = dg.MetadataValue.md(markdown_image(plot, alt))
+            meta.update(plot_links(store.write_plot(context.asset_key, name, plot, list(context.partition_keys)), name))
         context.add_output_metadata({**meta, "components_shape": str(list(pca.components.shape)),
                                      "norms_shape": str(list(pca.norms.shape)), "rows": pca.components.shape[0],
                                      "top_k": analysis.top_k, "layers": ", ".join(context.partition_keys)})
@@ -355,12 +362,13 @@ def build_layer_summary(imagenet_r: bool = False) -> dg.AssetsDefinition:
                          "neurons": None if explained is None else len(explained),
                          "pc1_explained_median": None if explained is None else float(np.median(explained))})
         table = table_with_attrs(pa.Table.from_pylist(rows, schema=schema), attrs)
+        plot = accuracy_against_layer(rows, accuracy_columns)
         context.add_output_metadata({
+            **plot_links(store.write_plot(context.asset_key, "accuracy_against_layer", plot), "plot"),
             "rows": len(rows), "layers": ", ".join(str(r["layer"]) for r in rows),
             "preview": dg.MetadataValue.md(md_table(rows, ["layer", *accuracy_columns])),
             "findings": dg.MetadataValue.md(findings_table(rows)),
-            "plot": dg.MetadataValue.md(markdown_image(
-                accuracy_against_layer(rows, accuracy_columns), "accuracy against layer")),
+            "plot": dg.MetadataValue.md(markdown_image(plot, "accuracy against layer")),
         })
         return table
 

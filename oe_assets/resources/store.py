@@ -415,6 +415,23 @@ class ArtifactStore(dg.ConfigurableResource):
         name = f"{partition if partition is not None else 'all'}{suffix}"
         return Path(self.base_dir).joinpath(*asset_key.path) / name
 
+    def plot_path(self, asset_key: dg.AssetKey | str, name: str, partitions: list[str] | None = None) -> Path:
+        """Where a plot of an asset lives, beside its files: ``<base_dir>/<key path>/<name>.png``, or for
+        the partitions a run covered ``<name>.<partition>.png`` / ``<name>.<first>-<last>.png``."""
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"plot name {name!r} of {self.describe(asset_key)}: not a plain file name")
+        span = "" if not partitions else f".{partitions[0]}" if len(partitions) == 1 else \
+            f".{partitions[0]}-{partitions[-1]}"
+        return self.path_for(asset_key, None, "").parent / f"{name}{span}.png"
+
+    def write_plot(self, asset_key: dg.AssetKey | str, name: str, png: bytes,
+                   partitions: list[str] | None = None) -> Path:
+        """Write a plot's PNG bytes to :meth:`plot_path` atomically; returns the path."""
+        path = self.plot_path(asset_key, name, partitions)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(png)
+        return path
+
     def partitions(self, asset_key: dg.AssetKey | str, suffix: str = ".h5") -> list[str]:
         """The partitions of an asset with a complete file (staging files never count)."""
         folder = self.path_for(asset_key, "x", suffix).parent
