@@ -15,6 +15,8 @@ Used by the product (imported when this module is imported):
 - ``SqliteRunStorage``: ``oe_assets.recovery`` trusts a pid from a run's engine events only on a
   local SQLite instance (a shared Postgres instance may hold runs of other hosts). No public API
   says which storage backs an instance; see :func:`run_storage_is_sqlite`.
+- ``JobDefinition.asset_layer`` (:func:`asset_code_versions`): the code version of every asset of the
+  running job, for the provenance check; no public accessor works in every way assets run.
 - ``check_captured_interrupt``: while a run waits for a pool slot, Dagster captures Ctrl-C (the run's
   process defers SIGINT until a step boundary); ``oe_assets.recovery`` polls this to stop the wait
   and fail the run. No public API exposes the captured interrupt.
@@ -30,7 +32,7 @@ import importlib
 import dagster
 
 __all__ = ["SUPPORTED_DAGSTER", "DATA_VERSION_TAG", "SqliteRunStorage", "check_captured_interrupt",
-           "run_storage_is_sqlite", "TEST_SUPPORT"]
+           "run_storage_is_sqlite", "asset_code_versions", "TEST_SUPPORT"]
 
 #: the Dagster releases oe_assets is tested with; keep equal to the pin in pyproject.toml
 SUPPORTED_DAGSTER = ">=1.13,<1.14"
@@ -63,6 +65,14 @@ def run_storage_is_sqlite(instance: dagster.DagsterInstance) -> bool:
     run storage (``_storage``: private attribute of Dagster's storage wrapper)."""
     storage = getattr(instance.run_storage, "_storage", instance.run_storage)
     return isinstance(storage, SqliteRunStorage)
+
+
+def asset_code_versions(context: dagster.AssetExecutionContext) -> dict[str, str | None]:
+    """The code version of every asset of the running job's asset graph, by asset name, so a
+    consumer can refuse inputs made by other code (``JobDefinition.asset_layer``: not public API;
+    ``context.repository_def`` is public but unset when assets run through ``dagster.materialize``)."""
+    graph = context.job_def.asset_layer.asset_graph
+    return {key.to_user_string(): graph.get(key).code_version for key in graph.get_all_asset_keys()}
 
 
 #: test-only names: name -> (module, why); resolved on first access through ``__getattr__``

@@ -262,6 +262,11 @@ def is_setting(field: str) -> bool:
     return field.split(".", 1)[0] in SECTIONS
 
 
+def _asset(name: str) -> str:
+    """``"neuron_pcas[3]"`` -> ``"neuron_pcas"``."""
+    return name.split("[", 1)[0]
+
+
 def _rank(name: str) -> tuple:
     """Dependency order of lineage entries: the declaration order of :data:`oe_assets.settings.READS`,
     then the layer."""
@@ -274,13 +279,14 @@ def _rank(name: str) -> tuple:
 
 
 def check(consumer: str, inputs: dict[str, dict[str, Any]], own: dict[str, Any], code_version: str | None = None,
-          current: dict[str, Any] | None = None) -> dict[str, Any]:
+          current: dict[str, Any] | None = None, code_versions: dict[str, str | None] | None = None) -> dict[str, Any]:
     """Refuse inputs made from different data or settings; return the consumer's lineage attribute.
 
     ``consumer``: the consumer's entry (:func:`entry`); ``inputs``: each input's entry -> its file
     attributes (``H5Group.attrs`` or a table's); ``own``: the consumer's record fields (what it reads
     now: settings, dataset splits); ``current``: every profile setting's value now
-    (:func:`oe_assets.settings.current_values`).  Every record of every input's lineage and ``own``
+    (:func:`oe_assets.settings.current_values`); ``code_versions``: each asset's code version now (a
+    record made by another is refused as ``code_version``).  Every record of every input's lineage and ``own``
     must agree on each :data:`SHARED_FIELDS` field and each setting, a setting must have its value in
     ``current``, and one entry seen through two inputs must have one data version; otherwise a
     :class:`ProvenanceError` names the assets on each side, the fields and the values, and the
@@ -306,6 +312,11 @@ def check(consumer: str, inputs: dict[str, dict[str, Any]], own: dict[str, Any],
         want = _current_value(field, values, current, consumer, newest)
         if len({_key(item[2].get(field)) for item in values} | {want}) > 1:
             problems.append((field, values, want))
+    code_versions = code_versions or {}
+    for name, item in newest.items():  # made by other code than the asset's now
+        now_code = code_versions.get(_asset(name))
+        if name != consumer and now_code is not None and item[2].get("code_version") not in (None, now_code):
+            problems.append(("code_version", [item], _key(now_code)))
     by_entry: dict[str, tuple] = {}  # one entry through two inputs: the same data version
     for item in seen:
         name, _, record = item
@@ -317,7 +328,9 @@ def check(consumer: str, inputs: dict[str, dict[str, Any]], own: dict[str, Any],
                       and prior[2].get(k) != record.get(k)] or ["data_version"]
             problems += [(f, [prior, item], _key(newest[name][2].get(f))) for f in differ]
     if problems:
-        stale = stale_entries(seen[:-1], newest, {f: want for f, _, want in problems})
+        want = {f: w for f, _, w in problems if f != "code_version"}
+        old_code = {items[0][0] for f, items, _ in problems if f == "code_version"}
+        stale = stale_entries(seen[:-1], newest, want, old_code)
         raise ProvenanceError(_message(consumer, problems, stale))
     direct = {via: (lineage_of(attrs, via).get(via) or {}).get("data_version") for via, attrs in inputs.items()}
     record = {**own, "code_version": code_version, "made_at": time.time(), "inputs": direct}
@@ -349,20 +362,24 @@ def _current_value(field: str, values: list[tuple], current: dict, consumer: str
     return _key(latest[2].get(field))
 
 
-def stale_entries(seen: list[tuple], newest: dict[str, tuple], want: dict[str, str]) -> list[str]:
+def stale_entries(seen: list[tuple], newest: dict[str, tuple], want: dict[str, str],
+                  old_code: set[str] = frozenset()) -> list[str]:
     """The entries whose files must be re-made, in dependency order: a file whose own record holds a
     value other than ``want`` (field -> the current value's key); a direct input whose lineage holds
     another version of an entry than that entry's file now (made from an input since re-made); and,
     transitively, every file made from a stale one (its record's ``inputs``).  ``seen``: (entry, the
     direct input it came through or None, record) of the inputs' lineages; ``newest``: each entry's
-    record as its file is now."""
-    stale: dict[str, None] = {}
+    record as its file is now; ``old_code``: entries made by other code than their asset's now."""
+    stale: dict[str, None] = dict.fromkeys(old_code)
     for name, (_, _, record) in newest.items():
         if any(f in record and _key(record[f]) != w for f, w in want.items()):
             stale[name] = None
-    for name, via, record in seen:  # another version of an entry, seen through an input
-        version = newest[name][2].get("data_version")
-        if via is not None and record.get("data_version") not in (None, version):
+    for item in seen:  # another version of an entry, seen through an input
+        name, via, record = item
+        if via is None or newest[name] is item:
+            continue
+        if record.get("data_version") not in (None, newest[name][2].get("data_version")) or any(
+                f in record and _key(record[f]) != w for f, w in want.items()):
             stale[via] = None
     grew = True
     while grew:  # made from a stale file
@@ -408,7 +425,8 @@ def _message(consumer: str, problems: list[tuple], stale: list[str]) -> str:
         parts = []
         for value, members in groups.items():
             if not members:
-                parts.append(f"the profile has {json.loads(value)!r}")
+                now = "the code now" if field == "code_version" else "the profile"
+                parts.append(f"{now} has {json.loads(value)!r}")
                 continue
             who = ", ".join(dict.fromkeys(name(m) for m in members))
             parts.append(f"{who} {'has' if len(set(m[0] for m in members)) == 1 else 'have'} "

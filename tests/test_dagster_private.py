@@ -110,3 +110,19 @@ def test_a_missing_test_support_name_fails_naming_the_symbol(monkeypatch):
         dagster_private.NoSuchThing  # noqa: B018
     with pytest.raises(AttributeError, match="no attribute 'Unknown'"):
         dagster_private.Unknown  # noqa: B018
+
+
+def test_asset_code_versions_reads_every_asset_of_the_running_job():
+    seen = {}
+
+    @dg.asset(code_version="7")
+    def upstream():
+        return 1
+
+    @dg.asset(code_version="3", deps=[upstream])
+    def downstream(context: dg.AssetExecutionContext):
+        seen.update(dagster_private.asset_code_versions(context))
+
+    dg.materialize([upstream, downstream], selection=["downstream"], instance=dg.DagsterInstance.ephemeral(),
+                   resources={"io_manager": dg.mem_io_manager})
+    assert seen == {"upstream": "7", "downstream": "3"}, f"{DAGSTER}: JobDefinition.asset_layer changed"

@@ -277,3 +277,52 @@ def test_first_observation_after_a_cli_materialization_requests_nothing(tmp_path
     assert "to run (vocabulary changed" in lines["text_embeddings"]
     assert "skipped" in lines["val_representations"] and "to run" not in lines["val_second_order_effects"]
 
+
+
+# ---------------------------------------------------------------- every recorded field
+def _with_field(attrs: dict, name: str, field: str, value) -> dict:
+    """A copy of a file's attributes whose own record holds ``value`` for ``field``."""
+    import copy
+
+    attrs = copy.deepcopy(attrs)
+    attrs[PROVENANCE_ATTR]["records"][name][field] = value
+    return attrs
+
+
+@pytest.mark.parametrize("field, asset", [
+    ("model.source", "val_representations"), ("model.weights", "val_representations"),
+    ("convention", "val_second_order_effects[0]"), ("analysis.coefficient", "val_representations"),
+    ("vocabulary", "text_embeddings"), ("analysis.top_k", "neuron_pcas[0]"),
+    ("analysis.components", "sparse_codes[0]"), ("val.order", "val_representations"),
+    ("val.content", "val_representations"), ("val.samples", "val_representations"),
+    ("code_version", "neuron_pcas[0]"),
+])
+def test_a_mismatch_in_each_recorded_field_is_refused(work, field, asset):
+    """``ablation_report`` layer 0's real inputs, one of them holding another value of ``field`` in its
+    own record: refused, naming the field and the stale files (that input when the profile or the
+    code says which value is current, else the files holding the older value)."""
+    from oe_assets.assets.common import CODE_VERSION
+    from oe_assets.resume import profile_resources
+    from oe_assets.settings import current_values
+
+    defs = build_definitions(profile(work))
+    store = work / "store"
+    files = {"val_representations": "val_representations/all.h5", "val_second_order_effects[0]":
+             "val_second_order_effects/0.h5", "classifier": "classifier/all.h5", "neuron_pcas[0]": "neuron_pcas/0.h5",
+             "sparse_codes[0]": "sparse_codes/0.h5", "text_embeddings": "text_embeddings/all.h5"}
+    inputs = {name: dict(H5Group(store / path).attrs) for name, path in files.items()}
+    current = current_values(profile_resources(defs))
+    code_versions = dict.fromkeys(["val_representations", "val_second_order_effects", "classifier", "neuron_pcas",
+                                   "sparse_codes", "text_embeddings", "second_order_effects"], CODE_VERSION)
+    check("ablation_report[0]", inputs, {}, CODE_VERSION, current, code_versions)  # as they are: accepted
+    value = inputs[asset][PROVENANCE_ATTR]["records"][asset].get(field)
+    other = f"another {value}" if isinstance(value, str) else (value or 0) + 1
+    inputs[asset] = _with_field(inputs[asset], asset, field, other)
+    with pytest.raises(ProvenanceError) as e:
+        check("ablation_report[0]", inputs, {}, CODE_VERSION, current, code_versions)
+    msg = str(e.value)
+    assert f"- {field}: " in msg, msg
+    stale = msg.splitlines()[-1]
+    assert stale.startswith("Re-materialize ") and " (the stale" in stale, stale
+    if field in current or field == "code_version":
+        assert asset.replace("[0]", " layer 0") in stale.split(" (the stale")[0], stale

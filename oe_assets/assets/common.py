@@ -9,6 +9,7 @@ from typing import Any
 import dagster as dg
 import numpy as np
 
+from ..dagster_private import asset_code_versions
 from ..provenance import PROVENANCE_ATTR, check, entry
 from ..settings import current_values, record
 
@@ -59,7 +60,8 @@ def provenance(context, asset: str, inputs: dict[str, dict], resources: dict, ex
     code_version = context.assets_def.code_versions_by_key.get(context.asset_key)
     cache: dict = {}
     own = {**record(asset, resources, cache), **(extra or {})}
-    lineage = check(entry(asset, partition), inputs, own, code_version, current_values(resources, cache=cache))
+    lineage = check(entry(asset, partition), inputs, own, code_version, current_values(resources, cache=cache),
+                    asset_code_versions(context))
     own_record = lineage["records"][lineage["entry"]]
     metadata = {"provenance": dg.MetadataValue.json(own_record),
                 "made_from": dg.MetadataValue.json({e: r.get("data_version") for e, r in lineage["records"].items()
