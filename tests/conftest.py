@@ -183,3 +183,29 @@ def tiny_decoder(family, seed=0, layers=4, dtype=torch.float64, attn="sdpa"):
 def decoder_attention(family, attn):
     """The attention implementation to run: Gemma 2 has no sdpa path (it soft-caps scores)."""
     return "eager" if family == "gemma2" else attn
+
+
+@pytest.fixture(scope="module")
+def reference_graph(tmp_path_factory):
+    """The reference CLIP graph, layers 0-2 and the summary, materialized once per module that uses it."""
+    import dagster as dg
+
+    from helpers import layer_range, run_job
+    from oe_assets.definitions import build_definitions, inputs_job, layers_job, summary_job
+    from oe_assets.resources import model as model_module
+
+    _need_reference()
+    base = tmp_path_factory.mktemp("clip_reference")
+    defs = build_definitions("clip_reference", base_dir=str(base))
+    instance = dg.DagsterInstance.ephemeral()
+    loads = []
+    original = model_module.load_model
+    model_module._CACHE.clear()
+    model_module.load_model = lambda *a, **k: loads.append(a) or original(*a, **k)
+    try:
+        run_job(defs, inputs_job, instance)
+        result = run_job(defs, layers_job, instance, tags=layer_range(0, 2))
+        run_job(defs, summary_job, instance)
+    finally:
+        model_module.load_model = original
+    return defs, instance, base, result, loads

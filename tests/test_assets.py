@@ -20,7 +20,7 @@ from oe_assets.assets.checks import (
     check_fast_equals_slow, check_neurons, check_norms, check_pca, check_sparsity, check_unit_columns,
 )
 from oe_assets.definitions import (
-    MATERIALIZE_JOBS, build_definitions, inputs_job, job_asset_keys, layer_range_tags, layers_job, summary_job,
+    MATERIALIZE_JOBS, build_definitions, inputs_job, job_asset_keys, layers_job, summary_job,
 )
 from oe_assets.lens import ALL_SCENARIOS, SCENARIOS, SecondOrderLens, top1_accuracy
 from oe_assets.profiles import load_profile
@@ -30,46 +30,9 @@ from oe_assets.resources.store import ArtifactStore
 
 warnings.filterwarnings("ignore", category=dg.PreviewWarning if hasattr(dg, "PreviewWarning") else Warning)
 
-def materialize(defs, selection, instance, **kw):
-    everything = [*defs.assets, *defs.asset_checks]
-    result = dg.materialize(everything, selection=selection, resources=defs.resources, instance=instance,
-                            raise_on_error=kw.pop("raise_on_error", True), **kw)
-    return result
-
-
-def run_job(defs, job, instance, **kw):
-    """Run one of the definitions' jobs (``inputs_job``, ``layers_job``, ``summary_job``) in process."""
-    return defs.resolve_job_def(job.name).execute_in_process(instance=instance, **kw)
-
-
-def layer_range(first, last):
-    return layer_range_tags(str(first), str(last))
-
-
-def rel(got, expected):
-    return np.abs(np.asarray(got) - expected).max() / np.abs(expected).max()
-
+from helpers import layer_range, materialize, rel, run_job, tiny_bert_profile  # noqa: E402
 
 # ---------------------------------------------------------------- the reference CLIP graph
-@pytest.fixture(scope="module")
-def reference_graph(tmp_path_factory):
-    _need_reference()
-    base = tmp_path_factory.mktemp("clip_reference")
-    defs = build_definitions("clip_reference", base_dir=str(base))
-    instance = dg.DagsterInstance.ephemeral()
-    loads = []
-    original = model_module.load_model
-    model_module._CACHE.clear()
-    model_module.load_model = lambda *a, **k: loads.append(a) or original(*a, **k)
-    try:
-        run_job(defs, inputs_job, instance)
-        result = run_job(defs, layers_job, instance, tags=layer_range(0, 2))
-        run_job(defs, summary_job, instance)
-    finally:
-        model_module.load_model = original
-    return defs, instance, base, result, loads
-
-
 def test_reference_graph_files_equal_reference_arrays(reference_graph, reference):
     d, meta = reference
     _, _, base, _, _ = reference_graph
@@ -168,43 +131,6 @@ def test_partition_selection(tmp_path):
 
 
 # ---------------------------------------------------------------- a tiny BERT graph
-def tiny_bert_folder(root: Path) -> Path:
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    words = ["sports", "music", "goal", "team", "song", "band", "guitar", "match", "the", "a", "is", "about",
-             "this", "text", "played", "loud", "won", "cup", "drums", "score"]
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
-    (root / "model").mkdir(parents=True)
-    (root / "model" / "vocab.txt").write_text("\n".join(vocab))
-    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(root / "model")
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                         intermediate_size=64, max_position_embeddings=32)).save_pretrained(root / "model")
-    rows = [("the team won the cup", 0), ("a goal in the match", 0), ("the band played loud", 1),
-            ("guitar and drums song", 1), ("the match score", 0), ("a loud song", 1)]
-    for split in ("train", "val"):
-        with open(root / f"{split}.jsonl", "w") as f:
-            for t, y in rows:
-                f.write(json.dumps({"text": t, "label": y}) + "\n")
-    (root / "classes.json").write_text(json.dumps(["sports", "music"]))
-    (root / "templates.json").write_text(json.dumps(["this text is about {}", "{}"]))
-    (root / "vocab.txt").write_text("\n".join(words))
-    return root
-
-
-def tiny_bert_profile(root: Path) -> dict:
-    """A profile over the files of :func:`tiny_bert_folder` (written first)."""
-    tiny_bert_folder(root)
-    return {
-        "model": {"source": str(root / "model"), "dtype": "float64", "device": "cpu", "batch_size": 4},
-        "dataset": {"kind": "text", "train_path": str(root / "train.jsonl"), "val_path": str(root / "val.jsonl"),
-                    "classes_path": str(root / "classes.json")},
-        "analysis": {"top_k": 3, "components": 2, "templates_path": str(root / "templates.json"),
-                     "vocabulary_path": str(root / "vocab.txt")},
-        "storage": {"base_dir": str(root / "store")},
-    }
-
-
 @pytest.fixture
 def bert_profile(tmp_path):
     return tiny_bert_profile(tmp_path)

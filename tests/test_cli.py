@@ -16,7 +16,7 @@ from oe_assets.profiles import available_profiles, load_profile
 from oe_assets.profiles.validation import ProfileError, count_samples, npz_shape, validate_layers, validate_profile
 from oe_assets.resources import model as model_module
 from oe_assets.resume import format_partitions
-from test_assets import tiny_bert_profile
+from helpers import tiny_bert_profile
 
 warnings.filterwarnings("ignore")
 

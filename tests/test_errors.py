@@ -31,7 +31,7 @@ from oe_assets.profiles.validation import ProfileError, validate_profile
 from oe_assets.resources import model as model_module
 from oe_assets.resources.datasets import DatasetResource
 from oe_assets.resources.model import model_layers
-from test_assets import tiny_bert_profile
+from helpers import small_tmpfs, tiny_bert_profile
 
 warnings.filterwarnings("ignore")
 
@@ -349,15 +349,8 @@ def test_a_full_dagster_home_is_one_error_line_naming_it(tmp_path):
 
 
 def test_a_full_dagster_home_on_a_small_tmpfs(tmp_path):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "disk", "64k") as disk:
         proc = run_cli(tmp_path, "materialize", "--profile", str(demo_copy(tmp_path)), home=disk / "home")
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
     assert_one_error(proc, f"error: the Dagster instance at {disk / 'home'} cannot be written: ")
 
 

@@ -20,7 +20,7 @@ from oe_assets.lens import hf_datasets  # noqa: E402
 from oe_assets.profiles.validation import ProfileError, count_samples, validate_profile  # noqa: E402
 from oe_assets.provenance import split_fingerprint  # noqa: E402
 from oe_assets.resources.datasets import DatasetResource  # noqa: E402
-from test_assets import materialize, tiny_bert_profile  # noqa: E402
+from helpers import materialize, tiny_bert_profile  # noqa: E402
 
 WORDS = ["the", "team", "won", "cup", "band", "played", "loud", "song", "goal", "match"]
 

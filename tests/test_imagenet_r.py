@@ -16,7 +16,7 @@ from oe_assets.lens.zero_shot import imagenet_r_wnids, imagenet_wnids
 from oe_assets.profiles.validation import ProfileError, validate_profile
 from oe_assets.resources.datasets import DatasetResource
 from oe_assets.resources.io_managers import H5Group
-from test_assets import layer_range, run_job
+from helpers import layer_range, run_job
 
 warnings.filterwarnings("ignore", category=dg.PreviewWarning if hasattr(dg, "PreviewWarning") else Warning)
 

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from oe_assets.definitions import build_definitions, inputs_job, layers_job, summary_job
+from oe_assets.definitions import build_definitions
 from oe_assets.lens import SecondOrderLens
 from oe_assets.lens.effects_file import FactorizedEffectsWriter, open_factorized
 from oe_assets.lens.factorized import FactorizedEffects, HeadFactors
@@ -30,7 +30,7 @@ from oe_assets.resources import store as store_module
 from oe_assets.resources.io_managers import HDF5IOManager, HTMLIOManager, ParquetIOManager
 from oe_assets.resources.store import (ArtifactStore, CorruptFileError, DiskFullError, H5Group, H5Payload, StagedH5,
                                        open_effects, table_attrs, table_with_attrs, write_h5)
-from test_assets import layer_range, materialize, run_job, tiny_bert_profile
+from helpers import materialize, materialize_graph, small_tmpfs, tiny_bert_profile
 
 warnings.filterwarnings("ignore", category=dg.PreviewWarning if hasattr(dg, "PreviewWarning") else Warning)
 
@@ -130,7 +130,7 @@ REAL_ENOSPC = textwrap.dedent("""
     sys.path.insert(0, sys.argv[3])
     from oe_assets.resources import store as store_module
     from test_integrity import materialize_effects
-    from test_assets import tiny_bert_profile
+    from helpers import tiny_bert_profile
     from pathlib import Path
     profile = tiny_bert_profile(Path(sys.argv[1]))
     disk = Path(sys.argv[2])
@@ -160,17 +160,10 @@ REAL_ENOSPC = textwrap.dedent("""
 
 
 def test_real_enospc_on_a_small_tmpfs_is_a_python_error_not_a_crash(tmp_path):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "disk", "1m") as disk:
         proc = subprocess.run([sys.executable, "-c", REAL_ENOSPC, str(tmp_path / "work"), str(disk),
                                str(Path(__file__).parent)], capture_output=True, text=True, timeout=300,
                               env={**os.environ, "PYTHONFAULTHANDLER": "1"})
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
     assert proc.returncode == 3, (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])  # not a signal
     assert "ERROR DiskFullError" in proc.stdout and "the disk is full while writing" in proc.stdout, proc.stdout
     assert "LEFT []" in proc.stdout and "SECOND True" in proc.stdout, proc.stdout
@@ -440,13 +433,7 @@ def corrupt_file_error(run) -> CorruptFileError:
 def test_the_graph_refuses_a_flipped_ablation_report_byte_and_a_changed_coefficient(tmp_path):
     import pyarrow.parquet as pq
 
-    profile = tiny_bert_profile(tmp_path)
-    defs = build_definitions(profile)
-    instance = dg.DagsterInstance.ephemeral()
-    run_job(defs, inputs_job, instance)
-    run_job(defs, layers_job, instance, tags=layer_range(0, 1))
-    run_job(defs, summary_job, instance)
-    store = Path(profile["storage"]["base_dir"])
+    defs, instance, store = materialize_graph(tiny_bert_profile(tmp_path))
     report = store / "ablation_report" / "1.parquet"
     chunk = pq.ParquetFile(report).metadata.row_group(0).column(pq.read_schema(report).names.index("accuracy"))
     end = (chunk.dictionary_page_offset or chunk.data_page_offset) + chunk.total_compressed_size

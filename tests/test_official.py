@@ -12,7 +12,6 @@ from oe_assets import __main__ as cli
 from oe_assets.lens.official import OfficialFormatError, OfficialNames, export_bytes, import_official
 from oe_assets.resources.store import H5Group
 from conftest import REFERENCE
-from test_assets import reference_graph  # noqa: F401 - the module-scoped fixture
 
 warnings.filterwarnings("ignore")
 
@@ -57,8 +56,9 @@ def test_export_states_its_size_first_and_refuses_a_disk_without_room(reference_
     assert export_bytes(base, LAYER) == data
 
 
-def test_export_refuses_the_clip_names_for_a_text_profile(tmp_path, capsys):
+def test_export_refuses_the_clip_names_for_a_text_profile(tmp_path, capsys, monkeypatch):
     """The demo is MiniLM on a text corpus: ``imagenet_*_openai`` file names would be wrong."""
+    monkeypatch.delenv("OE_ASSETS_PROFILE", raising=False)  # the default profile, whatever ran before
     assert cli.main(["export", "--format", "official", "--layer", "3", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.count("error: ") == 1 and "profile 'demo' is a text profile" in err

@@ -12,13 +12,12 @@ from PIL import Image
 
 from oe_assets.assets.baselines import BASELINE_SCENARIOS
 from oe_assets.assets.analysis import IMAGENET_R_COLUMNS
-from oe_assets.definitions import build_definitions, inputs_job, layers_job, summary_job
 from oe_assets.lens import ALL_SCENARIOS
 from oe_assets.plots import (
     accuracy_against_layer_figure, explained_variance_profile_figure, png, significance_histogram_figure,
 )
 from oe_assets.resources.store import ArtifactStore
-from test_assets import layer_range, run_job, tiny_bert_profile
+from helpers import materialize_graph, tiny_bert_profile
 
 warnings.filterwarnings("ignore")
 
@@ -113,13 +112,7 @@ def test_plot_path_is_beside_the_asset_and_written_atomically(tmp_path, monkeypa
 
 
 def test_layer_summary_writes_its_plot_beside_it_and_links_it(tmp_path):
-    profile = tiny_bert_profile(tmp_path)
-    defs = build_definitions(profile)
-    instance = dg.DagsterInstance.ephemeral()
-    run_job(defs, inputs_job, instance)
-    run_job(defs, layers_job, instance, tags=layer_range(0, 1))
-    run_job(defs, summary_job, instance)
-    store = Path(profile["storage"]["base_dir"])
+    defs, instance, store = materialize_graph(tiny_bert_profile(tmp_path))
     for asset, plot, name in (("layer_summary", store / "layer_summary" / "accuracy_against_layer.png", "plot"),
                               ("neuron_pcas", store / "neuron_pcas" / "significance.0-1.png", "significance"),
                               ("neuron_pcas", store / "neuron_pcas" / "explained_variance.0-1.png", "explained_variance")):

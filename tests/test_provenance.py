@@ -23,7 +23,7 @@ from oe_assets.definitions import OBSERVE_DATASETS, build_definitions, inputs_jo
 from oe_assets.provenance import PROVENANCE_ATTR, ProvenanceError, check, split_fingerprint, weights_hash
 from oe_assets.resources.datasets import TextSplit
 from oe_assets.resources.store import H5Group
-from test_assets import materialize, run_job, tiny_bert_folder, tiny_bert_profile
+from helpers import materialize, refused, run_job, tiny_bert_folder, tiny_bert_profile
 
 warnings.filterwarnings("ignore")
 
@@ -64,16 +64,6 @@ def work(built):
     shutil.rmtree(root)
     shutil.copytree(snapshot, root)
     return root
-
-
-def refused(defs, selection, partition_key=None) -> str:
-    """Materialize ``selection`` and return the ProvenanceError's message (it must fail with one)."""
-    with pytest.raises(Exception) as e:
-        materialize(defs, selection, dg.DagsterInstance.ephemeral(), partition_key=partition_key)
-    errors = [e.value, e.value.__cause__, getattr(e.value, "user_exception", None)]
-    error = next((x for x in errors if isinstance(x, ProvenanceError)), None)
-    assert error is not None, f"expected a ProvenanceError, got {e.value!r}"
-    return str(error)
 
 
 def stale_status(instance, defs, key: str) -> StaleStatus:

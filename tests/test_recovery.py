@@ -23,7 +23,7 @@ from oe_assets import recovery
 from oe_assets.dagster_private import EngineEventData, create_run_for_test
 from oe_assets.recovery import Process, process_start, process_tags
 from oe_assets.resources.store import ArtifactStore, atomic_path
-from test_assets import tiny_bert_profile
+from helpers import tiny_bert_profile
 
 warnings.filterwarnings("ignore")
 

@@ -27,7 +27,7 @@ from oe_assets.resources.datasets import DatasetResource
 from oe_assets.resources.model import AnalysisResource, ModelResource
 from oe_assets.resources.store import ArtifactStore
 from oe_assets.settings import DERIVED, READS, SECTIONS, all_settings, current_values, default
-from test_assets import tiny_bert_profile
+from helpers import tiny_bert_profile
 
 warnings.filterwarnings("ignore")
 

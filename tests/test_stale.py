@@ -18,10 +18,10 @@ import yaml
 
 from oe_assets import __main__ as cli
 from oe_assets.definitions import build_definitions
-from oe_assets.provenance import PROVENANCE_ATTR, ProvenanceError
+from oe_assets.provenance import PROVENANCE_ATTR
 from oe_assets.resources import model as model_module
 from oe_assets.resources.store import H5Group
-from test_assets import materialize, tiny_bert_profile
+from helpers import materialize, refused, tiny_bert_profile
 
 warnings.filterwarnings("ignore")
 
@@ -77,15 +77,6 @@ def run_cli(root: Path, capsys) -> tuple[int, dict[str, str], str]:
 
 def reran(lines: dict[str, str]) -> set[str]:
     return {name for name, line in lines.items() if "to run" in line}
-
-
-def refused(defs, selection, partition_key=None) -> str:
-    with pytest.raises(Exception) as e:
-        materialize(defs, selection, dg.DagsterInstance.ephemeral(), partition_key=partition_key)
-    errors = [e.value, e.value.__cause__, getattr(e.value, "user_exception", None)]
-    error = next((x for x in errors if isinstance(x, ProvenanceError)), None)
-    assert error is not None, f"expected a ProvenanceError, got {e.value!r}"
-    return str(error)
 
 
 def advice(msg: str) -> str:

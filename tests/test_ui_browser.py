@@ -68,7 +68,7 @@ def _free_port() -> int:
 
 
 def _write_profile(root: Path) -> Path:
-    from test_assets import tiny_bert_profile
+    from helpers import tiny_bert_profile
 
     profile = tiny_bert_profile(root)
     path = root / "profile.yaml"
