@@ -10,7 +10,8 @@ Settings (environment variables; the in-process default of ``python -m oe_assets
 - ``OE_ASSETS_BROKER``: the Celery broker (default ``redis://127.0.0.1:6379/0``);
 - ``OE_ASSETS_BACKEND``: the Celery result backend (default: the broker);
 - ``OE_ASSETS_QUEUE``: the queue the steps go to and the workers listen on (default ``oe_assets``);
-- ``OE_ASSETS_POSTGRES_URL``: the Dagster instance's database, named by the instance's ``dagster.yaml``
+- ``OE_ASSETS_POSTGRES_URL``: the Dagster instance's database (``postgresql+psycopg2://user:password@host:5432/db``:
+  SQLAlchemy's form, with the driver the extra installs), named by the instance's ``dagster.yaml``
   (``data/distributed/dagster.yaml``; ``DAGSTER_HOME`` points at its folder).
 
 Every step of a run is a Celery task: the worker rebuilds the job from the profile
@@ -61,15 +62,27 @@ class CelerySettings:
         return cls(broker, os.environ.get("OE_ASSETS_BACKEND", broker), os.environ.get("OE_ASSETS_QUEUE", "oe_assets"),
                    os.environ.get("OE_ASSETS_POSTGRES_URL") or None)
 
-    def config_source(self) -> dict:
-        """Celery settings of both sides: steps go to the project's queue; a worker takes a task only
-        when it has none running (acknowledged late, one prefetched), so an idle worker is never
-        left waiting while a busy one holds a second task."""
-        return {"task_default_queue": self.queue, "task_acks_late": True, "worker_prefetch_multiplier": 1}
+    def config_source(self, queue: str | None = None) -> dict:
+        """Celery settings of both sides: steps go to ``queue`` (default: the project's); a worker
+        takes a task only when it has none running (acknowledged late, one prefetched), so an idle
+        worker is never left waiting while a busy one holds a second task."""
+        return {"task_default_queue": queue or self.queue, "task_acks_late": True, "worker_prefetch_multiplier": 1}
 
-    def run_config(self) -> dict:
+    def run_config(self, queue: str | None = None) -> dict:
+        """The run config of a run whose steps go to ``queue`` (default: the project's queue)."""
         return {"execution": {"config": {"broker": self.broker, "backend": self.backend,
-                                         "config_source": self.config_source()}}}
+                                         "config_source": self.config_source(queue)}}}
+
+    def worker_queue(self, prefix: str, host: str | None = None) -> str:
+        """The queue of one worker alone (``<queue>.<prefix>@<host>``): a layer run sent there keeps
+        every step on that worker's GPU, its model loaded once."""
+        return f"{self.queue}.{prefix}@{host or socket.gethostname()}"
+
+
+def libpq_url(url: str) -> str:
+    """A SQLAlchemy URL (``postgresql+psycopg2://...``, the form ``dagster.yaml`` takes) as libpq reads it."""
+    scheme, sep, rest = url.partition("://")
+    return scheme.split("+", 1)[0] + sep + rest
 
 
 def redact(url: str) -> str:
@@ -114,7 +127,7 @@ def wait_for_services(settings: CelerySettings, timeout_s: float = 10.0) -> None
         import psycopg2
 
         def database():
-            psycopg2.connect(settings.postgres_url, connect_timeout=2).close()
+            psycopg2.connect(libpq_url(settings.postgres_url), connect_timeout=2).close()
 
         _wait("Dagster instance's database", settings.postgres_url, database, timeout_s,
               "start Postgres there or set OE_ASSETS_POSTGRES_URL")
@@ -136,7 +149,7 @@ def init_instance(settings: CelerySettings):
         if settings.postgres_url:
             import psycopg2
 
-            conn = psycopg2.connect(settings.postgres_url, connect_timeout=5)
+            conn = psycopg2.connect(libpq_url(settings.postgres_url), connect_timeout=5)
             conn.autocommit = True
             try:
                 with conn.cursor() as cur:
@@ -174,11 +187,26 @@ def celery_app(settings: CelerySettings):
     return app
 
 
-def queue_workers(settings: CelerySettings, timeout_s: float = 2.0) -> list[str]:
-    """The node names of the workers listening on the project's queue now."""
+def _allow_data_loader_workers(**_kwargs) -> None:
+    """In a pool process: let it start processes of its own (the DataLoader's workers that decode
+    and tokenize ahead of the model); Celery starts pool processes as daemons, which may not."""
+    import multiprocessing
+
+    multiprocessing.current_process().daemon = False
+
+
+def queue_workers(settings: CelerySettings, timeout_s: float = 2.0) -> dict[str, str | None]:
+    """The workers listening on the project's queue now: node name -> the worker's own queue (None:
+    a worker started otherwise, without one)."""
     app = celery_app(settings)
     queues = app.control.inspect(timeout=timeout_s).active_queues() or {}
-    return sorted(node for node, qs in queues.items() if any(q.get("name") == settings.queue for q in qs))
+    out = {}
+    for node, qs in sorted(queues.items()):
+        names = [q.get("name") for q in qs]
+        if settings.queue in names:
+            own = [n for n in names if n and n.startswith(settings.queue + ".")]
+            out[node] = own[0] if own else None
+    return out
 
 
 # ---- the worker ------------------------------------------------------------------------------------
@@ -195,11 +223,16 @@ def worker_main(gpu: int | None, name: str | None = None, wait_s: float = 10.0, 
     except ServiceUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    node = f"{name or ('gpu' + str(gpu) if gpu is not None else 'worker')}.{os.getpid()}@{socket.gethostname()}"
-    print(f"worker {node}: queue {settings.queue}, broker {redact(settings.broker)}, DAGSTER_HOME "
+    prefix = name or ("gpu" + str(gpu) if gpu is not None else "worker")
+    node = f"{prefix}.{os.getpid()}@{socket.gethostname()}"
+    queues = f"{settings.queue},{settings.worker_queue(prefix)}"
+    print(f"worker {node}: queues {queues}, broker {redact(settings.broker)}, DAGSTER_HOME "
           f"{os.environ['DAGSTER_HOME']}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}", flush=True)
+    from celery.signals import worker_process_init
+
+    worker_process_init.connect(_allow_data_loader_workers, weak=False)
     app = celery_app(settings)
-    app.worker_main(["worker", "-Q", settings.queue, "-c", "1", "-n", node, "-l", loglevel, "-O", "fair",
+    app.worker_main(["worker", "-Q", queues, "-c", "1", "-n", node, "-l", loglevel, "-O", "fair",
                      "--without-gossip", "--without-mingle"])
     return 0
 
@@ -240,6 +273,23 @@ def step_intervals(instance, run_id: str) -> dict[str, dict]:
     return out
 
 
+def _failures(instance, run_id: str, limit: int = 5) -> list[str]:
+    """The first line of each step failure's error and of the run failure's message."""
+    import dagster as dg
+
+    lines = []
+    for kind in (dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE):
+        for record in instance.get_records_for_run(run_id, of_type=kind, limit=limit).records:
+            event = record.event_log_entry.dagster_event
+            data = event.event_specific_data
+            error = getattr(data, "error", None)
+            text = error.to_string() if error is not None else (event.message or "")
+            last = [line for line in text.strip().splitlines() if line.strip()]
+            lines.append(f"{event.step_key or 'run'}: {last[0] if last else kind.value}"
+                         + (f" ... {last[-1]}" if len(last) > 1 else ""))
+    return lines
+
+
 def _run_child(spec: dict) -> int:
     """One run of ``spec`` (profile, job, assets, tags) on the instance, its steps on the workers."""
     import warnings
@@ -253,7 +303,8 @@ def _run_child(spec: dict) -> int:
     os.environ["OE_ASSETS_PROFILE"] = spec["profile"]
     instance = dg.DagsterInstance.get()
     job = dg.build_reconstructable_job("oe_assets.distributed", "celery_job", (spec["profile"], spec["job"]))
-    result = dg.execute_job(job, instance, run_config=settings.run_config(), tags={**spec["tags"], **process_tags()},
+    result = dg.execute_job(job, instance, run_config=settings.run_config(spec.get("queue")),
+                            tags={**spec["tags"], **process_tags()},
                             asset_selection=[dg.AssetKey.from_user_string(k) for k in spec["assets"]])
     return 0 if result.success else 1
 
@@ -303,6 +354,8 @@ def _finish(instance, submissions: list[tuple[str, str, subprocess.Popen]], time
             + (f"; checks failed: {failed_checks}" if failed_checks else ""), flush=True)
         if run.status != dg.DagsterRunStatus.SUCCESS or failed_checks:
             ok = False
+            for line in _failures(instance, run.run_id):
+                out(f"  {line}", file=sys.stderr)
         if run.is_finished and instance.event_log_storage.supports_global_concurrency_limits:
             instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)  # a dead worker's step held one
     if not ok:
@@ -368,6 +421,7 @@ def materialize_celery(profile: str, first: str | None = None, last: str | None 
     limit = gpu_limit or len(workers)
     instance.event_log_storage.set_concurrency_slots("gpu", limit)
     out(f"{len(workers)} worker(s) on queue {settings.queue}: {', '.join(workers)}; pool gpu limit {limit}", flush=True)
+    own_queues = [q for q in workers.values() if q]
     first, last = first or layers[0], last or layers[-1]
     in_range = layers[layers.index(first): layers.index(last) + 1]
     fail_stale_runs(instance, out)
@@ -407,11 +461,13 @@ def materialize_celery(profile: str, first: str | None = None, last: str | None 
         else:
             runs = [(keys, {}, "")]
         submissions = []
-        for selection, tags, where in runs:
+        for i, (selection, tags, where) in enumerate(runs):
             sid = str(uuid.uuid4())
-            out(f"submitting {', '.join(k.to_user_string() for k in selection)}{where}", flush=True)
+            # a layer run goes to one worker's own queue (round robin): its steps share that GPU and model
+            queue = own_queues[i % len(own_queues)] if job is layers_job and own_queues else settings.queue
+            out(f"submitting {', '.join(k.to_user_string() for k in selection)}{where} to queue {queue}", flush=True)
             spec = {"profile": profile, "job": job.name, "assets": [k.to_user_string() for k in selection],
-                    "tags": {**tags, **base_tags, SUBMISSION_TAG: sid}}
+                    "queue": queue, "tags": {**tags, **base_tags, SUBMISSION_TAG: sid}}
             submissions.append((sid, where, _submit(spec, log)))
         ran += len(submissions)
         if not _finish(instance, submissions, max(0.0, timeout_s - (time.perf_counter() - t0)), log, out):
