@@ -1,6 +1,8 @@
 """``python -m oe_assets``: materialize the whole asset graph, or run the lens demo.
 
     python -m oe_assets materialize [--profile demo] [--layers 0 4] [--force]
+                                    [--executor celery --parallel-runs N [--gpu-limit G]]
+    python -m oe_assets worker --gpu N        (a Celery worker on GPU N: oe_assets.distributed)
     python -m oe_assets export --format official --layer L [--profile P] [--out DIR]
                                [--dataset imagenet --model NAME --pretrained TAG]
     python -m oe_assets import-official DIR --layer L [--profile P] [...]
@@ -375,6 +377,15 @@ def main(argv=None) -> int:
     m.add_argument("--profile", default=os.environ.get("OE_ASSETS_PROFILE", "demo"))
     m.add_argument("--layers", nargs=2, metavar=("FIRST", "LAST"), default=None)
     m.add_argument("--force", action="store_true", help="recompute every asset, also those up to date")
+    m.add_argument("--executor", choices=["in_process", "celery"], default="in_process",
+                   help="celery: every step on the Celery workers (oe_assets.distributed)")
+    m.add_argument("--parallel-runs", type=int, default=1, help="celery: layer runs at once (ceil(L/N) layers each)")
+    m.add_argument("--gpu-limit", type=int, default=None, help="celery: pool gpu limit (default: the workers)")
+    m.add_argument("--timeout", type=float, default=7 * 86400.0, help="celery: seconds to wait for the runs")
+    w = sub.add_parser("worker", help="a Celery worker for --executor celery, pinned to one GPU")
+    w.add_argument("--gpu", type=int, default=None, help="the device (CUDA_VISIBLE_DEVICES); default: as set")
+    w.add_argument("--name", default=None, help="node name prefix (default: gpuN)")
+    w.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the broker and the database")
     for name, help_ in (("export", "write a layer's assets as the official implementation's output files"),
                         ("import-official", "load the official implementation's output files as assets")):
         e = sub.add_parser(name, help=help_)
@@ -414,6 +425,16 @@ def _run(args, rest) -> int:
                                    args.pretrained, args.top_k, args.base_dir)
     if args.command == "dev":
         return dev_cmd(rest)
+    if args.command == "worker":
+        from .distributed import worker_main
+
+        return worker_main(args.gpu, args.name, args.wait)
+    if args.command == "materialize" and args.executor == "celery":
+        from .distributed import materialize_celery
+
+        first, last = args.layers or (None, None)
+        return materialize_celery(args.profile, first, last, force=args.force, parallel_runs=args.parallel_runs,
+                                  gpu_limit=args.gpu_limit, timeout_s=args.timeout)
     if args.command == "materialize":
         first, last = args.layers or (None, None)
         return materialize_all(args.profile, first, last, force=args.force)

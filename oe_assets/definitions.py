@@ -64,10 +64,12 @@ def job_asset_keys(defs: dg.Definitions, job: str) -> list[str]:
     return [k.to_user_string() for k in graph.toposorted_asset_keys if k in keys]
 
 
-def build_definitions(profile: str | dict | None = None, base_dir: str | None = None) -> dg.Definitions:
+def build_definitions(profile: str | dict | None = None, base_dir: str | None = None,
+                      executor: dg.ExecutorDefinition | None = None) -> dg.Definitions:
     """Definitions for a profile (name, YAML path, or an already loaded dict), validated first
     (:func:`oe_assets.profiles.validation.validate_profile`: a broken profile raises a
-    ``ProfileError``, a ``ValueError`` naming each bad key and its value)."""
+    ``ProfileError``, a ``ValueError`` naming each bad key and its value).  ``executor``: the jobs'
+    executor (None: Dagster's default; :mod:`oe_assets.distributed` passes the Celery executor)."""
     name = profile if isinstance(profile, dict) else (profile or os.environ.get("OE_ASSETS_PROFILE", "demo"))
     cfg = name if isinstance(name, dict) else load_profile(name)
     validate_profile(cfg, "profile" if isinstance(name, dict) else f"profile {str(name)!r}")
@@ -88,6 +90,7 @@ def build_definitions(profile: str | dict | None = None, base_dir: str | None = 
         assets=assets,
         asset_checks=build_checks(layers),
         jobs=[observe_vocabulary_job, observe_datasets_job, *MATERIALIZE_JOBS],
+        executor=executor,
         schedules=[dg.ScheduleDefinition(name="observe_vocabulary_schedule", job=observe_vocabulary_job,
                                          cron_schedule="*/10 * * * *",
                                          default_status=dg.DefaultScheduleStatus.RUNNING),

@@ -32,7 +32,7 @@ from pathlib import Path
 
 __all__ = ["PID_TAG", "HOST_TAG", "START_TAG", "RUN_TAG", "Process", "this_process", "process_start", "process_tags",
            "is_dead", "staging_suffix", "staging_writer", "StaleRun", "stale_runs", "fail_stale_runs",
-           "wait_for_pools", "PoolWaitInterrupted", "watch_pool_wait"]
+           "free_ended_run_slots", "wait_for_pools", "PoolWaitInterrupted", "watch_pool_wait"]
 
 PID_TAG = "oe_assets/pid"
 HOST_TAG = "oe_assets/host"
@@ -195,6 +195,28 @@ def fail_stale_runs(instance, out=print) -> list[StaleRun]:
             instance.event_log_storage.free_concurrency_slots_for_run(s.run_id)
         out(f"run {s.run_id} ({s.job_name}) marked failed and its pool slots freed: {s.why}")
     return stale
+
+
+def free_ended_run_slots(instance, out=print) -> list[str]:
+    """Free every pool slot (claimed or pending) held by a run that has ended or is not in the run
+    storage: a run whose Celery worker died is failed by its executor (``WorkerLostError``) without
+    its step's end event, so its slot stays claimed; one line per run.  The run ids freed."""
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return []
+    ended = set()
+    for pool in sorted(storage.get_concurrency_keys()):
+        info = storage.get_concurrency_info(pool)
+        for run_id in sorted({s.run_id for s in info.claimed_slots} | {p.run_id for p in info.pending_steps}):
+            if run_id in ended:
+                continue
+            run = instance.get_run_by_id(run_id)
+            if run is None or run.is_finished:
+                storage.free_concurrency_slots_for_run(run_id)
+                ended.add(run_id)
+                state = "not in the run storage" if run is None else run.status.value
+                out(f"freed the pool slots of run {run_id} ({state}): the run has ended")
+    return sorted(ended)
 
 
 # ---- waiting for a pool slot ---------------------------------------------------------------------
