@@ -446,12 +446,24 @@ class FactorizedEffectsWriter:
     def expected_bytes(n_samples: int, factors: HeadFactors, with_const: bool, alpha_dtype: str = "float32",
                        n_tokens: int | None = None, factor_dtype: torch.dtype = torch.float32,
                        extra_bytes_per_sample: int = 0, max_tokens: int | None = None, form: str = "auto") -> int:
-        """The size of the file before compression (at most, for token rows): ``n_samples`` x the
-        stored bytes per sample (``alpha`` ``P*N`` or its token form ``P*T + T*N`` at ``alpha_dtype``,
-        ``T`` = ``n_tokens`` or, for token rows, ``max_tokens`` plus the int64 token count; ``scale`` and
-        ``const`` ``d_out`` in float64, ``labels`` and ``extra_bytes_per_sample`` (e.g. a
-        ``[samples, d_out]`` float64 extra: ``8 * d_out``)), plus the factors and 1 MiB + 1 % for
-        HDF5's metadata and chunk checksums.  Compression only makes the file smaller."""
+        """The size of the file before compression (at most, for token rows): ``n_samples`` x
+        :meth:`bytes_per_sample`, plus the factors and 1 MiB + 1 % for HDF5's metadata and chunk
+        checksums.  Compression only makes the file smaller."""
+        per_sample = FactorizedEffectsWriter.bytes_per_sample(factors, with_const, alpha_dtype, n_tokens,
+                                                              extra_bytes_per_sample, max_tokens, form)
+        factor_item = torch.empty(0, dtype=factor_dtype).element_size()
+        fixed = (factors.left.numel() + factors.right.numel()) * factor_item
+        data = n_samples * per_sample + fixed
+        return int(data + data // 100 + (1 << 20))
+
+    @staticmethod
+    def bytes_per_sample(factors: HeadFactors, with_const: bool, alpha_dtype: str = "float32",
+                         n_tokens: int | None = None, extra_bytes_per_sample: int = 0, max_tokens: int | None = None,
+                         form: str = "auto") -> int:
+        """The stored bytes of one sample (at most, for token rows): ``alpha`` ``P*N`` or its token form
+        ``T*(P + N)`` at ``alpha_dtype`` (``T`` = ``n_tokens``, or for token rows ``max_tokens``, plus
+        the int64 token count), ``scale`` and ``const`` ``d_out`` in float64, ``labels`` and
+        ``extra_bytes_per_sample`` (e.g. a ``[samples, d_out]`` float64 extra: ``8 * d_out``)."""
         P, N, d = factors.n_paths, factors.n_neurons, factors.d_out
         item = 2 if alpha_dtype == "bfloat16" else np.dtype(alpha_dtype).itemsize
         form = _resolve_form(form, factors, n_tokens, max_tokens)
@@ -460,11 +472,7 @@ class FactorizedEffectsWriter:
         T = n_tokens if form == "tokens" else max_tokens
         alpha = P * N if form == "alpha" else T * (P + N)
         counts = 8 if form == "token_rows" else 0
-        per_sample = alpha * item + counts + 8 + (8 * d if with_const else 0) + 8 + extra_bytes_per_sample
-        factor_item = torch.empty(0, dtype=factor_dtype).element_size()
-        fixed = (factors.left.numel() + factors.right.numel()) * factor_item
-        data = n_samples * per_sample + fixed
-        return int(data + data // 100 + (1 << 20))
+        return alpha * item + counts + 8 + (8 * d if with_const else 0) + 8 + extra_bytes_per_sample
 
     def write(self, fe: FactorizedEffects) -> None:
         """Append one batch's ``alpha`` ``[batch, paths, neurons]`` (or its token form), ``scale``
