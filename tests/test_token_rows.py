@@ -2,6 +2,8 @@
 activations are stored, and every consumer reads the same numbers as from ``alpha`` and the dense
 yardstick (tiny Llama, GPT-2 and BERT, mixed lengths, right and left padding, float64)."""
 
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -161,3 +163,43 @@ def test_files_without_a_form_attribute_read_as_alpha(tmp_path):
         write_attrs(f, {})  # the attributes' checksum over what is left
     old = open_factorized(tmp_path / "old.h5")
     assert rel(old[:, :, :], np.concatenate([lens(b).numpy() for b in inputs])) <= 1e-10
+
+
+def test_graph_stores_text_as_token_rows_where_they_are_smaller(tmp_path):
+    """The whole graph on a tiny BERT whose texts are cut at 7 tokens: layer 0 (8 paths x 64 neurons:
+    7 x 72 < 512) is stored as token rows, layer 1 (4 paths: 7 x 68 > 256) as alpha; the checks (fast =
+    slow against the stored file), the PCA, ablations and reports run on both."""
+    import dagster as dg
+    from test_assets import layer_range, run_job, tiny_bert_profile
+    from transformers import AutoTokenizer
+
+    from oe_assets.definitions import build_definitions, inputs_job, layers_job, summary_job
+    from oe_assets.resources import model as model_module
+    from oe_assets.resources.io_managers import H5Group, open_effects
+
+    profile = tiny_bert_profile(tmp_path)
+    profile["model"]["max_length"] = 7
+    defs = build_definitions(profile)
+    instance = dg.DagsterInstance.ephemeral()
+    run_job(defs, inputs_job, instance)
+    result = run_job(defs, layers_job, instance, tags=layer_range(0, 1))
+    checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["fast_path_equals_slow_path"] and all(checks.values())
+    run_job(defs, summary_job, instance)
+    store = tmp_path / "store"
+    tok = AutoTokenizer.from_pretrained(profile["model"]["source"])
+    texts = [json.loads(line)["text"] for line in open(profile["dataset"]["train_path"])]
+    batch = tok(texts, padding=True, truncation=True, max_length=7, return_tensors="pt")
+    lengths = batch["attention_mask"].sum(1).tolist()
+    assert min(lengths) < max(lengths) == 7  # mixed lengths, some cut
+    with h5py.File(store / "second_order_effects" / "0.h5") as f:
+        assert f.attrs["alpha_form"] == "token_rows" and "alpha" not in f
+        assert f["token_activations"].shape[0] == sum(lengths) and f["token_counts"][:].tolist() == lengths
+    with h5py.File(store / "second_order_effects" / "1.h5") as f:
+        assert f.attrs["alpha_form"] == "alpha"
+    adapter = next(v for k, v in model_module._CACHE.items() if k[0] == profile["model"]["source"]).adapter
+    for layer in (0, 1):
+        lens = SecondOrderLens(adapter, layer)
+        stored = open_effects(H5Group(store / "second_order_effects" / f"{layer}.h5"))
+        assert rel(stored[:, :, :], lens(batch).numpy()) <= 1e-6  # float32 storage
+        assert (store / "neuron_pcas" / f"{layer}.h5").exists() and (store / "ablation_report" / f"{layer}.parquet").exists()

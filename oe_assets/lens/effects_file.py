@@ -408,9 +408,12 @@ class FactorizedEffectsWriter:
             create = self._create
             if self.form == "token_rows":
                 item = np.dtype(store).itemsize
-                self.token_path_weights = self._create_rows("token_path_weights", P, store, item, compression)
-                self.token_activations = self._create_rows("token_activations", N, store, item, compression,
-                                                           columns_per_chunk=min(N, NEURON_CHUNK))
+                # a batch fills several chunks: only its last one is written again by the next batch
+                batch_rows = max(1, b * (max_tokens or 64) // 4)
+                self.token_path_weights = self._create_rows("token_path_weights", P, store, item, batch_rows,
+                                                            compression)
+                self.token_activations = self._create_rows("token_activations", N, store, item, batch_rows,
+                                                           compression, columns_per_chunk=min(N, NEURON_CHUNK))
                 self.token_counts = create("token_counts", (n_samples,), np.int64, (b,))
             elif self.form == "tokens":
                 self.path_weights = create("path_weights", (n_samples, P, n_tokens), store, (b, P, n_tokens),
@@ -431,11 +434,11 @@ class FactorizedEffectsWriter:
         return self.file.create_dataset(name, shape=shape, dtype=dtype, **checksummed(shape, chunks),
                                         **(compression or {}))
 
-    def _create_rows(self, name, columns, dtype, itemsize, compression, columns_per_chunk=None):
-        """A ``[rows, columns]`` dataset that grows with every batch (rows of about
+    def _create_rows(self, name, columns, dtype, itemsize, max_rows, compression, columns_per_chunk=None):
+        """A ``[rows, columns]`` dataset that grows with every batch (at most ``max_rows`` rows and about
         :data:`ROW_CHUNK_BYTES` per chunk, with the ``fletcher32`` checksum)."""
         width = columns_per_chunk or columns
-        rows = max(1, ROW_CHUNK_BYTES // (width * itemsize))
+        rows = max(1, min(max_rows, ROW_CHUNK_BYTES // (width * itemsize)))
         return self.file.create_dataset(name, shape=(0, columns), maxshape=(None, columns), dtype=dtype,
                                         chunks=(rows, width), fletcher32=True, **(compression or {}))
 
@@ -518,9 +521,9 @@ class FactorizedEffectsWriter:
         if self.max_tokens is not None and int(counts.max()) > self.max_tokens:
             raise ValueError(f"{self.path}: a sample has {int(counts.max())} tokens, more than max_tokens="
                              f"{self.max_tokens} that the file's form and size were chosen for")
-        keep = mask.reshape(-1).to(weights.device)
-        w_rows = weights.transpose(1, 2).reshape(b * T, P)[keep]
-        a_rows = activations.reshape(b * T, activations.shape[2])[keep]
+        keep = mask.to(weights.device)
+        w_rows = weights.transpose(1, 2)[keep]  # [rows, P], sample by sample, tokens in order
+        a_rows = activations[keep]  # [rows, N]
         r0, r1 = self.rows, self.rows + int(counts.sum())
         for ds, rows in ((self.token_path_weights, w_rows), (self.token_activations, a_rows)):
             ds.resize(r1, axis=0)
