@@ -203,3 +203,26 @@ def test_graph_stores_text_as_token_rows_where_they_are_smaller(tmp_path):
         stored = open_effects(H5Group(store / "second_order_effects" / f"{layer}.h5"))
         assert rel(stored[:, :, :], lens(batch).numpy()) <= 1e-6  # float32 storage
         assert (store / "neuron_pcas" / f"{layer}.h5").exists() and (store / "ablation_report" / f"{layer}.parquet").exists()
+
+
+def test_token_rows_are_multiplied_in_bounded_groups(tmp_path, monkeypatch):
+    """A small product bound splits the samples into groups (one sample each at the least) without
+    changing a number; the reader computes in the dtype asked for."""
+    import oe_assets.lens.effects_file as effects_file
+
+    lens = SecondOrderLens(tiny_gpt2(seed=3), 0)
+    inputs = batches("left")
+    write(tmp_path / "rows.h5", lens, inputs, "token_rows")
+    whole = open_factorized(tmp_path / "rows.h5")[:, :, :]
+    item, width = 8, lens.factors.n_paths + lens.n_neurons
+    for bound, groups in ((1, len(LENGTHS)), (LONGEST * width * item * 2, None)):
+        monkeypatch.setattr(effects_file, "PRODUCT_BYTES", bound)
+        fe = open_factorized(tmp_path / "rows.h5")
+        seen = list(fe.alpha._groups(0, len(LENGTHS), width))
+        assert seen[0][0] == 0 and seen[-1][1] == len(LENGTHS) and all(a[1] == b[0] for a, b in zip(seen, seen[1:]))
+        assert len(seen) == groups if groups else 1 < len(seen) < len(LENGTHS)
+        np.testing.assert_array_equal(fe[:, :, :], whole)
+        assert rel(fe.norms(), np.linalg.norm(whole, axis=-1)) <= 1e-12
+    single = open_factorized(tmp_path / "rows.h5", dtype=torch.float32)
+    assert single.alpha[0:2, :, slice(None)].dtype == torch.float32
+    assert rel(single[:, :, :], whole) <= 1e-5

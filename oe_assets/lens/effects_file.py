@@ -70,6 +70,8 @@ ALPHA_FORMS = ("alpha", "tokens", "token_rows")
 ROW_CHUNK_BYTES = 1 << 20
 #: a token-row file's path weights up to this size are read once per reader and kept
 PATH_WEIGHTS_CACHE_BYTES = 256 * 2**20
+#: bytes of the zero-padded token blocks multiplied at once when ``alpha`` is rebuilt from token rows
+PRODUCT_BYTES = 64 * 2**20
 
 
 class DenseLayoutError(ValueError):
@@ -324,9 +326,11 @@ class _TokenAlpha:
 class _TokenRowsAlpha:
     """``alpha[samples, :, neurons]`` read from the token-row form (module docstring):
     ``path_weights`` ``[rows, P]``, ``activations`` ``[rows, N]`` (array-likes) and ``counts``
-    ``[samples]``; each sample's product runs over its own (real) tokens only, in float64."""
+    ``[samples]``; each sample's product runs over its own (real) tokens only, in ``dtype`` on
+    ``device`` (a torch tensor), a group of samples of at most :data:`PRODUCT_BYTES` at a time."""
 
-    def __init__(self, path_weights, activations, counts: np.ndarray):
+    def __init__(self, path_weights, activations, counts: np.ndarray, dtype: torch.dtype = torch.float64,
+                 device=None):
         counts = np.asarray(counts, dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(counts)])
         rows, P = (int(x) for x in path_weights.shape)
@@ -335,6 +339,7 @@ class _TokenRowsAlpha:
                              f"activations {tuple(activations.shape)}, {counts.size} samples holding "
                              f"{int(self.offsets[-1])} tokens")
         self.path_weights, self.activations, self.counts = path_weights, activations, counts
+        self.dtype, self.device = dtype, torch.device(device or "cpu")
         self.shape = (int(counts.size), P, int(activations.shape[1]))
         c = getattr(activations, "chunks", None)
         self.chunks = None if c is None else (1, P, int(c[1]))
@@ -348,6 +353,19 @@ class _TokenRowsAlpha:
             return self._cached[r0:r1]
         return np.asarray(self.path_weights[r0:r1])
 
+    def _groups(self, s0: int, s1: int, width: int):
+        """``(g0, g1)`` runs of samples whose zero-padded ``[samples, tokens, width]`` block takes at
+        most :data:`PRODUCT_BYTES` (one sample at least)."""
+        item = torch.empty(0, dtype=self.dtype).element_size()
+        g0, longest = s0, 0
+        for s in range(s0, s1):
+            longest = max(longest, int(self.counts[s]))
+            if s > g0 and (s + 1 - g0) * longest * width * item > PRODUCT_BYTES:
+                yield g0, s
+                g0, longest = s, int(self.counts[s])
+        if s1 > g0:
+            yield g0, s1
+
     def __getitem__(self, index):
         samples, paths, neurons = index
         if paths != slice(None):
@@ -356,18 +374,23 @@ class _TokenRowsAlpha:
             raise IndexError("the token-row form of alpha is read for a contiguous run of samples")
         s0, s1, _ = samples.indices(self.shape[0])
         s1 = max(s0, s1)
-        r0, r1 = int(self.offsets[s0]), int(self.offsets[s1])
-        counts = torch.from_numpy(self.counts[s0:s1])
-        w = torch.as_tensor(self._weights(r0, r1), dtype=torch.float64)  # [R, P]
-        a = torch.as_tensor(np.asarray(self.activations[r0:r1, neurons]), dtype=torch.float64)  # [R, k]
-        # each row into its sample's zero-padded block; the zeros add nothing to the products
-        owner = torch.repeat_interleave(torch.arange(s1 - s0), counts)
-        position = torch.arange(r1 - r0) - torch.from_numpy(self.offsets[s0:s1] - r0)[owner]
-        T = int(counts.max()) if counts.numel() else 0
-        W = torch.zeros(s1 - s0, T, w.shape[1], dtype=torch.float64)
-        A = torch.zeros(s1 - s0, T, a.shape[1], dtype=torch.float64)
-        W[owner, position], A[owner, position] = w, a
-        return torch.bmm(W.transpose(1, 2), A).numpy()
+        P, N = self.shape[1], self.shape[2]
+        k = len(range(*neurons.indices(N))) if isinstance(neurons, slice) else len(neurons)
+        out = torch.empty(s1 - s0, P, k, dtype=self.dtype, device=self.device)
+        for g0, g1 in self._groups(s0, s1, P + k):
+            r0, r1 = int(self.offsets[g0]), int(self.offsets[g1])
+            counts = torch.from_numpy(self.counts[g0:g1]).to(self.device)
+            w = torch.as_tensor(self._weights(r0, r1)).to(self.device, self.dtype)  # [R, P]
+            a = torch.as_tensor(np.asarray(self.activations[r0:r1, neurons])).to(self.device, self.dtype)  # [R, k]
+            # each row into its sample's zero-padded block; the zeros add nothing to the products
+            owner = torch.repeat_interleave(torch.arange(g1 - g0, device=self.device), counts)
+            position = torch.arange(r1 - r0, device=self.device) - (torch.cumsum(counts, 0) - counts)[owner]
+            T = int(self.counts[g0:g1].max())
+            W = torch.zeros(g1 - g0, T, P, dtype=self.dtype, device=self.device)
+            A = torch.zeros(g1 - g0, T, k, dtype=self.dtype, device=self.device)
+            W[owner, position], A[owner, position] = w, a
+            torch.bmm(W.transpose(1, 2), A, out=out[g0 - s0:g1 - s0])
+        return out
 
 
 class FactorizedEffectsWriter:
@@ -647,7 +670,8 @@ def open_factorized(path: str | Path | H5Handle, dtype: torch.dtype = torch.floa
 
     alpha: Any
     if form == "token_rows":
-        alpha = _TokenRowsAlpha(dataset("token_path_weights"), dataset("token_activations"), handle.read("token_counts"))
+        alpha = _TokenRowsAlpha(dataset("token_path_weights"), dataset("token_activations"), handle.read("token_counts"),
+                                dtype=dtype, device=device)
     elif form == "tokens":
         alpha = _TokenAlpha(dataset("path_weights"), dataset("activations"))
     else:

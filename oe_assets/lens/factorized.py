@@ -72,7 +72,10 @@ def _read_alpha(alpha, samples: slice, neurons: np.ndarray) -> np.ndarray | torc
     if isinstance(alpha, np.ndarray):
         return alpha[samples][:, :, neurons]
     uniq, inverse = np.unique(neurons, return_inverse=True)
-    return np.asarray(alpha[samples, :, uniq.tolist()])[:, :, inverse]
+    block = alpha[samples, :, uniq.tolist()]
+    if isinstance(block, torch.Tensor):  # a reader that forms alpha itself (token rows)
+        return block[:, :, torch.as_tensor(inverse, device=block.device)]
+    return np.asarray(block)[:, :, inverse]
 
 
 class HeadFactors:
