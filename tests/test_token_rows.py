@@ -226,3 +226,17 @@ def test_token_rows_are_multiplied_in_bounded_groups(tmp_path, monkeypatch):
     single = open_factorized(tmp_path / "rows.h5", dtype=torch.float32)
     assert single.alpha[0:2, :, slice(None)].dtype == torch.float32
     assert rel(single[:, :, :], whole) <= 1e-5
+
+
+@pytest.mark.parametrize("alpha_dtype,bound", [("float32", 1e-6), ("float16", 2e-3), ("bfloat16", 1e-2)])
+def test_token_rows_in_every_storage_dtype(tmp_path, alpha_dtype, bound):
+    lens = SecondOrderLens(tiny_gpt2(seed=3), 0)
+    inputs = batches("right")
+    dense = np.concatenate([lens(b).numpy() for b in inputs])
+    with FactorizedEffectsWriter(tmp_path / "rows.h5", len(LENGTHS), lens.factors, True, BATCH, alpha_dtype=alpha_dtype,
+                                 max_tokens=LONGEST, form="token_rows") as writer:
+        for b in inputs:
+            writer.write(lens.factorized(b))
+        writer.close()
+    fe = open_factorized(tmp_path / "rows.h5")
+    assert rel(fe[:, :, :], dense) <= bound and rel(fe.norms(), np.linalg.norm(dense, axis=-1)) <= bound
