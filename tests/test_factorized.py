@@ -204,7 +204,7 @@ def test_token_form_file_when_tokens_are_fewer_than_paths(tmp_path, convention, 
     assert T == 17 < lens.factors.n_paths
     path = tmp_path / "tokens.h5"
     with FactorizedEffectsWriter(path, 8, lens.factors, convention == "reference", batch_size=4,
-                                 alpha_dtype=alpha_dtype, n_tokens=T) as writer:
+                                 alpha_dtype=alpha_dtype, n_tokens=T, form="tokens") as writer:
         for s0 in (0, 4):
             writer.write(lens.factorized(x[s0:s0 + 4]))
         writer.close()

@@ -38,7 +38,7 @@ def stream_effects(context, split: str, model: ModelResource, analysis: Analysis
     made_from = split_record(split, data)
     needed = sum(FactorizedEffectsWriter.expected_bytes(
         len(data), lenses[int(key)].factors, with_const=lenses[int(key)].convention == "reference",
-        alpha_dtype=store.alpha_dtype, n_tokens=loaded.adapter.fixed_tokens,
+        alpha_dtype=store.alpha_dtype, n_tokens=loaded.adapter.fixed_tokens, max_tokens=model.max_length,
         extra_bytes_per_sample=8 * lenses[int(key)].d_out) for key in keys)  # + first_order_sum
     store.require_free_space(context.asset_key, keys, needed)
     staged: dict[str, StagedH5] = {}
@@ -52,7 +52,7 @@ def stream_effects(context, split: str, model: ModelResource, analysis: Analysis
             writers[key] = FactorizedEffectsWriter(
                 path, len(data), lens.factors, with_const=lens.convention == "reference", batch_size=model.batch_size,
                 alpha_dtype=store.alpha_dtype, compression=store.compression(),
-                n_tokens=loaded.adapter.fixed_tokens)
+                n_tokens=loaded.adapter.fixed_tokens, max_tokens=model.max_length)
         progress = Progress(len(data), f"layers {', '.join(keys)} {split} effects", log=context.log.info)
         batches = data.batches(loaded, model.batch_size, model.max_length)
         for _, effects in iter_factorized(lenses, batches, progress, on_capture=first_order.add):
@@ -64,6 +64,7 @@ def stream_effects(context, split: str, model: ModelResource, analysis: Analysis
             lens = lenses[int(key)]
             shape = (len(data), lens.n_neurons, lens.d_out)
             writing = staged[key].path
+            form = writers[key].form
             writers.pop(key).close(labels=data.labels, extras={"first_order_sum": fo_sums[int(key)],
                                                                "mlp_out_mean": mlp_means[int(key)]})
             attrs = provenance(context, context.asset_key.to_user_string(), {},
@@ -72,7 +73,7 @@ def stream_effects(context, split: str, model: ModelResource, analysis: Analysis
             staged[key].attrs = {"model": model.source, "layer": int(key), "coefficient": analysis.coefficient,
                                  "convention": lens.convention, "split": split, "shape": list(shape),
                                  "code_version": CODE_VERSION, **attrs}
-            context.add_asset_metadata({"layer": int(key), "effects_shape": str(list(shape)),
+            context.add_asset_metadata({"layer": int(key), "effects_shape": str(list(shape)), "alpha_form": form,
                                         "alpha_shape": str([len(data), lens.factors.n_paths, lens.n_neurons])},
                                        partition_key=key)
     except BaseException as exc:

@@ -72,7 +72,10 @@ def _read_alpha(alpha, samples: slice, neurons: np.ndarray) -> np.ndarray | torc
     if isinstance(alpha, np.ndarray):
         return alpha[samples][:, :, neurons]
     uniq, inverse = np.unique(neurons, return_inverse=True)
-    return np.asarray(alpha[samples, :, uniq.tolist()])[:, :, inverse]
+    block = alpha[samples, :, uniq.tolist()]
+    if isinstance(block, torch.Tensor):  # a reader that forms alpha itself (token rows)
+        return block[:, :, torch.as_tensor(inverse, device=block.device)]
+    return np.asarray(block)[:, :, inverse]
 
 
 class HeadFactors:
@@ -150,7 +153,8 @@ class FactorizedEffects:
     """
 
     def __init__(self, alpha, scale, factors: HeadFactors, const=None, dtype: torch.dtype = torch.float64,
-                 device=None, block_bytes: int = BLOCK_BYTES, tokens: tuple | None = None):
+                 device=None, block_bytes: int = BLOCK_BYTES, tokens: tuple | None = None,
+                 token_mask: torch.Tensor | None = None):
         S, P, N = (int(s) for s in alpha.shape)
         if (P, N) != (factors.n_paths, factors.n_neurons):
             raise ValueError(f"alpha has shape {tuple(alpha.shape)} but the factors have {factors.n_paths} paths "
@@ -164,6 +168,9 @@ class FactorizedEffects:
         #: [samples, tokens, neurons])`` with ``alpha = path_weights @ activations`` (smaller to store
         #: when there are fewer tokens than paths)
         self.tokens = tokens
+        #: ``[samples, tokens]`` bool: the real tokens of ``tokens`` (padding is False), or None when
+        #: every token is real; the token-row file form stores the real tokens only
+        self.token_mask = token_mask
         self.dtype, self.device, self.block_bytes = dtype, torch.device(device or "cpu"), block_bytes
         self.scale = _tensor(scale, dtype, self.device)
         self.const = None if const is None else _tensor(const, dtype, self.device)

@@ -217,7 +217,7 @@ class SecondOrderLens:
         alpha = torch.bmm(Atil, cap.activations)  # [B, J*H, N]
         scale = self.coefficient / cap.representation.norm(dim=-1)
         return FactorizedEffects(alpha, scale, self.factors, const, dtype=dtype or torch.float64,
-                                 device=alpha.device, tokens=(Atil, cap.activations))
+                                 device=alpha.device, tokens=(Atil, cap.activations), token_mask=cap.token_mask)
 
     @property
     def n_neurons(self) -> int:

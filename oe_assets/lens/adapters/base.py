@@ -65,7 +65,9 @@ class Capture:
       that only sees the pooled token, whose representation reads one query: ``[batch, queries]``),
       mean and ``sqrt(var + eps)`` of each recorded LayerNorm's input;
     - ``readout``: ``[batch, queries]``, the pooling weights of the representation over queries;
-    - ``representation``: ``[batch, d_out]``, the model's unnormalised representation ``r``.
+    - ``representation``: ``[batch, d_out]``, the model's unnormalised representation ``r``;
+    - ``token_mask``: ``[batch, tokens]`` bool, the real (not padding) tokens, or None when every
+      token is real (images).
     """
 
     activations: torch.Tensor
@@ -75,6 +77,7 @@ class Capture:
     query_positions: torch.Tensor
     readout: torch.Tensor
     representation: torch.Tensor
+    token_mask: torch.Tensor | None = None
 
     def at_keys(self, stat: torch.Tensor) -> torch.Tensor:
         """A per-token statistic ``stat`` ``[batch, tokens]`` at the key positions (every token):
@@ -350,6 +353,7 @@ class ModelAdapter(ABC):
                 query_positions=query_positions,
                 readout=readout,
                 representation=representation,
+                token_mask=None if inputs.get("attention_mask") is None else inputs["attention_mask"].bool(),
             )
             for layer in layers
         }
