@@ -22,9 +22,9 @@ from tabulate import tabulate
 from oe_assets.lens import SecondOrderLens, ablate, neuron_pca, representations
 from oe_assets.lens.batching import collect_factorized, text_batches
 from oe_assets.lens.effects_file import FactorizedEffectsWriter, open_factorized
-from oe_assets.lens.loading import MINILM_ID, load_model
+from oe_assets.models.loading import MINILM_ID, load_model
 from oe_assets.lens.zero_shot import project_texts
-from oe_assets.lens.text_datasets import demo_templates, load_demo_corpus
+from oe_assets.datasources.text_datasets import demo_templates, load_demo_corpus
 
 
 def write(path: Path, fe, lens, alpha_dtype: str):

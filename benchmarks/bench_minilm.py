@@ -14,8 +14,8 @@ import torch
 from common import timed
 from oe_assets.lens import SecondOrderLens
 from oe_assets.lens.batching import text_batches
-from oe_assets.lens.loading import MINILM_ID, load_model
-from oe_assets.lens.text_datasets import load_demo_corpus
+from oe_assets.models.loading import MINILM_ID, load_model
+from oe_assets.datasources.text_datasets import load_demo_corpus
 
 
 def main() -> None:

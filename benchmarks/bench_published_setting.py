@@ -103,7 +103,7 @@ def main() -> None:
 
     from oe_assets.lens import SecondOrderLens, ablate, neuron_pca, sparse_decompose
     from oe_assets.lens.batching import iter_factorized
-    from oe_assets.lens.vocabulary import load_vocabulary
+    from oe_assets.datasources.vocabulary import load_vocabulary
     from oe_assets.lens.zero_shot import imagenet_templates
     from oe_assets.profiles import load_profile
     from oe_assets.resources import datasets

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: one call in a new process, timed after the imports a materialization process has made anyway (the lens
 #: package: torch, transformers)
 CALL = ("import json, sys, time\n"
-        "import oe_assets.lens.hub\n"
+        "import oe_assets.models.hub\n"
         "from oe_assets.provenance import weights_hash\n"
         "t0 = time.perf_counter()\n"
         "h = weights_hash(sys.argv[1])\n"

@@ -41,7 +41,7 @@ def open_instance():
     import dagster as dg
 
     from .profiles import default_dagster_home
-    from .resources.store import atomic_path
+    from .storage.layout import atomic_path
 
     home = Path(default_dagster_home()).resolve()
     os.environ["DAGSTER_HOME"] = str(home)
@@ -104,7 +104,7 @@ def materialize_all(profile: str, first: str | None = None, last: str | None = N
     it; Ctrl-C / SIGTERM end the wait (exit 130 / 143)."""
     os.environ["OE_ASSETS_PROFILE"] = profile
     warnings.filterwarnings("ignore")
-    from .lens.hub import ModelSourceError
+    from .models.hub import ModelSourceError
     from .profiles.validation import ProfileError, validate_layers
     from .recovery import RUN_TAG, PoolWaitInterrupted, fail_stale_runs, process_tags, wait_for_pools, watch_pool_wait
     from .resume import observe_sources, plan_materialization, settings_tags
@@ -185,7 +185,7 @@ def materialize_all(profile: str, first: str | None = None, last: str | None = N
 
 
 def _official_setup(profile: str, model: str | None, dataset: str, pretrained: str, base_dir: str | None):
-    from .lens.official import OfficialNames
+    from .formats.official import OfficialNames
     from .profiles import load_profile
 
     cfg = load_profile(profile)
@@ -215,7 +215,7 @@ def export_cmd(profile: str, layer: int, out: str | None, dataset: str, model: s
     """Write the official output files of one layer from the profile's materialized assets, saying
     how much first; refused when the output folder's disk has less free space.  ``dataset`` /
     ``pretrained`` None: ``imagenet`` / ``openai`` (the CLIP setting), refused for a text profile."""
-    from .lens.official import export_bytes, export_official
+    from .formats.official import export_bytes, export_official
     from .resources.store import require_free_space
 
     try:
@@ -243,7 +243,7 @@ def import_official_cmd(directory: str, profile: str, layer: int, dataset: str, 
     """Load the official output files of one layer as the profile's materialized assets, and record a
     runless materialization per asset (metadata ``imported_from``) on the Dagster instance
     (``DAGSTER_HOME``, as :func:`materialize_all`, unless one is given)."""
-    from .lens.official import import_official
+    from .formats.official import import_official
 
     try:
         cfg, names, base = _official_setup(profile, model, dataset, pretrained, base_dir)

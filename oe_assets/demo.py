@@ -21,10 +21,10 @@ from .lens import (
     sparse_decompose,
 )
 from .lens.batching import Progress, collect_factorized, text_batches
-from .lens.hub import MINILM_ID
-from .lens.loading import load_model
-from .lens.text_datasets import demo_templates, load_demo_corpus
-from .lens.vocabulary import load_vocabulary, tokenizer_vocabulary
+from .models.hub import MINILM_ID
+from .models.loading import load_model
+from .datasources.text_datasets import demo_templates, load_demo_corpus
+from .datasources.vocabulary import load_vocabulary, tokenizer_vocabulary
 
 
 def run_demo(layers=None, top_k=32, components=8, vocabulary=None, batch_size=32, coefficient=100.0,

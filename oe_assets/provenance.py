@@ -204,7 +204,7 @@ def _safetensors_header_digest(path: Path) -> str:
 
 def _save_record(record: Path, fields: dict[str, Any]) -> None:
     """Keep a file's hash for later processes; a cache that cannot be written is skipped."""
-    from .resources.store import atomic_path
+    from .storage.layout import atomic_path
 
     try:
         with atomic_path(record) as tmp:
@@ -214,7 +214,7 @@ def _save_record(record: Path, fields: dict[str, Any]) -> None:
 
 
 def _model_folder(source: str, revision: str | None = None) -> Path | None:
-    from .lens.hub import resolve_source
+    from .models.hub import resolve_source
 
     resolved = resolve_source(source)
     if Path(resolved).is_dir():

@@ -2,9 +2,10 @@
 failing the runs of dead processes (which frees their pool slots), and waiting for a pool slot in a
 way that Ctrl-C and SIGTERM end.
 
-A process is named by ``(host, pid, start)``: ``start`` is its start time in clock ticks after boot
-(``/proc/<pid>/stat``, field 22), so a pid the kernel gave to a new process is not taken for the
-old one.  A process on another host is never judged dead (nothing here can see it).
+A process is named by ``(host, pid, start)`` (:mod:`oe_assets.processes`), so a pid the kernel gave
+to a new process is not taken for the old one; staging files name their writer the same way
+(:mod:`oe_assets.storage.layout`).  A process on another host is never judged dead (nothing here
+can see it).
 
 The ``python -m oe_assets materialize`` runs carry these as run tags (:func:`process_tags`).  Runs
 without them (launched from the UI or the daemon by Dagster's default run launcher, which cannot
@@ -21,7 +22,6 @@ the daemon: start and cancel timeouts, and freeing the slots of finished runs.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import sys
@@ -29,6 +29,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from .processes import Process, is_dead, process_start, this_process
+from .storage.layout import staging_suffix, staging_writer
 
 __all__ = ["PID_TAG", "HOST_TAG", "START_TAG", "RUN_TAG", "Process", "this_process", "process_start", "process_tags",
            "is_dead", "staging_suffix", "staging_writer", "StaleRun", "stale_runs", "fail_stale_runs",
@@ -42,84 +45,11 @@ START_TAG = "oe_assets/process_start"
 RUN_TAG = "oe_assets/run_id"
 
 
-@dataclass(frozen=True)
-class Process:
-    """A process by host, pid and start time (clock ticks after boot; ``""`` when unknown)."""
-
-    host: str
-    pid: int
-    start: str = ""
-
-    def __str__(self) -> str:
-        started = f" (started at tick {self.start})" if self.start.isdigit() else ""
-        return f"pid {self.pid} on {self.host}{started}"
-
-
-def process_start(pid: int) -> str:
-    """Start time of process ``pid`` in clock ticks after boot (``/proc/<pid>/stat`` field 22);
-    ``""`` when there is no such process or no ``/proc``."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return stat.rsplit(")", 1)[1].split()[19]  # fields after "(comm)" start at field 3
-
-
-def _zombie(pid: int) -> bool:
-    """Whether ``pid`` has exited and waits to be reaped (state ``Z``: it holds nothing any more)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def this_process() -> Process:
-    return Process(socket.gethostname(), os.getpid(), process_start(os.getpid()))
-
-
 def process_tags(process: Process | None = None, run_id: str | None = None) -> dict[str, str]:
     """Run tags naming the process that executes the run (``run_id``: that run, so that a
     re-execution carrying copies of the tags is not taken for this process's run)."""
     p = process or this_process()
     return {PID_TAG: str(p.pid), HOST_TAG: p.host, START_TAG: p.start, **({RUN_TAG: run_id} if run_id else {})}
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
-
-
-def is_dead(process: Process) -> str | None:
-    """Why ``process`` is known to be gone (``None``: alive, or on another host, so not known)."""
-    if process.host != socket.gethostname():
-        return None
-    if not _exists(process.pid) or _zombie(process.pid):
-        return f"its process ({process}) is gone"
-    now = process_start(process.pid)
-    if process.start and now and now != process.start:
-        return f"its process ({process}) is gone; pid {process.pid} is now another process (started at tick {now})"
-    return None
-
-
-# ---- staging file names (used by oe_assets.resources.store, the owner of staging paths) ----------
-_STAGING = re.compile(r"\.partial-[0-9a-f]{8}-(?P<pid>\d+)-(?P<start>\d*)@(?P<host>.+)$")
-
-
-def staging_suffix(token: str) -> str:
-    """``.partial-<token>-<pid>-<start>@<host>``: a staging name naming its writer (this process)."""
-    p = this_process()
-    return f".partial-{token}-{p.pid}-{p.start}@{p.host}"
-
-
-def staging_writer(name: str) -> Process | None:
-    """The writer named in a staging file name (``None``: not a name of :func:`staging_suffix`)."""
-    m = _STAGING.search(name)
-    return Process(m["host"], int(m["pid"]), m["start"]) if m else None
 
 
 # ---- runs ----------------------------------------------------------------------------------------

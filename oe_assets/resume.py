@@ -194,7 +194,7 @@ def _vocabulary_version(defs: dg.Definitions, instance: dg.DagsterInstance) -> s
     observed one (the tokenizer's words are not read: that needs the tokenizer)."""
     path = defs.resources["analysis"].vocabulary_path
     if path:
-        from .lens.vocabulary import load_vocabulary, vocabulary_hash
+        from .datasources.vocabulary import load_vocabulary, vocabulary_hash
 
         return vocabulary_hash(load_vocabulary(path))
     obs = instance.fetch_observations(dg.AssetKey("vocabulary"), limit=1).records

@@ -72,7 +72,7 @@ def _digest(items: list[str]) -> str:
 
 
 def _templates(resources: Mapping[str, Any]) -> str | None:
-    from .lens.text_datasets import load_string_list
+    from .datasources.text_datasets import load_string_list
     from .lens.zero_shot import imagenet_templates
 
     analysis = resources["analysis"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from oe_assets.lens.cifar import cifar_image, load_cifar
+from oe_assets.datasources.cifar import cifar_image, load_cifar
 from oe_assets.profiles.validation import count_samples
 from oe_assets.resources.datasets import CifarSplit, DatasetResource
 

@@ -11,7 +11,7 @@ from oe_assets.lens import (
     slow_path_contributions,
     slow_second_order_effects,
 )
-from oe_assets.lens.loading import load_model
+from oe_assets.models.loading import load_model
 
 LENGTHS = (9, 6, 7)  # the window of 5 (mistral, qwen2) is shorter than the sequences
 

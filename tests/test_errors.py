@@ -22,10 +22,10 @@ import yaml
 
 from oe_assets import __main__ as cli
 from oe_assets.definitions import build_definitions
-from oe_assets.lens.hub import ModelSourceError, load_config, looks_like_hub_id, resolve_source
-from oe_assets.lens.loading import load_model
-from oe_assets.lens.text_datasets import load_string_list, load_text_dataset, read_text
-from oe_assets.lens.vocabulary import load_vocabulary
+from oe_assets.models.hub import ModelSourceError, load_config, looks_like_hub_id, resolve_source
+from oe_assets.models.loading import load_model
+from oe_assets.datasources.text_datasets import load_string_list, load_text_dataset, read_text
+from oe_assets.datasources.vocabulary import load_vocabulary
 from oe_assets.profiles import PROFILE_DIR, load_profile
 from oe_assets.profiles.validation import ProfileError, validate_profile
 from oe_assets.resources import model as model_module

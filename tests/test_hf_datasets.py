@@ -16,7 +16,7 @@ import pytest
 datasets = pytest.importorskip("datasets")
 
 from oe_assets.definitions import OBSERVE_DATASETS, build_definitions  # noqa: E402
-from oe_assets.lens import hf_datasets  # noqa: E402
+from oe_assets.datasources import hf_datasets  # noqa: E402
 from oe_assets.profiles.validation import ProfileError, count_samples, validate_profile  # noqa: E402
 from oe_assets.provenance import split_fingerprint  # noqa: E402
 from oe_assets.resources.datasets import DatasetResource  # noqa: E402

@@ -524,7 +524,7 @@ def test_a_corrupt_parquet_names_its_path_and_asset(tmp_path):
 
 def test_strings_round_trip_in_chunks_bounded_by_bytes(tmp_path, monkeypatch):
     # one long text among short ones: chunks stay small, every string reads back exactly
-    import oe_assets.resources.store as store_module
+    import oe_assets.storage.hdf5 as store_module
 
     monkeypatch.setattr(store_module, "STRING_CHUNK_BYTES", 1024)
     texts = ["short", "héllo wörld", "", "日本語"] * 50 + ["x" * 5000] + ["tail"]

@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse
 
 from oe_assets import __main__ as cli
-from oe_assets.lens.official import OfficialFormatError, OfficialNames, export_bytes, import_official
+from oe_assets.formats.official import OfficialFormatError, OfficialNames, export_bytes, import_official
 from oe_assets.resources.store import H5Group
 from conftest import REFERENCE
 

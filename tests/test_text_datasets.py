@@ -1,4 +1,4 @@
-"""Tests for oe_assets.lens.text_datasets (no model downloads, no Dagster)."""
+"""Tests for oe_assets.datasources.text_datasets (no model downloads, no Dagster)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from oe_assets.lens.text_datasets import (
+from oe_assets.datasources.text_datasets import (
     DEMO_CORPUS_DIR,
     TextDataset,
     demo_classes,
@@ -407,7 +407,7 @@ def test_demo_templates():
 def test_subsampling_keeps_len_over_stride_samples_like_the_published_datasets(tmp_path):
     """``len // stride`` samples at ``offset + i * stride``: 5,124 of ImageNet's 1,281,167 train
     images at stride 250, 1 of 13 at stride 10; checked on an image tree against a listing made here."""
-    from oe_assets.lens.text_datasets import subsample
+    from oe_assets.datasources.text_datasets import subsample
     from oe_assets.resources.datasets import DatasetResource
 
     assert len(subsample(range(1_281_167), 0, 250)) == 5_124

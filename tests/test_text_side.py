@@ -5,8 +5,8 @@ import torch
 
 from conftest import REFERENCE, tiny_bpe_tokenizer, tiny_gpt2
 from oe_assets.lens import get_adapter, project_texts
-from oe_assets.lens.loading import MINILM_ID, load_model, resolve_device, sentence_transformers_pooling
-from oe_assets.lens.vocabulary import load_vocabulary, tokenizer_vocabulary, vocabulary_hash
+from oe_assets.models.loading import MINILM_ID, load_model, resolve_device, sentence_transformers_pooling
+from oe_assets.datasources.vocabulary import load_vocabulary, tokenizer_vocabulary, vocabulary_hash
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from oe_assets.lens.effects_file import (
     FactorizedEffectsWriter, choose_form, open_factorized, write_attrs,
 )
 from oe_assets.lens.factorized import DenseEffects, HeadFactors
-from oe_assets.lens.official import export_merged
+from oe_assets.formats.official import export_merged
 
 LENGTHS = (9, 3, 6, 4, 8, 2, 5)  # batches of 3: each padded to its own longest sample
 BATCH = 3

@@ -15,7 +15,7 @@ from ..resources.datasets import DatasetResource
 from ..provenance import entry, split_record
 from ..resources.store import ArtifactStore, H5Payload, HTMLPage, open_effects, table_attrs, table_with_attrs
 from ..resources.model import AnalysisResource, ModelResource
-from ..lens.loading import resolve_dtype
+from ..models.loading import resolve_dtype
 from .baselines import BASELINE_SCENARIOS
 from .common import CODE_VERSION, EAGER, md_table, profile_resources, provenance, timer
 

@@ -9,8 +9,8 @@ import dagster as dg
 
 from ..lens import project_texts, representations
 from ..lens.batching import Progress
-from ..lens.text_datasets import load_string_list
-from ..lens.vocabulary import load_vocabulary, tokenizer_vocabulary, vocabulary_hash
+from ..datasources.text_datasets import load_string_list
+from ..datasources.vocabulary import load_vocabulary, tokenizer_vocabulary, vocabulary_hash
 from ..lens.zero_shot import imagenet_templates
 from ..provenance import split_fingerprint, split_record
 from ..resources.datasets import DatasetResource

@@ -41,11 +41,6 @@ atomically is the caller's business (write to a staging path, rename when comple
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import hashlib
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +48,10 @@ import h5py
 import numpy as np
 import torch
 
+from ..storage.hdf5 import (
+    _UNCLOSED, ATTRS_CHECKSUM, CorruptFileError, H5Dataset, H5Handle, checksummed, discard_h5, is_disk_full,
+    read_attrs, write_attrs,
+)
 from .factorized import FactorizedEffects, HeadFactors
 
 __all__ = ["ALPHA_DTYPES", "ALPHA_FORMS", "choose_form", "FactorizedEffectsWriter", "open_factorized", "LAYOUT",
@@ -76,214 +75,6 @@ PRODUCT_BYTES = 64 * 2**20
 
 class DenseLayoutError(ValueError):
     """An effects file written in the earlier dense layout."""
-
-
-class CorruptFileError(OSError):
-    """An artifact that cannot be read: truncated, or failing a checksum (an HDF5 chunk, the HDF5
-    attributes, a whole Parquet or HTML file)."""
-
-
-# ---------------------------------------------------------------------------- checked HDF5 IO
-#: elements per chunk of the small datasets that get a chunk only for their checksum
-CHECKSUM_CHUNK = 1 << 20
-
-
-def checksummed(shape: tuple[int, ...], chunks: tuple[int, ...] | None = None) -> dict:
-    """``h5py.create_dataset`` keywords adding the ``fletcher32`` checksum filter, which needs chunks:
-    ``chunks`` if given, else whole rows up to :data:`CHECKSUM_CHUNK` elements.  Scalars and empty
-    arrays (nothing to chunk) get no filter."""
-    shape = tuple(int(s) for s in shape)
-    if not shape or 0 in shape:
-        return {}
-    if chunks is None:
-        row = int(np.prod(shape[1:], dtype=np.int64))
-        chunks = (max(1, min(shape[0], CHECKSUM_CHUNK // max(1, row))), *shape[1:])
-    return {"chunks": tuple(chunks), "fletcher32": True}
-
-
-#: the file attribute holding the SHA-256 (hex) of every other attribute (:func:`attrs_digest`)
-ATTRS_CHECKSUM = "attrs_sha256"
-
-
-def _canonical(value) -> list:
-    """An attribute value as HDF5 hands it back, in a form that changes with any of its bits: the
-    text of strings, the dtype, shape and raw bytes of numbers and arrays."""
-    if isinstance(value, str):
-        return ["str", value]
-    if isinstance(value, bytes):
-        return ["bytes", value.hex()]
-    a = np.asarray(value)
-    if a.dtype.kind in "OSU":
-        return ["strings", list(a.shape), [_canonical(v) for v in a.ravel().tolist()]]
-    return [a.dtype.str, list(a.shape), np.ascontiguousarray(a).tobytes().hex()]
-
-
-def attrs_digest(raw: dict[str, Any]) -> str:
-    """The SHA-256 (hex) of attributes as stored (``h5py`` values), the checksum's own excluded, in
-    name order."""
-    items = [[k, _canonical(v)] for k, v in sorted(raw.items()) if k != ATTRS_CHECKSUM]
-    return hashlib.sha256(json.dumps(items, ensure_ascii=True).encode()).hexdigest()
-
-
-def write_attrs(obj: h5py.File | h5py.Group, attrs: dict[str, Any]) -> None:
-    """Set ``attrs`` on an HDF5 file (or group): strings and numbers as they are, anything else as
-    ``"json:" + JSON``, None skipped; then the checksum :data:`ATTRS_CHECKSUM` over all the object's
-    attributes as read back (the ones set earlier included).  Every attribute write goes through
-    here, every read through :func:`read_attrs`."""
-    for k, v in attrs.items():
-        if v is None:
-            continue
-        obj.attrs[k] = v if isinstance(v, (str, int, float, bool, np.number)) else "json:" + json.dumps(v)
-    obj.attrs[ATTRS_CHECKSUM] = attrs_digest(dict(obj.attrs.items()))
-
-
-def attr_value(v):
-    """A stored attribute value for Python: bytes decoded, ``json:`` text parsed, numpy scalars as
-    Python numbers."""
-    if isinstance(v, bytes):
-        v = v.decode()
-    if isinstance(v, str) and v.startswith("json:"):
-        return json.loads(v[5:])
-    return v.item() if isinstance(v, np.generic) else v
-
-
-def read_attrs(obj: h5py.File | h5py.Group, path: str | Path, what: str | None = None) -> dict[str, Any]:
-    """The attributes :func:`write_attrs` set (decoded, :func:`attr_value`; the checksum left out),
-    after checking them against :data:`ATTRS_CHECKSUM`: a mismatch (or unreadable attributes) raises
-    :class:`CorruptFileError` naming the file and ``what`` (the asset).  Attributes without a checksum
-    (files written before it) are read as they are."""
-    path = Path(path)
-    try:
-        raw = dict(obj.attrs.items())
-    except OSError as e:
-        raise _read_error(path, what, e, attributes=True) from e
-    stored = raw.pop(ATTRS_CHECKSUM, None)
-    if stored is not None:
-        stored = stored.decode(errors="replace") if isinstance(stored, bytes) else str(stored)
-        actual = attrs_digest(raw)
-        if stored != actual:
-            raise CorruptFileError(
-                f"{path}: checksum mismatch in the file's attributes (SHA-256 {actual}, stored {stored}): the file is "
-                f"corrupt, re-materialize {what or f'the asset stored at {path}'}")
-    return {k: attr_value(v) for k, v in raw.items()}
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """Whether an error of a write is the disk (or quota) being full."""
-    return isinstance(exc, OSError) and (exc.errno in (errno.ENOSPC, errno.EDQUOT)
-                                         or "No space left on device" in str(exc))
-
-
-#: h5py objects of files whose close failed even so: kept, never deallocated (HDF5 crashes on them)
-_UNCLOSED: list = []
-
-
-def discard_h5(file: h5py.File | None, path: str | Path) -> bool:
-    """Close an HDF5 file opened for writing whose content is discarded (a failed or aborted write),
-    deterministically and without raising: the file is truncated to 0 bytes first, so the flush that
-    closing does finds room even when the disk is full (a close that fails there leaves the handle
-    open, and HDF5 crashes later on it); then every object of the file is closed.  Returns whether
-    the file is closed; when not, the caller keeps its objects (:data:`_UNCLOSED`)."""
-    with contextlib.suppress(OSError):
-        os.truncate(path, 0)
-    if file is None:
-        return True
-    for _ in range(2):  # a second try after a close that failed half-way
-        with contextlib.suppress(Exception):
-            if file.id.valid:
-                file.close()
-    return not file.id.valid
-
-
-def _read_error(path: Path, what: str | None, exc: OSError, name: str | None = None,
-                attributes: bool = False) -> CorruptFileError:
-    asset = what or f"the asset stored at {path}"
-    where = f"dataset {name!r} of " if name else "the attributes of " if attributes else ""
-    if "filter returned failure" in str(exc) or "checksum" in str(exc).lower():
-        return CorruptFileError(f"{path}: checksum mismatch in {where}the file (HDF5: {exc}): the file is corrupt, "
-                                f"re-materialize {asset}")
-    return CorruptFileError(f"{path}: cannot read {where}the file (HDF5: {exc}): it is truncated or corrupt, "
-                            f"re-materialize {asset}")
-
-
-class H5Handle:
-    """One read-only handle on an HDF5 artifact, held for a whole read: every dataset read through it
-    comes from the same file, even when another run replaces the path meanwhile (POSIX keeps a
-    replaced file's data while it is open).  ``what`` names the asset in errors.  ``close()`` or a
-    ``with`` block closes it (garbage collection does otherwise).  Pickled, it reopens the path in the
-    other process and refuses a file replaced since it was first opened (``(device, inode)``).
-    ``attrs``: the file's attributes, checked against their checksum at every open (:func:`read_attrs`)."""
-
-    def __init__(self, path: str | Path, what: str | None = None):
-        self.path, self.what = Path(path), what
-        self.file = self._open()
-        self.identity = self._identity()
-
-    def _open(self) -> h5py.File:
-        try:
-            f = h5py.File(self.path, "r")
-        except (FileNotFoundError, PermissionError, IsADirectoryError):
-            raise
-        except OSError as e:
-            raise _read_error(self.path, self.what, e) from e
-        try:
-            self.attrs = read_attrs(f, self.path, self.what)
-        except BaseException:
-            f.close()
-            raise
-        return f
-
-    def _identity(self) -> tuple[int, int]:
-        st = os.fstat(self.file.id.get_vfd_handle())
-        return (st.st_dev, st.st_ino)
-
-    def read(self, name: str, index=()):
-        """``file[name][index]``; a failing checksum or an unreadable chunk raises
-        :class:`CorruptFileError` naming the file, the dataset and the asset."""
-        try:
-            return self.file[name][index]
-        except OSError as e:
-            raise _read_error(self.path, self.what, e, name) from e
-
-    def close(self) -> None:
-        if self.file is not None and self.file.id.valid:
-            self.file.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __getstate__(self):
-        return {"path": self.path, "what": self.what, "identity": self.identity}
-
-    def __setstate__(self, state):
-        self.path, self.what, self.identity = state["path"], state["what"], state["identity"]
-        self.file = self._open()
-        if self._identity() != self.identity:
-            self.file.close()
-            raise CorruptFileError(f"{self.path} was replaced since it was opened (another run re-materialized "
-                                   f"{self.what or 'it'}); load the input again")
-
-    def __repr__(self):
-        return f"H5Handle({str(self.path)!r})"
-
-
-class H5Dataset:
-    """One dataset read through an :class:`H5Handle`: ``shape``, ``dtype``, ``chunks``, indexing."""
-
-    def __init__(self, handle: H5Handle, name: str):
-        self.handle, self.name = handle, name
-        ds = handle.file[name]
-        self.shape, self.chunks, self.dtype = tuple(ds.shape), ds.chunks, ds.dtype
-
-    @property
-    def path(self) -> Path:
-        return self.handle.path
-
-    def __getitem__(self, index):
-        return self.handle.read(self.name, index)
 
 
 def _encode(alpha: torch.Tensor, alpha_dtype: str) -> np.ndarray:

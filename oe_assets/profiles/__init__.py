@@ -10,7 +10,7 @@
    checkout when the package runs from one (``pip install -e .``), else the current working directory.
 
 ``~`` expands to the home folder.  A ``source`` that does not exist there stays as is when it is
-shaped like a Hugging Face hub id (``org/name``, :func:`oe_assets.lens.hub.looks_like_hub_id`);
+shaped like a Hugging Face hub id (``org/name``, :func:`oe_assets.models.hub.looks_like_hub_id`);
 any other is a path, and validation reports it missing.
 """
 
@@ -67,7 +67,7 @@ def _resolve(key: str, value: Any) -> Any:
     if not candidate.is_absolute():
         candidate = project_root() / candidate
         if key == "source" and not candidate.exists():
-            from ..lens.hub import looks_like_hub_id  # (imports torch: only when a source needs it)
+            from ..models.hub import looks_like_hub_id  # (imports torch: only when a source needs it)
 
             if looks_like_hub_id(value):
                 return value  # a hub id

@@ -101,7 +101,7 @@ def _text_rows(path: Path) -> int:
         import pyarrow.parquet as pq
 
         return pq.ParquetFile(path).metadata.num_rows
-    from ..lens.text_datasets import load_text_dataset, read_text
+    from ..datasources.text_datasets import load_text_dataset, read_text
 
     if suffix in (".jsonl", ".ndjson"):  # decoded (bad UTF-8: file and line), not parsed
         return sum(1 for line in read_text(path).split("\n") if line.strip())
@@ -114,7 +114,7 @@ def _text_rows(path: Path) -> int:
 def count_samples(dataset: dict[str, Any], split: str) -> int:
     """Samples of a split after subsampling (``offset``, ``{split}_stride``, ``limit``), counted
     cheaply: text rows, an image folder's listing, an npz array's shape."""
-    from ..lens.text_datasets import subsample
+    from ..datasources.text_datasets import subsample
 
     dataset = {**_defaults("dataset"), **dataset}
     path = Path(dataset[f"{split}_path"])
@@ -122,7 +122,7 @@ def count_samples(dataset: dict[str, Any], split: str) -> int:
     if kind == "text":
         n = _text_rows(path)
     elif kind == "hf":
-        from ..lens.hf_datasets import count_rows, split_name
+        from ..datasources.hf_datasets import count_rows, split_name
 
         n = count_rows(str(dataset[f"{split}_path"]), split_name(split, dataset[f"{split}_key"]),
                        dataset["text_column"], dataset["label_column"])
@@ -136,7 +136,7 @@ def count_samples(dataset: dict[str, Any], split: str) -> int:
         else:
             n = npz_shape(path, dataset[f"{split}_key"])[0]
     elif kind in ("cifar10", "cifar100"):
-        from ..lens.cifar import load_cifar
+        from ..datasources.cifar import load_cifar
 
         n = len(load_cifar(path, kind, split)[1])
     else:
@@ -154,7 +154,7 @@ def count_descriptions(analysis: dict[str, Any]) -> int | None:
         path, key = _npz_file(analysis["text_embeddings_path"])
         return npz_shape(path, key)[0]
     if analysis.get("vocabulary_path"):
-        from ..lens.vocabulary import load_vocabulary
+        from ..datasources.vocabulary import load_vocabulary
 
         return len(load_vocabulary(analysis["vocabulary_path"]))
     return None
@@ -163,7 +163,7 @@ def count_descriptions(analysis: dict[str, Any]) -> int | None:
 def model_d_out(source: str) -> int:
     """The representation width from the model's config alone: CLIP's ``projection_dim``, else the
     hidden size."""
-    from ..lens.hub import load_config
+    from ..models.hub import load_config
 
     config = load_config(source)
     if str(getattr(config, "model_type", "")).startswith("clip") and getattr(config, "projection_dim", None):
@@ -202,7 +202,7 @@ def _relative_hint(value: str) -> str:
 
 
 def _check_paths(cfg: dict[str, dict[str, Any]]) -> list[str]:
-    from ..lens.hf_datasets import CACHE_PREFIX
+    from ..datasources.hf_datasets import CACHE_PREFIX
     from . import PATH_KEYS
 
     problems = []
@@ -219,7 +219,7 @@ def _check_paths(cfg: dict[str, dict[str, Any]]) -> list[str]:
                 continue
             path, npz_key = _npz_file(value)
             if key == "source":
-                from ..lens.hub import ModelSourceError, resolve_source
+                from ..models.hub import ModelSourceError, resolve_source
 
                 from . import project_root  # where the profile resolved a relative source
 
@@ -246,7 +246,7 @@ def _check_string_lists(dataset: dict[str, Any], analysis: dict[str, Any]) -> li
     """The class names and prompt templates files read as their assets read them (UTF-8, JSON, a list
     of strings; templates each with ``{}``; templates only when no ``classifier_path`` replaces
     them), so a broken one is named before any work."""
-    from ..lens.text_datasets import load_string_list
+    from ..datasources.text_datasets import load_string_list
 
     problems = []
     for section, key, value, what, placeholder in (
@@ -309,7 +309,7 @@ def validate_profile(cfg: dict[str, dict[str, Any]], where: str = "profile") -> 
                             f"analysis.{key} ({analysis[key]!r})")
     except (OSError, ValueError, KeyError) as e:
         problems.append(f"analysis.vocabulary_path: {analysis.get('vocabulary_path')!r}: {e}")
-    from ..lens.hub import ModelSourceError
+    from ..models.hub import ModelSourceError
 
     try:
         measured["d_out"] = d = model_d_out(model["source"])

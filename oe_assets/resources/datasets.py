@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from ..lens.adapters.text import tokenize
-from ..lens.cifar import CIFAR_KINDS, cifar_classes, cifar_image, load_cifar
-from ..lens.hf_datasets import hf_class_names, hf_text_split, open_rows, split_name
-from ..lens.text_datasets import load_string_list, load_text_dataset, subsample
+from ..datasources.cifar import CIFAR_KINDS, cifar_classes, cifar_image, load_cifar
+from ..datasources.hf_datasets import hf_class_names, hf_text_split, open_rows, split_name
+from ..datasources.text_datasets import load_string_list, load_text_dataset, subsample
 
 __all__ = ["Split", "TextSplit", "ImageFolderSplit", "ArraySplit", "CifarSplit", "DatasetResource",
            "image_folder_samples"]
@@ -306,7 +306,7 @@ class DatasetResource(dg.ConfigurableResource):
 
     - ``kind="text"``: CSV / JSONL / Parquet files with ``text_column`` and ``label_column``; class
       names from ``classes_path`` (a JSON list).
-    - ``kind="hf"``: Hugging Face ``datasets`` (:mod:`oe_assets.lens.hf_datasets`): ``train_path`` /
+    - ``kind="hf"``: Hugging Face ``datasets`` (:mod:`oe_assets.datasources.hf_datasets`): ``train_path`` /
       ``val_path`` a ``save_to_disk`` folder (a Dataset, or a DatasetDict), ``hf:<name>[:<config>]`` (a
       dataset in the local ``datasets`` cache, read offline), or a folder (or file) of ``.parquet`` or
       ``.arrow`` files; columns ``text_column`` and ``label_column`` (integers, ``ClassLabel`` too, used

@@ -6,8 +6,8 @@ import threading
 
 import dagster as dg
 
-from ..lens.hub import load_config, resolve_source
-from ..lens.loading import LoadedModel, load_model, resolve_device
+from ..models.hub import load_config, resolve_source
+from ..models.loading import LoadedModel, load_model, resolve_device
 
 __all__ = ["ModelResource", "AnalysisResource", "model_layers"]
 
@@ -18,7 +18,7 @@ _LOCK = threading.Lock()
 def model_layers(source: str) -> list[str]:
     """Layer partition keys of a model (every MLP layer that has a later attention block), read
     from its config alone (no weights); a bad source raises
-    :class:`~oe_assets.lens.hub.ModelSourceError` naming it (:func:`~oe_assets.lens.hub.load_config`)."""
+    :class:`~oe_assets.models.hub.ModelSourceError` naming it (:func:`~oe_assets.models.hub.load_config`)."""
     from ..lens.adapters import ADAPTERS
 
     config = load_config(source)

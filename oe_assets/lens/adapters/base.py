@@ -129,7 +129,7 @@ class ModelAdapter(ABC):
 
     #: whether :meth:`zero_shot_classifier` returns unit columns (prompt embeddings) or raw directions
     unit_classifier: ClassVar[bool] = True
-    #: ``config.model_type`` values this family loads (see :func:`oe_assets.lens.loading.load_model`)
+    #: ``config.model_type`` values this family loads (see :func:`oe_assets.models.loading.load_model`)
     model_types: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: torch.nn.Module, pooling: str | None = None):

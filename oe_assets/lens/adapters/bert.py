@@ -13,7 +13,7 @@ from typing import Mapping
 
 import torch
 
-from ..hub import sentence_transformers_pooling
+from ...models.hub import sentence_transformers_pooling
 from .base import AttentionWeights
 from .text import TextAdapter
 

@@ -59,7 +59,7 @@ class DecoderLMAdapter(CausalLMAdapter):
     layer_norm_style = "pre"
     conventions = ("direct", "reference")
     default_convention = "direct"
-    #: ``config.model_type`` -> the ``transformers`` classes :func:`~oe_assets.lens.loading.load_model`
+    #: ``config.model_type`` -> the ``transformers`` classes :func:`~oe_assets.models.loading.load_model`
     #: uses: (causal LM, base model for a base-model checkpoint)
     causal_lm_classes: ClassVar[dict[str, tuple[str, str]]] = {
         "llama": ("LlamaForCausalLM", "LlamaModel"), "mistral": ("MistralForCausalLM", "MistralModel"),

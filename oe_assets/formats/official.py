@@ -23,8 +23,6 @@ exactly; an import checks their shape and uses the train file only to recompute 
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +30,10 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..recovery import staging_suffix
-from .effects_file import read_attrs, write_attrs
-from .sparse import nonzeros_by_magnitude
+from ..lens.effects_file import read_attrs
+from ..lens.sparse import nonzeros_by_magnitude
+from ..storage.hdf5 import H5Payload, write_h5
+from ..storage.layout import Layout, atomic_path
 
 __all__ = ["OfficialNames", "OfficialFormatError", "export_official", "import_official", "ImportResult"]
 
@@ -78,26 +77,13 @@ class OfficialNames:
 
 # ------------------------------------------------------------------------------ store files
 def store_path(base: str | Path, asset: str, partition: str | None = None) -> Path:
-    return Path(base) / asset / f"{partition if partition is not None else 'all'}.h5"
+    """Where the artifact store at ``base`` keeps an asset's HDF5 file (:class:`~oe_assets.storage.layout.Layout`)."""
+    return Layout(base).path_for(asset, partition)
 
 
 def _write_h5(path: Path, arrays: dict[str, Any], attrs: dict[str, Any]) -> None:
-    """Arrays (string lists as UTF-8) and attributes (with their checksum, :func:`write_attrs`),
-    written to a staging file and renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + staging_suffix(uuid.uuid4().hex[:8]))  # names its writer
-    try:
-        with h5py.File(tmp, "w") as f:
-            for name, arr in arrays.items():
-                if isinstance(arr, list):
-                    f.create_dataset(name, data=np.array(arr, dtype=object), dtype=h5py.string_dtype("utf-8"))
-                else:
-                    f.create_dataset(name, data=np.asarray(arr))
-            write_attrs(f, attrs)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """An imported asset file, written as the store writes its own (:func:`~oe_assets.storage.hdf5.write_h5`)."""
+    write_h5(path, H5Payload(arrays, attrs))
 
 
 def _read(path: Path, name: str):
@@ -132,22 +118,17 @@ def _save(out: Path, name: str, arr: np.ndarray, written: list[Path]) -> None:
 def export_merged(effects_path: Path, target: Path, dtype=np.float32, block_bytes: int = BLOCK_BYTES) -> Path:
     """The dense ``[samples, neurons, d]`` effects of a factorized file as a ``.npy``, one neuron block at
     a time into a memory map (the whole tensor is never in memory)."""
-    from .effects_file import open_factorized
+    from ..lens.effects_file import open_factorized
 
     fe = open_factorized(effects_path)
     S, N, d = fe.shape
     step = max(1, block_bytes // max(1, 8 * S * d))
-    tmp = target.with_name(target.name + staging_suffix(uuid.uuid4().hex[:8]) + ".npy")
-    try:
+    with atomic_path(target) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(S, N, d))
         for n0 in range(0, N, step):
             out[:, n0:n0 + step, :] = fe[:, n0:n0 + step, :]
         out.flush()
         del out
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return target
 
 
@@ -155,7 +136,7 @@ def export_bytes(base: str | Path, layer: int, splits: tuple[str, ...] = ("train
     """About how many bytes :func:`export_official` writes for ``layer``: the dense merged effects
     (``samples * neurons * d_out`` each) and the arrays copied as they are; the sparse decomposition
     (a few MB) is left out.  Missing files count 0 (the export names them)."""
-    from .effects_file import H5Handle, open_factorized
+    from ..lens.effects_file import H5Handle, open_factorized
 
     def stored(path: Path, *names: str, itemsize: int | None = None) -> int:
         if not path.exists():
@@ -373,23 +354,17 @@ def import_merged(merged_path: Path, target: Path, attrs: dict[str, Any], batch:
     memory-mapped ``.npy`` ``batch`` samples at a time and renamed into place when complete."""
     import torch
 
-    from .effects_file import FactorizedEffectsWriter
-    from .factorized import FactorizedEffects, HeadFactors
+    from ..lens.effects_file import FactorizedEffectsWriter
+    from ..lens.factorized import FactorizedEffects, HeadFactors
 
     merged = np.load(merged_path, mmap_mode="r")
     S, N, d = merged.shape
     factors = HeadFactors(torch.eye(d)[:, :, None], torch.ones(d, 1, N))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + staging_suffix(uuid.uuid4().hex[:8]))
-    try:
+    with atomic_path(target) as tmp:
         with FactorizedEffectsWriter(tmp, S, factors, with_const=False, batch_size=batch) as writer:
             for s0 in range(0, S, batch):
                 block = torch.from_numpy(np.ascontiguousarray(merged[s0:s0 + batch], dtype=np.float32))
                 writer.write(FactorizedEffects(block.transpose(1, 2), torch.ones(block.shape[0]), factors))
             writer.close(attrs={k: v if isinstance(v, (str, int, float, bool)) else "json:" + json.dumps(v)
                                 for k, v in attrs.items()})
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return target

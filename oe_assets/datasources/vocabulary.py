@@ -13,7 +13,7 @@ _WORD_START = ("\u0120", "\u2581")
 
 def load_vocabulary(path: str | Path) -> list[str]:
     """One description a line; blank lines and repeated lines dropped, order kept.  A file that is
-    not UTF-8 raises naming the file, line and byte (:func:`~oe_assets.lens.text_datasets.read_text`)."""
+    not UTF-8 raises naming the file, line and byte (:func:`~oe_assets.datasources.text_datasets.read_text`)."""
     from .text_datasets import read_text
 
     path = Path(path)

@@ -14,7 +14,7 @@ A split comes from one of:
 
 Nothing is loaded whole: rows are read by contiguous ranges (a memory-mapped slice, or the Parquet
 row groups that hold them).  Subsampling is the rule of every dataset kind
-(:func:`~oe_assets.lens.text_datasets.subsample`).  Labels: integer columns (also ``ClassLabel``) are
+(:func:`~oe_assets.datasources.text_datasets.subsample`).  Labels: integer columns (also ``ClassLabel``) are
 used as they are; string labels map through the class names.  Texts must be non-empty strings.
 """
 

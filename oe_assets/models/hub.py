@@ -1,6 +1,6 @@
 """Hugging Face hub / sentence-transformers helpers (a leaf module: no imports from the lens).
 
-Imported by :mod:`oe_assets.lens.loading` and by the adapters (BERT's default pooling).
+Imported by :mod:`oe_assets.models.loading` and by the adapters (BERT's default pooling).
 
 A model source is a local folder or a hub id, told apart without the network
 (:func:`looks_like_hub_id`): an existing path is a folder holding ``config.json``; a path-like

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .adapters import ADAPTERS, ModelAdapter
+from ..lens.adapters import ADAPTERS, ModelAdapter
 from .hub import MINILM_ID, ModelSourceError, load_config, resolve_source, sentence_transformers_pooling
 
 __all__ = ["LoadedModel", "load_model", "resolve_device", "resolve_dtype", "sentence_transformers_pooling",
@@ -55,7 +55,7 @@ def load_model(
     a tokenizer without a pad token pads with its end-of-sequence token.
 
     A source that is not a model folder, a missing path, or an uncached hub id offline raise
-    :class:`~oe_assets.lens.hub.ModelSourceError` (a ``ValueError``) naming it, before any download."""
+    :class:`~oe_assets.models.hub.ModelSourceError` (a ``ValueError``) naming it, before any download."""
     from transformers import AutoImageProcessor, AutoTokenizer
 
     source = resolve_source(name_or_path)
