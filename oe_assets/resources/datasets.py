@@ -19,7 +19,7 @@ import dagster as dg
 import numpy as np
 import torch
 
-from ..lens.adapters.text import tokenize
+from ..lens.tokenization import tokenize
 from ..lens.cifar import CIFAR_KINDS, cifar_classes, cifar_image, load_cifar
 from ..lens.hf_datasets import hf_class_names, hf_text_split, open_rows, split_name
 from ..lens.text_datasets import load_string_list, load_text_dataset, subsample
