@@ -116,7 +116,8 @@ class ModelAdapter(ABC):
     :meth:`matches`."""
 
     family: ClassVar[str]
-    #: "pre": LayerNorms sit on the branches (CLIP, GPT-2); "post": on the stream (BERT).
+    #: where the norms sit: "pre", "post_residual", "post_sublayer" or "pre_and_post_sublayer" (defined
+    #: in :mod:`.families`; the table adapters take it from their family table)
     layer_norm_style: ClassVar[str]
     conventions: ClassVar[tuple[str, ...]]
     default_convention: ClassVar[str]
