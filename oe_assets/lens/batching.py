@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
-from .adapters.text import tokenize
+from .tokenization import tokenize
 from .factorized import FactorizedEffects
 
 __all__ = ["text_batches", "iter_factorized", "collect_factorized", "Progress"]

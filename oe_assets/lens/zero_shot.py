@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .adapters.text import tokenize
+from .tokenization import tokenize
 
 __all__ = [
     "representations", "zero_shot_classifier", "project_texts", "clip_text_encoder",

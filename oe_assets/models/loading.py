@@ -72,7 +72,8 @@ def load_model(
         )
     hub = {"revision": revision} if revision and not Path(source).is_dir() else {}  # a folder has one revision
     model = model_cls.from_pretrained(source, dtype=resolve_dtype(dtype), **hub).to(resolve_device(device)).eval()
-    pooling = pooling or adapter_cls.default_pooling(source)
+    if pooling is None and adapter_cls.reads_sentence_transformers_pooling:
+        pooling = sentence_transformers_pooling(source)
     adapter = adapter_cls(model, pooling=pooling)
 
     def optional(loader):

@@ -19,10 +19,10 @@ import dagster as dg
 import numpy as np
 import torch
 
-from ..lens.adapters.text import tokenize
 from ..datasources.cifar import CIFAR_KINDS, cifar_classes, cifar_image, load_cifar
 from ..datasources.hf_datasets import hf_class_names, hf_text_split, open_rows, split_name
 from ..datasources.text_datasets import load_string_list, load_text_dataset, subsample
+from ..lens.tokenization import tokenize
 
 __all__ = ["Split", "TextSplit", "ImageFolderSplit", "ArraySplit", "CifarSplit", "DatasetResource",
            "image_folder_samples"]

@@ -119,7 +119,8 @@ class ModelAdapter(ABC):
     :meth:`matches`."""
 
     family: ClassVar[str]
-    #: "pre": LayerNorms sit on the branches (CLIP, GPT-2); "post": on the stream (BERT).
+    #: where the norms sit: "pre", "post_residual", "post_sublayer" or "pre_and_post_sublayer" (defined
+    #: in :mod:`.families`; the table adapters take it from their family table)
     layer_norm_style: ClassVar[str]
     conventions: ClassVar[tuple[str, ...]]
     default_convention: ClassVar[str]
@@ -141,9 +142,9 @@ class ModelAdapter(ABC):
         """The ``transformers`` class to load a checkpoint of ``model_type`` with, or None."""
         return None
 
-    @classmethod
-    def default_pooling(cls, source: str) -> str | None:
-        return None
+    #: whether a sentence-transformers folder's pooling setting (``1_Pooling/config.json``) picks this
+    #: family's pooling by default (read by :func:`oe_assets.models.loading.load_model`)
+    reads_sentence_transformers_pooling: bool = False
 
     @classmethod
     def layers_in_config(cls, config) -> int | None:

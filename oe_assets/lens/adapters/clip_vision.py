@@ -2,7 +2,8 @@
 and ``visual_projection``) and ``CLIPVisionModel`` (no projection).
 
 Pre-LayerNorm: block ``j`` reads ``layer_norm1(stream)``; the representation is
-``visual_projection(post_layernorm(stream[:, 0]))``: the CLS token only.
+``visual_projection(post_layernorm(stream[:, 0]))``: the CLS token only.  Paths, sizes and norms:
+:data:`~.families.CLIP_VISION`.
 """
 
 from __future__ import annotations
@@ -11,18 +12,15 @@ from typing import Any, Mapping
 
 import torch
 
-from .base import AttentionWeights, ModelAdapter
+from .families import CLIP_VISION
+from .generic import TableAdapter
 
 
-class CLIPVisionAdapter(ModelAdapter):
+class CLIPVisionAdapter(TableAdapter):
     family = "clip_vision"
-    layer_norm_style = "pre"
+    tables = (CLIP_VISION,)
     conventions = ("reference", "direct")
     default_convention = "reference"
-    mlp_out_pattern = "vision_model.encoder.layers.*.mlp.fc2"
-    attention_pattern = "vision_model.encoder.layers.*.self_attn"
-
-    model_types = ("clip", "clip_vision_model")
 
     @classmethod
     def model_class(cls, model_type: str, architectures=None):
@@ -48,41 +46,11 @@ class CLIPVisionAdapter(ModelAdapter):
         if pooling not in (None, "cls"):
             raise ValueError(f"pooling={pooling!r}: a CLIP vision tower reads the CLS token only ('cls')")
         super().__init__(model, "cls")
-        self.vision = model.vision_model
-        self.config = self.vision.config
-
-    n_layers = property(lambda self: self.config.num_hidden_layers)
-    n_heads = property(lambda self: self.config.num_attention_heads)
-    d_model = property(lambda self: self.config.hidden_size)
-    d_mlp = property(lambda self: self.config.intermediate_size)
-
-    def _block(self, j: int):
-        return self.vision.encoder.layers[j]
-
-    def mlp_out_weights(self, layer: int):
-        fc2 = self._block(layer).mlp.fc2
-        return fc2.weight, fc2.bias
-
-    def attention_weights(self, block: int) -> AttentionWeights:
-        attn = self._block(block).self_attn
-        H, D = self.n_heads, self.d_model
-        dh = D // H
-        split = lambda lin: (lin.weight.view(H, dh, D), lin.bias.view(H, dh))  # noqa: E731
-        W_q, b_q = split(attn.q_proj)
-        W_k, b_k = split(attn.k_proj)
-        W_v, b_v = split(attn.v_proj)
-        W_o = attn.out_proj.weight.view(D, H, dh).permute(1, 0, 2)
-        return AttentionWeights(W_q, b_q, W_k, b_k, W_v, b_v, W_o, attn.out_proj.bias, attn.scale)
+        self.vision = self.body
 
     def projection(self):
         proj = getattr(self.model, "visual_projection", None)
         return None if proj is None else proj.weight.T
-
-    def layer_norms_before_head(self, mlp_layer: int, block: int) -> list[str]:
-        return [f"vision_model.encoder.layers.{block}.layer_norm1"]
-
-    def layer_norms_after_head(self, block: int) -> list[str]:
-        return ["vision_model.post_layernorm"]
 
     def prepare_inputs(self, inputs: Any) -> dict[str, torch.Tensor]:
         pixel_values = inputs.get("pixel_values") if isinstance(inputs, Mapping) else inputs

@@ -48,15 +48,19 @@ from typing import ClassVar
 
 import torch
 
-from .base import AttentionWeights, LayerNormParams
+from .families import GEMMA2, GEMMA3, LLAMA, MISTRAL, OLMO2, PHI3, QWEN2, QWEN3
+from .generic import TableAdapter
 from .text import CausalLMAdapter
 
 __all__ = ["DecoderLMAdapter", "Gemma2Adapter", "Gemma3Adapter", "Olmo2Adapter", "Phi3Adapter"]
 
 
-class DecoderLMAdapter(CausalLMAdapter):
+class DecoderLMAdapter(TableAdapter, CausalLMAdapter):
+    """The Llama layout and its variants; paths, sizes, norms and attention details come from the
+    family tables (:mod:`.families`), one per ``config.model_type``."""
+
     family = "decoder_lm"
-    layer_norm_style = "pre"
+    tables = (LLAMA, MISTRAL, QWEN2, QWEN3)
     conventions = ("direct", "reference")
     default_convention = "direct"
     #: ``config.model_type`` -> the ``transformers`` classes :func:`~oe_assets.models.loading.load_model`
@@ -65,7 +69,6 @@ class DecoderLMAdapter(CausalLMAdapter):
         "llama": ("LlamaForCausalLM", "LlamaModel"), "mistral": ("MistralForCausalLM", "MistralModel"),
         "qwen2": ("Qwen2ForCausalLM", "Qwen2Model"), "qwen3": ("Qwen3ForCausalLM", "Qwen3Model"),
     }
-    model_types = tuple(causal_lm_classes)
 
     @classmethod
     def model_class(cls, model_type: str, architectures=None):
@@ -77,106 +80,36 @@ class DecoderLMAdapter(CausalLMAdapter):
         base = bool(architectures) and all(a.endswith("Model") for a in architectures)
         return getattr(transformers, names[base])  # a base-model checkpoint has no LM head to load
 
-    @classmethod
-    def layers_in_config(cls, config):
-        return config.num_hidden_layers if config.model_type in cls.model_types else None
-
-    @classmethod
-    def matches(cls, model: torch.nn.Module) -> bool:
-        return getattr(getattr(model, "config", None), "model_type", "") in cls.model_types
-
     def __init__(self, model: torch.nn.Module, pooling: str | None = None):
         if pooling not in (None, "last"):
             raise ValueError(f"pooling={pooling!r}: a causal LM reads its last non-padding token ('last')")
         super().__init__(model, "last")
-        inner = getattr(model, "model", None)
-        self.prefix = "model." if inner is not None and hasattr(inner, "layers") else ""
-        self.body = inner if self.prefix else model
-        self.config = model.config
-        self.mlp_out_pattern = f"{self.prefix}layers.*.mlp.down_proj"
-        self.attention_pattern = f"{self.prefix}layers.*.self_attn"
-
-    n_layers = property(lambda self: self.config.num_hidden_layers)
-    n_heads = property(lambda self: self.config.num_attention_heads)
-    n_kv_heads = property(lambda self: getattr(self.config, "num_key_value_heads", None) or self.n_heads)
-    d_model = property(lambda self: self.config.hidden_size)
-    d_mlp = property(lambda self: self.config.intermediate_size)
-
-    @property
-    def d_head(self) -> int:
-        return getattr(self.config, "head_dim", None) or self.d_model // self.n_heads
-
-    def _layer(self, j: int):
-        return self.body.layers[j]
-
-    def _zeros(self, *shape) -> torch.Tensor:
-        return torch.zeros(*shape, dtype=self.dtype, device=self.device)
-
-    def _bias(self, linear: torch.nn.Linear) -> torch.Tensor:
-        return self._zeros(linear.out_features) if linear.bias is None else linear.bias
-
-    # ---- weights --------------------------------------------------------------------------
-    def mlp_out_weights(self, layer: int):
-        down = self._layer(layer).mlp.down_proj  # [d_model, neurons]: neuron n = act(gate)[n] * up[n]
-        return down.weight, self._bias(down)
-
-    def projections(self, block: int) -> tuple[torch.Tensor, ...]:
-        """``(W_q [H, dh, D], b_q [H, dh], W_k, b_k, W_v, b_v)`` with keys and values per key/value
-        head (``[H_kv, dh, D]``, ``[H_kv, dh]``), as the model stores them."""
-        attn = self._layer(block).self_attn
-        H, Hkv, dh, D = self.n_heads, self.n_kv_heads, self.d_head, self.d_model
-        W_q, b_q = attn.q_proj.weight.view(H, dh, D), self._bias(attn.q_proj).view(H, dh)
-        W_k, b_k = attn.k_proj.weight.view(Hkv, dh, D), self._bias(attn.k_proj).view(Hkv, dh)
-        W_v, b_v = attn.v_proj.weight.view(Hkv, dh, D), self._bias(attn.v_proj).view(Hkv, dh)
-        return W_q, b_q, W_k, b_k, W_v, b_v
-
-    def attention_weights(self, block: int) -> AttentionWeights:
-        """Per *query* head: ``W_k[h] = W_k_kv[g(h)]``, ``W_v[h] = W_v_kv[g(h)]`` with
-        ``g(h) = h // (H / H_kv)``, so that ``W_O[h] A_h W_V[h]`` is the model's head ``h``."""
-        attn = self._layer(block).self_attn
-        W_q, b_q, W_k, b_k, W_v, b_v = self.projections(block)
-        group = self.n_heads // self.n_kv_heads
-        W_k, b_k, W_v, b_v = (t.repeat_interleave(group, dim=0) for t in (W_k, b_k, W_v, b_v))
-        D, H, dh = self.d_model, self.n_heads, self.d_head
-        W_o = attn.o_proj.weight.view(D, H, dh).permute(1, 0, 2)  # [H, D, dh]
-        return AttentionWeights(W_q, b_q, W_k, b_k, W_v, b_v, W_o, self._bias(attn.o_proj), float(attn.scaling))
-
-    def layer_norm(self, name: str) -> LayerNormParams:
-        """An RMSNorm: ``weight`` as is, ``bias`` zeros, no centring; ``eps`` from ``variance_epsilon``
-        (Llama, Mistral, Qwen) or ``eps``."""
-        norm = self.model.get_submodule(name)
-        eps = getattr(norm, "variance_epsilon", None)
-        eps = norm.eps if eps is None else eps
-        return LayerNormParams(norm.weight, torch.zeros_like(norm.weight), float(eps), centred=False)
-
-    # ---- paths ----------------------------------------------------------------------------
-    def layer_norms_before_head(self, mlp_layer: int, block: int) -> list[str]:
-        return [f"{self.prefix}layers.{block}.input_layernorm"]
-
-    def layer_norms_after_head(self, block: int) -> list[str]:
-        return [f"{self.prefix}norm"]
 
     # ---- attention ------------------------------------------------------------------------
     def sliding_window(self, block: int) -> int | None:
         """The block's window (a query sees keys less than ``window`` positions back), or None:
         Qwen2/3 set it per layer on the attention module, Mistral and Phi-3 in the config."""
-        attn = self._layer(block).self_attn
-        if hasattr(attn, "sliding_window"):
-            return attn.sliding_window
-        return getattr(self.config, "sliding_window", None)
+        details = self.table.attention_details
+        if details.window_per_layer:
+            return self.module(self.table.attention, block).sliding_window
+        return self._config(details.sliding_window)
 
     def rotary(self, attn, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(cos, sin)`` ``[batch, tokens, rotary dims]`` from the model's own rotary module."""
+        """``(cos, sin)`` ``[batch, tokens, rotary dims]`` from the model's own rotary module (given the
+        attention's layer type where the table says the rotary base depends on it: Gemma 3)."""
+        if self.table.attention_details.rotary_per_layer_type:
+            return self.body.rotary_emb(x, positions, attn.layer_type)
         return self.body.rotary_emb(x, positions)
 
     def _qk_norms(self, attn, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The model's own q/k norms on ``q [B, H, T, dh]``, ``k [B, H_kv, T, dh]``: per head when
-        the norm's width is ``dh`` (Qwen3), over all heads of the projection otherwise (OLMo 2)."""
-        if getattr(attn, "q_norm", None) is None:
+        """The model's own q/k norms on ``q [B, H, T, dh]``, ``k [B, H_kv, T, dh]`` as the table's
+        ``qk_norm`` says: per head (Qwen3, Gemma 3), over all heads of the projection (OLMo 2), or none."""
+        layout = self.table.attention_details.qk_norm
+        if layout is None:
             return q, k
 
         def norm(module, x):
-            if module.weight.numel() == x.shape[-1]:
+            if layout == "per_head":
                 return module(x)
             B, n, T, dh = x.shape
             flat = module(x.transpose(1, 2).reshape(B, T, n * dh))
@@ -188,7 +121,7 @@ class DecoderLMAdapter(CausalLMAdapter):
         """``softmax_t(scale * rot(n_q(W_q[h] x_q + b_q)) . rot(n_k(W_k[g(h)] x_t + b_k)) + mask)``:
         ``[batch, heads, queries, tokens]``, with the model's own rotary module and function, its
         q/k norms ``n_q``, ``n_k``, causal, padding and sliding-window masks."""
-        attn = self._layer(block).self_attn
+        attn = self.module(self.table.attention, block)
         W_q, b_q, W_k, b_k, _, _ = self.projections(block)
         q = torch.einsum("btd,hed->bhte", x, W_q) + b_q[None, :, None, :]  # [B, H, T, dh]
         k = torch.einsum("btd,hed->bhte", x, W_k) + b_k[None, :, None, :]  # [B, H_kv, T, dh]
@@ -199,8 +132,8 @@ class DecoderLMAdapter(CausalLMAdapter):
         rotate = sys.modules[type(attn).__module__].apply_rotary_pos_emb
         q, k = rotate(q, k, cos, sin)
         k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-        scores = torch.einsum("bhqe,bhte->bhqt", q[:, :, query_positions], k) * float(attn.scaling)
-        cap = getattr(attn, "attn_logit_softcapping", None)
+        scores = torch.einsum("bhqe,bhte->bhqt", q[:, :, query_positions], k) * self.score_scale(block)
+        cap = self._config(self.table.attention_details.logit_softcapping)
         if cap is not None:  # Gemma 2: scores -> cap * tanh(scores / cap) before the mask
             scores = torch.tanh(scores / cap) * cap
         if bias is not None:
@@ -232,17 +165,8 @@ class Phi3Adapter(DecoderLMAdapter):
     and rotary positions on part of each head (the model's own rotary function handles it)."""
 
     family = "phi3"
+    tables = (PHI3,)
     causal_lm_classes: ClassVar[dict[str, tuple[str, str]]] = {"phi3": ("Phi3ForCausalLM", "Phi3Model")}
-    model_types = tuple(causal_lm_classes)
-
-    def projections(self, block: int):
-        attn = self._layer(block).self_attn
-        H, Hkv, dh, D = self.n_heads, self.n_kv_heads, self.d_head, self.d_model
-        W, b = attn.qkv_proj.weight, self._bias(attn.qkv_proj)
-        sizes = [H * dh, Hkv * dh, Hkv * dh]
-        (W_q, W_k, W_v), (b_q, b_k, b_v) = W.split(sizes), b.split(sizes)
-        return (W_q.reshape(H, dh, D), b_q.reshape(H, dh), W_k.reshape(Hkv, dh, D), b_k.reshape(Hkv, dh),
-                W_v.reshape(Hkv, dh, D), b_v.reshape(Hkv, dh))
 
 
 class Olmo2Adapter(DecoderLMAdapter):
@@ -256,19 +180,9 @@ class Olmo2Adapter(DecoderLMAdapter):
     the query token).  q/k norms span all heads of the projection.  Only ``"direct"``."""
 
     family = "olmo2"
-    layer_norm_style = "post"
+    tables = (OLMO2,)
     conventions = ("direct",)
     causal_lm_classes: ClassVar[dict[str, tuple[str, str]]] = {"olmo2": ("Olmo2ForCausalLM", "Olmo2Model")}
-    model_types = tuple(causal_lm_classes)
-
-    def layer_norms_before_head(self, mlp_layer: int, block: int) -> list[str]:
-        return [f"{self.prefix}layers.{mlp_layer}.post_feedforward_layernorm"]
-
-    def layer_norms_after_mlp(self, mlp_layer: int) -> list[str]:
-        return [f"{self.prefix}layers.{mlp_layer}.post_feedforward_layernorm", f"{self.prefix}norm"]
-
-    def layer_norms_after_head(self, block: int) -> list[str]:
-        return [f"{self.prefix}layers.{block}.post_attention_layernorm", f"{self.prefix}norm"]
 
 
 class Gemma2Adapter(DecoderLMAdapter):
@@ -285,25 +199,9 @@ class Gemma2Adapter(DecoderLMAdapter):
     Only ``"direct"``."""
 
     family = "gemma2"
-    layer_norm_style = "pre+post"
+    tables = (GEMMA2,)
     conventions = ("direct",)
     causal_lm_classes: ClassVar[dict[str, tuple[str, str]]] = {"gemma2": ("Gemma2ForCausalLM", "Gemma2Model")}
-    model_types = tuple(causal_lm_classes)
-
-    def layer_norm(self, name: str) -> LayerNormParams:
-        """A Gemma RMSNorm scales by ``1 + weight`` (its weight is stored as the offset from 1)."""
-        norm = self.model.get_submodule(name)
-        return LayerNormParams(1.0 + norm.weight, torch.zeros_like(norm.weight), float(norm.eps), centred=False)
-
-    def layer_norms_before_head(self, mlp_layer: int, block: int) -> list[str]:
-        return [f"{self.prefix}layers.{mlp_layer}.post_feedforward_layernorm",
-                f"{self.prefix}layers.{block}.input_layernorm"]
-
-    def layer_norms_after_mlp(self, mlp_layer: int) -> list[str]:
-        return [f"{self.prefix}layers.{mlp_layer}.post_feedforward_layernorm", f"{self.prefix}norm"]
-
-    def layer_norms_after_head(self, block: int) -> list[str]:
-        return [f"{self.prefix}layers.{block}.post_attention_layernorm", f"{self.prefix}norm"]
 
 
 class Gemma3Adapter(Gemma2Adapter):
@@ -311,10 +209,7 @@ class Gemma3Adapter(Gemma2Adapter):
     with per-head q/k norms and a rotary base per layer type (local sliding layers, global layers)."""
 
     family = "gemma3"
+    tables = (GEMMA3,)
     causal_lm_classes: ClassVar[dict[str, tuple[str, str]]] = {
         "gemma3_text": ("Gemma3ForCausalLM", "Gemma3TextModel"),
     }
-    model_types = tuple(causal_lm_classes)
-
-    def rotary(self, attn, x, positions):
-        return self.body.rotary_emb(x, positions, attn.layer_type)

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 
+from ..tokenization import tokenize
 from .base import ModelAdapter
 
+__all__ = ["CausalLMAdapter", "TextAdapter", "tokenize"]
 
-
-def tokenize(tokenizer, texts: Sequence[str], max_length: int | None) -> Mapping[str, torch.Tensor]:
-    """The tokenizer's PyTorch output for ``texts``: right-padded to the longest, truncated to
-    ``max_length`` (every text batch of the project is tokenized here)."""
-    return tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
 
 class TextAdapter(ModelAdapter):
     """A language model called on a tokenizer's output (``input_ids``, ``attention_mask``)."""
