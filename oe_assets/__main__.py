@@ -107,7 +107,7 @@ def materialize_all(profile: str, first: str | None = None, last: str | None = N
     from .models.hub import ModelSourceError
     from .profiles.validation import ProfileError, validate_layers
     from .recovery import RUN_TAG, PoolWaitInterrupted, fail_stale_runs, process_tags, wait_for_pools, watch_pool_wait
-    from .resume import observe_sources, plan_materialization, settings_tags
+    from .resume import observe_and_plan, plan_layer_spans, settings_tags
 
     t0 = time.perf_counter()
     try:  # importing the definitions builds them from OE_ASSETS_PROFILE: its errors are the user's too
@@ -125,17 +125,10 @@ def materialize_all(profile: str, first: str | None = None, last: str | None = N
     in_range = layers[layers.index(first): layers.index(last) + 1]
     instance = open_instance()
     fail_stale_runs(instance)  # runs left STARTED by a killed process: failed, their pool slots freed
-    failed = observe_sources(defs, instance, process_tags())  # the runs record the sources' current data versions
-    if failed:
-        print(f"error: observing the source assets failed ({', '.join(failed)}); see the Dagster run log",
-              file=sys.stderr)
+    planned = observe_and_plan(defs, instance, in_range, force)
+    if planned is None:
         return 1
-    graph = defs.resolve_asset_graph()
-    jobs = {job.name: [k for k in graph.toposorted_asset_keys
-                       if k in defs.resolve_job_def(job.name).asset_layer.selected_asset_keys] for job in MATERIALIZE_JOBS}
-    plan = plan_materialization(defs, instance, [k for ks in jobs.values() for k in ks], in_range, force=force)
-    for line in plan.lines():
-        print(line, flush=True)
+    jobs, plan = planned
     settings = {**settings_tags(defs), **process_tags()}  # the process tags let a later start see it died
     ran = 0
     for job in MATERIALIZE_JOBS:  # one process: the model resource's cache loads the model once
@@ -143,15 +136,7 @@ def materialize_all(profile: str, first: str | None = None, last: str | None = N
         if not keys:
             continue
         if job is layers_job:  # one run per contiguous span of layers that need the same assets
-            spans: list[tuple[list[str], tuple]] = []
-            for layer in in_range:
-                need = tuple(k for k in keys if layer in plan.run.get(k, {}))
-                if not need:
-                    continue
-                if spans and spans[-1][1] == need and layers.index(spans[-1][0][-1]) == layers.index(layer) - 1:
-                    spans[-1][0].append(layer)
-                else:
-                    spans.append(([layer], need))
+            spans = plan_layer_spans(plan, keys, in_range, layers)
             runs = [(list(need), layer_range_tags(span[0], span[-1]), f" for layers {span[0]}..{span[-1]}")
                     for span, need in spans]
         else:

@@ -397,8 +397,8 @@ def materialize_celery(profile: str, first: str | None = None, last: str | None 
         return 2
     from .definitions import MATERIALIZE_JOBS, build_definitions, layer_range_tags, layers_job
     from .profiles.validation import ProfileError, validate_layers
-    from .recovery import fail_stale_runs, free_ended_run_slots, process_tags
-    from .resume import observe_sources, plan_materialization, settings_tags
+    from .recovery import fail_stale_runs, free_ended_run_slots
+    from .resume import observe_and_plan, plan_layer_spans, settings_tags
 
     try:
         defs = build_definitions(profile)
@@ -426,16 +426,10 @@ def materialize_celery(profile: str, first: str | None = None, last: str | None 
     in_range = layers[layers.index(first): layers.index(last) + 1]
     fail_stale_runs(instance, out)
     free_ended_run_slots(instance, out)
-    failed = observe_sources(defs, instance, process_tags())
-    if failed:
-        out(f"error: observing the source assets failed ({', '.join(failed)}); see the Dagster run log", file=sys.stderr)
+    planned = observe_and_plan(defs, instance, in_range, force, out)
+    if planned is None:
         return 1
-    graph = defs.resolve_asset_graph()
-    jobs = {job.name: [k for k in graph.toposorted_asset_keys
-                       if k in defs.resolve_job_def(job.name).asset_layer.selected_asset_keys] for job in MATERIALIZE_JOBS}
-    plan = plan_materialization(defs, instance, [k for ks in jobs.values() for k in ks], in_range, force=force)
-    for line in plan.lines():
-        out(line, flush=True)
+    jobs, plan = planned
     base_tags = settings_tags(defs)
     log_dir = Path(os.environ["DAGSTER_HOME"]) / "oe_assets_runs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -447,15 +441,7 @@ def materialize_celery(profile: str, first: str | None = None, last: str | None 
             continue
         runs: list[tuple[list, dict, str]]
         if job is layers_job:
-            spans: list[tuple[list[str], tuple]] = []
-            for layer in in_range:
-                need = tuple(k for k in keys if layer in plan.run.get(k, {}))
-                if not need:
-                    continue
-                if spans and spans[-1][1] == need and layers.index(spans[-1][0][-1]) == layers.index(layer) - 1:
-                    spans[-1][0].append(layer)
-                else:
-                    spans.append(([layer], need))
+            spans = plan_layer_spans(plan, keys, in_range, layers)
             runs = [(list(need), layer_range_tags(cut[0], cut[-1]), f" for layers {cut[0]}..{cut[-1]}")
                     for cut, need in layer_spans(spans, parallel_runs)]
         else:

@@ -18,6 +18,7 @@ starts where the failure was.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,8 @@ from .dagster_private import DATA_VERSION_TAG
 from .provenance import SPLITS, _key, entry, lineage_of, own_record
 from .settings import SECTIONS, asset_of, current_values, declared
 
-__all__ = ["SETTINGS_TAG", "Plan", "plan_materialization", "settings_tags", "format_partitions", "observe_sources"]
+__all__ = ["SETTINGS_TAG", "Plan", "plan_materialization", "plan_layer_spans", "observe_and_plan", "settings_tags",
+           "format_partitions", "observe_sources"]
 
 #: run tag with the profile settings a CLI run used (JSON): what the run was made with, for the run's page
 SETTINGS_TAG = "oe_assets/settings"
@@ -117,6 +119,45 @@ class Plan:
                 parts.append(f"{where + ' ' if where else ''}to run ({reason})")
             out.append(f"{name}: " + "; ".join(parts))
         return out
+
+
+def observe_and_plan(defs: dg.Definitions, instance: dg.DagsterInstance, in_range: list[str], force: bool,
+                     out=print) -> tuple[dict[str, list[dg.AssetKey]], Plan] | None:
+    """What ``python -m oe_assets materialize`` does before its runs, in process or on workers: observe
+    the source assets (the runs then record their current data versions), plan every asset of the
+    materialize jobs over the layers ``in_range`` and print the plan, one line per asset.  Returns
+    ``(assets of each job in topological order, plan)``, or None after saying that observing failed."""
+    from .definitions import MATERIALIZE_JOBS
+    from .recovery import process_tags
+
+    failed = observe_sources(defs, instance, process_tags())
+    if failed:
+        out(f"error: observing the source assets failed ({', '.join(failed)}); see the Dagster run log",
+            file=sys.stderr)
+        return None
+    graph = defs.resolve_asset_graph()
+    jobs = {job.name: [k for k in graph.toposorted_asset_keys
+                       if k in defs.resolve_job_def(job.name).asset_layer.selected_asset_keys] for job in MATERIALIZE_JOBS}
+    plan = plan_materialization(defs, instance, [k for ks in jobs.values() for k in ks], in_range, force=force)
+    for line in plan.lines():
+        out(line, flush=True)
+    return jobs, plan
+
+
+def plan_layer_spans(plan: Plan, keys: list[dg.AssetKey], in_range: list[str], layers: list[str]
+                ) -> list[tuple[list[str], tuple[dg.AssetKey, ...]]]:
+    """The contiguous spans of ``in_range`` whose layers need the same assets of ``keys`` to run
+    (``layers``: every layer, in order): each span is one run, one data pass over its layers."""
+    spans: list[tuple[list[str], tuple]] = []
+    for layer in in_range:
+        need = tuple(k for k in keys if layer in plan.run.get(k, {}))
+        if not need:
+            continue
+        if spans and spans[-1][1] == need and layers.index(spans[-1][0][-1]) == layers.index(layer) - 1:
+            spans[-1][0].append(layer)
+        else:
+            spans.append(([layer], need))
+    return spans
 
 
 def plan_materialization(defs: dg.Definitions, instance: dg.DagsterInstance, asset_keys: list[dg.AssetKey],

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from dagster import DagsterEventType
 
-from oe_assets import recovery
+from oe_assets import processes, recovery
 from oe_assets.dagster_private import EngineEventData, create_run_for_test
 from oe_assets.recovery import Process, process_start, process_tags
 from oe_assets.resources.store import ArtifactStore, atomic_path
@@ -98,7 +98,7 @@ def test_process_identity():
     # an exited child not yet reaped (a zombie) holds nothing: dead
     child = subprocess.Popen(["true"])
     deadline = time.monotonic() + 30
-    while not recovery._zombie(child.pid) and time.monotonic() < deadline:
+    while not processes._zombie(child.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     zombie = Process(me.host, child.pid, process_start(child.pid))
     assert "is gone" in recovery.is_dead(zombie)
@@ -396,7 +396,7 @@ def descendants(pid: int) -> list[int]:
 
 def alive(pid: int) -> bool:
     """Whether ``pid`` exists and has not exited (a zombie waiting for pid 1 holds nothing)."""
-    return bool(process_start(pid)) and not recovery._zombie(pid)
+    return bool(process_start(pid)) and not processes._zombie(pid)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")

@@ -14,7 +14,7 @@ from ..provenance import PROVENANCE_ATTR, check, entry
 from ..settings import current_values, record
 
 #: bumped when an asset's computation changes meaning; recorded as code_version and in file attrs
-CODE_VERSION = "2"  # 2: effects stored factorized (earlier dense files must be re-materialized)
+CODE_VERSION = "2"
 
 
 def md_table(rows: list[dict], columns: list[str] | None = None, floatfmt: str = "{:.4g}") -> str:

@@ -29,12 +29,12 @@ import numpy as np
 import torch
 
 from .adapters import Capture, ModelAdapter, get_adapter
-from .second_order import layer_norm_map
+from .second_order import LayerLens, layer_norm_map
 
 __all__ = ["FirstOrderLens", "FirstOrderSums", "first_order_effects", "replaced_mlp_representations", "token_mask"]
 
 
-class FirstOrderLens:
+class FirstOrderLens(LayerLens):
     """First-order effects of one MLP layer's neurons (module docstring), built once per model and
     layer.  ``lens(inputs)``: ``[batch, neurons, d_out]``; :meth:`summed_from_capture`: the sum over
     neurons ``[batch, d_out]`` without the dense tensor."""
@@ -78,13 +78,6 @@ class FirstOrderLens:
         """``sum_n fo[b, n]`` ``[batch, d_out]``."""
         return self.weights(cap) @ self.directions.T.to(cap.activations.dtype)
 
-    @property
-    def n_neurons(self) -> int:
-        return self.adapter.d_mlp
-
-    @property
-    def d_out(self) -> int:
-        return self.adapter.d_out
 
 
 def first_order_effects(model: torch.nn.Module, inputs: Any, mlp_layer: int, coefficient: float = 100.0,

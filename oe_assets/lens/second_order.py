@@ -92,7 +92,21 @@ class _Block:
     ln_out: list[str]
 
 
-class SecondOrderLens:
+class LayerLens:
+    """What every lens of one MLP layer shares: the model's adapter (``self.adapter``) and its sizes."""
+
+    adapter: ModelAdapter
+
+    @property
+    def n_neurons(self) -> int:
+        return self.adapter.d_mlp
+
+    @property
+    def d_out(self) -> int:
+        return self.adapter.d_out
+
+
+class SecondOrderLens(LayerLens):
     """Second-order effects of one MLP layer's neurons, built once per model and layer.
 
     ``lens(inputs)`` returns ``[batch, neurons, d_out]`` (see the module docstring for the formula);
@@ -219,13 +233,6 @@ class SecondOrderLens:
         return FactorizedEffects(alpha, scale, self.factors, const, dtype=dtype or torch.float64,
                                  device=alpha.device, tokens=(Atil, cap.activations), token_mask=cap.token_mask)
 
-    @property
-    def n_neurons(self) -> int:
-        return self.adapter.d_mlp
-
-    @property
-    def d_out(self) -> int:
-        return self.adapter.d_out
 
 
 def second_order_effects(

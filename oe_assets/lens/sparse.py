@@ -73,15 +73,15 @@ def batched_omp(X, dictionary, components: int, block: int = 256, device=None,
         chosen = torch.empty(b, K, dtype=torch.long, device=Dm.device)
         L = torch.zeros(b, K, K, dtype=torch.float64, device=Dm.device)
         cov = torch.empty(b, K, dtype=torch.float64, device=Dm.device)  # a_i . x of the selected atoms
-        # the selected atoms, appended in place: gathering them anew twice an iteration moved
-        # [b, k, d] float64 each time, more than the correlations cost (bench_published_setting.py)
+        # the selected atoms, appended in place (gathering them anew each iteration would move
+        # [b, k, d] float64 twice an iteration)
         A = torch.empty(b, K, Dm.shape[1], dtype=torch.float64, device=Dm.device)
         residual = x
         for k in range(K):
             corr = torch.matmul(residual.to(dtype), Dm.T).abs_()
             if k:
                 corr.scatter_(1, chosen[:, :k], -torch.inf)  # the residual is orthogonal to them already
-            new = corr.max(dim=1).indices  # the first of equal maxima, as argmax; one pass faster here
+            new = corr.max(dim=1).indices  # the first of equal maxima, as argmax, in one pass
             del corr
             chosen[:, k] = new
             a_new = D64[new]  # [b, d]
