@@ -296,7 +296,16 @@ class FactorizedEffects:
         (``centre`` ``[len(neurons), d_out]``), in neuron blocks; yields ``(first, count, norms, rows)``
         per block (the PCA's input): ``norms`` ``[count, top_k]`` (ascending), ``rows``
         ``[count, top_k, d_out]`` (those centred effects)."""
+        for i0, count, _, norms, rows in self.top_samples(centre, top_k, neurons):
+            yield i0, count, norms, rows
+
+    def top_samples(self, centre, top_k: int, neurons=slice(None)):
+        """:meth:`top_rows` with the samples: yields ``(first, count, samples, norms, rows)``,
+        ``samples`` ``[count, top_k]`` (int64 positions in this object, in the order of ``norms``;
+        equal norms are ordered by position, so the larger positions are kept)."""
         S, N, _ = self.shape
+        if not 1 <= top_k <= S:
+            raise ValueError(f"top_k={top_k!r} must be in 1..{S} (the number of samples)")
         n_pos = _positions(neurons, N)
         c = _tensor(centre, self.dtype, self.device)
         shifted = self._shifted_const()
@@ -309,7 +318,7 @@ class FactorizedEffects:
             if self.const is not None:
                 rows += (self.scale[:, None] * self.const)[top]
             rows -= block_c[:, None, :]
-            yield i0, sel.size, torch.take_along_dim(norms, top, dim=1), rows
+            yield i0, sel.size, top, torch.take_along_dim(norms, top, dim=1), rows
 
     def _neuron_blocks(self, n_pos: np.ndarray):
         """``(first, positions, alpha [S, P, k])`` over neuron blocks: each block's ``alpha`` is read
