@@ -8,7 +8,8 @@ import pytest
 import torch
 from conftest import padded_batch, tiny_bert, tiny_decoder, tiny_gpt2
 
-from oe_assets.lens import SecondOrderLens, neuron_pca
+from oe_assets.lens import SecondOrderLens, ablate, neuron_pca
+from oe_assets.lens.ablations import EffectSums, ablate_from_sums, effect_sums
 from oe_assets.lens.effects_file import FactorizedEffectsWriter, open_factorized
 from oe_assets.lens.topk import EffectsMean, TopKEffectsWriter, as_stored, open_topk, rounded_factors, topk_bytes
 
@@ -116,3 +117,43 @@ def test_topk_file_layout_and_refusals(tmp_path):
         writer.close()
     with pytest.raises(ValueError, match="top_k=0"):
         TopKEffectsWriter(tmp_path / "bad.h5", S, mean.means(), 0)
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_ablations_from_the_val_pass_sums_equal_ablations_on_the_stored_val_effects(tmp_path, family):
+    """Top-k mode stores no val effects: the ablations' sums are gathered batch by batch during the
+    val pass, given the train PCA, and score as the stored val effects do."""
+    model = MODELS[family]()
+    lens = SecondOrderLens(model, 1)
+    train = batches()
+    val = [padded_batch(seed=100 + i, lengths=n) for i, n in enumerate([(5, 8, 3), (9, 2), (4, 6, 7)])]
+    pca = neuron_pca(topk(tmp_path / "train.h5", lens, train, "float64", "float64"), TOP_K)
+    full_val = stored_split(tmp_path / "val.h5", lens, val)
+    S, N, d = full_val.shape
+    rng = np.random.default_rng(1)
+    rep = rng.normal(size=(S, d))
+    W, labels = rng.normal(size=(d, 3)), rng.integers(0, 3, S)
+    recon = pca.components + 0.3 * rng.normal(size=pca.components.shape)
+    # thresholds at the median val norm, so that both sides of the threshold are populated
+    thresholds = np.median(full_val.norms(centre=pca.means), axis=0)
+    expected = ablate(rep, full_val, W, labels, pca.means, thresholds, pca.components, reconstructions=recon)
+    sums = EffectSums.concat([effect_sums(lens.factorized(b), pca.means, thresholds, pca.components, recon)
+                              for b in val])
+    got = ablate_from_sums(rep, sums, W, labels)
+    assert 0 < got.significant_fraction < 1
+    np.testing.assert_array_equal(got.significant, expected.significant)
+    for scenario, logits in expected.logits.items():
+        assert np.abs(got.logits[scenario] - logits).max() <= 1e-10 * np.abs(logits).max(), scenario
+    assert got.accuracy == expected.accuracy
+    with pytest.raises(ValueError, match="sums have shape"):
+        ablate_from_sums(rep[:-1], sums, W, labels[:-1])
+
+
+def stored_split(path, lens, inputs):
+    n = sum(int(b["input_ids"].shape[0]) for b in inputs)
+    with FactorizedEffectsWriter(path, n, lens.factors, lens.convention == "reference", batch_size=3,
+                                 alpha_dtype="float64", factor_dtype=torch.float64, form="alpha") as writer:
+        for b in inputs:
+            writer.write(lens.factorized(b))
+        writer.close()
+    return open_factorized(path)

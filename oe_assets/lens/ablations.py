@@ -8,7 +8,8 @@ import numpy as np
 
 from .factorized import as_effects
 
-__all__ = ["ALL_SCENARIOS", "RECONSTRUCTION", "SCENARIOS", "AblationResult", "ablate", "top1_accuracy"]
+__all__ = ["ALL_SCENARIOS", "RECONSTRUCTION", "SCENARIOS", "AblationResult", "EffectSums", "ablate", "ablate_from_sums",
+           "effect_sums", "top1_accuracy"]
 
 SCENARIOS = (
     "baseline", "mean_ablate_all", "without_significant", "without_insignificant", "projected_to_pc",
@@ -49,6 +50,54 @@ def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(100.0 * np.mean(np.argmax(logits, axis=1) == np.asarray(labels)))
 
 
+@dataclass(frozen=True)
+class EffectSums:
+    """What the ablations read of a split's effects ``[samples, neurons, d]``, with ``D = effects -
+    means``: ``total`` ``sum_n D[n]`` and ``significant_sum`` ``sum_n D[n] [|D[n]| > threshold_n]``,
+    ``projected`` ``sum_n (D[n] . pc_n) pc_n`` and ``reconstructed`` (the same along the sparse
+    reconstruction's unit vectors, or None), each ``[samples, d]``; ``significant`` ``[samples,
+    neurons]`` bool.  Computed from all the effects at once (:func:`effect_sums`) or batch by batch
+    during the val pass and joined (:meth:`concat`): the ablations need nothing else of the effects."""
+
+    total: np.ndarray
+    significant_sum: np.ndarray
+    projected: np.ndarray
+    reconstructed: np.ndarray | None
+    significant: np.ndarray
+
+    def __len__(self) -> int:
+        return self.total.shape[0]
+
+    @staticmethod
+    def concat(parts: list["EffectSums"]) -> "EffectSums":
+        """Consecutive batches' sums as one."""
+        if not parts:
+            raise ValueError("no sums to join")
+        join = lambda name: None if getattr(parts[0], name) is None else np.concatenate(  # noqa: E731
+            [getattr(p, name) for p in parts])
+        return EffectSums(*(join(name) for name in ("total", "significant_sum", "projected", "reconstructed",
+                                                    "significant")))
+
+
+def effect_sums(effects, means: np.ndarray, thresholds: np.ndarray, components: np.ndarray,
+                reconstructions: np.ndarray | None = None) -> EffectSums:
+    """:class:`EffectSums` of ``effects`` ``[samples, neurons, d]`` (factorized or dense: a whole split
+    or one batch of it) about the train ``means`` ``[neurons, d]``, ``thresholds`` ``[neurons]`` and
+    ``components`` ``[neurons, d]``; with ``reconstructions`` ``[neurons, d]`` also along their unit
+    vectors.  The norms, then every sum from one read of the effects (:meth:`FactorizedEffects.sums`)."""
+    effects = as_effects(effects)
+    means = np.asarray(means, dtype=np.float64)
+    thr = np.asarray(thresholds, dtype=np.float64)
+    directions = [np.asarray(components, dtype=np.float64)]
+    if reconstructions is not None:
+        rec = np.asarray(reconstructions, dtype=np.float64)
+        directions.append(rec / np.maximum(np.linalg.norm(rec, axis=1, keepdims=True), 1e-300))
+    significant = np.asarray(effects.norms(centre=means) > thr)  # [S, N]
+    (total, significant_sum), projected = effects.sums([None, significant], directions, centre=means)
+    return EffectSums(total, significant_sum, projected[0], projected[1] if reconstructions is not None else None,
+                      significant)
+
+
 def ablate(
     representations: np.ndarray, effects, classifier: np.ndarray, labels: np.ndarray,
     means: np.ndarray, thresholds: np.ndarray, components: np.ndarray,
@@ -69,36 +118,38 @@ def ablate(
 
     Logits are ``X @ classifier`` ``[samples, classes]``.  Computed in float64 from the effects'
     norms and their masked and projected sums over neurons, all sums from one read of the effects
-    (:meth:`FactorizedEffects.sums`; ``sum_n D[n] [|D[n]| <= threshold_n]`` as ``sum_n D[n]`` less the
+    (:func:`effect_sums`; ``sum_n D[n] [|D[n]| <= threshold_n]`` as ``sum_n D[n]`` less the
     significant part): factorized effects are never densified beyond one neuron block."""
     rep = np.asarray(representations, dtype=np.float64)
-    S = rep.shape[0]
     effects = as_effects(effects)
-    if effects.shape[0] != S or effects.shape[2] != rep.shape[1]:
+    if effects.shape[0] != rep.shape[0] or effects.shape[2] != rep.shape[1]:
         raise ValueError(f"effects shape {effects.shape} does not match representations {rep.shape}")
+    return ablate_from_sums(rep, effect_sums(effects, means, thresholds, components, reconstructions), classifier,
+                            labels)
+
+
+def ablate_from_sums(representations: np.ndarray, sums: EffectSums, classifier: np.ndarray,
+                     labels: np.ndarray) -> AblationResult:
+    """:func:`ablate` from the effects' :class:`EffectSums` (e.g. gathered during the val pass, when
+    the effects themselves are never stored)."""
+    rep = np.asarray(representations, dtype=np.float64)
+    S = rep.shape[0]
+    if sums.total.shape != rep.shape:
+        raise ValueError(f"the effects' sums have shape {sums.total.shape}, the representations {rep.shape}")
     labels = np.asarray(labels)
     if labels.shape != (S,):
         raise ValueError(f"labels must have shape ({S},), got {labels.shape}")
-    means = np.asarray(means, dtype=np.float64)
-    pcs = np.asarray(components, dtype=np.float64)
-    thr = np.asarray(thresholds, dtype=np.float64)
     W = np.asarray(classifier, dtype=np.float64)
-    significant = effects.norms(centre=means) > thr  # [S, N]
-    directions = [pcs]
-    if reconstructions is not None:
-        rec = np.asarray(reconstructions, dtype=np.float64)
-        directions.append(rec / np.maximum(np.linalg.norm(rec, axis=1, keepdims=True), 1e-300))
-    # one read of the effects for every sum: D summed over all neurons and over the significant ones
-    (all_d, significant_d), projected = effects.sums([None, significant], directions, centre=means)
+    all_d, significant_d = sums.total, sums.significant_sum
     base = rep - all_d  # rep - sum_n effects + sum_n means
     X = {
         "baseline": rep,
         "mean_ablate_all": base,
         "without_significant": base + (all_d - significant_d),
         "without_insignificant": base + significant_d,
-        "projected_to_pc": base + projected[0],
+        "projected_to_pc": base + sums.projected,
     }
-    if reconstructions is not None:
-        X[RECONSTRUCTION] = base + projected[1]
+    if sums.reconstructed is not None:
+        X[RECONSTRUCTION] = base + sums.reconstructed
     logits = {k: x @ W for k, x in X.items()}
-    return AblationResult(logits, {k: top1_accuracy(v, labels) for k, v in logits.items()}, np.asarray(significant))
+    return AblationResult(logits, {k: top1_accuracy(v, labels) for k, v in logits.items()}, sums.significant)
