@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .adapters import Capture, ModelAdapter, get_adapter
+from .adapters.base import lens_dtype
 from .second_order import LayerLens, layer_norm_map
 
 __all__ = ["FirstOrderLens", "FirstOrderSums", "first_order_effects", "replaced_mlp_representations", "token_mask"]
@@ -40,8 +41,9 @@ class FirstOrderLens(LayerLens):
     neurons ``[batch, d_out]`` without the dense tensor."""
 
     def __init__(self, model: torch.nn.Module | ModelAdapter, mlp_layer: int, coefficient: float = 100.0,
-                 pooling: str | None = None):
+                 pooling: str | None = None, compute_dtype: torch.dtype | None = None):
         self.adapter = a = get_adapter(model, pooling)
+        self.dtype = lens_dtype(a.dtype, compute_dtype) if compute_dtype is not None else a.lens_dtype
         a.check_layer(mlp_layer)
         if not coefficient > 0:
             raise ValueError(f"coefficient must be positive, got {coefficient!r}")
@@ -49,8 +51,9 @@ class FirstOrderLens(LayerLens):
         self.norms = a.layer_norms_after_mlp(mlp_layer)
         with torch.no_grad():
             W_out, _ = a.mlp_out_weights(mlp_layer)
-            D = layer_norm_map(a, self.norms, "direct") @ W_out  # [d_model, N]
+            D = layer_norm_map(a, self.norms, "direct", self.dtype) @ W_out.to(self.dtype)  # [d_model, N]
             P = a.projection()
+            P = None if P is None else P.to(self.dtype)
             #: ``D`` ``[d_out, neurons]``: each neuron's direction in the output space
             self.directions = D if P is None else P.T @ D
 
@@ -63,6 +66,7 @@ class FirstOrderLens(LayerLens):
     @torch.no_grad()
     def weights(self, cap: Capture) -> torch.Tensor:
         """``scale[b] * beta[b, n]`` ``[batch, neurons]``: each neuron's coefficient on its direction."""
+        cap = cap.to(self.dtype)
         s = cap.ln_scale_queries(self.norms) * cap.readout  # [B, Q]: w / sigma
         a = cap.activations[:, cap.query_positions.to(cap.activations.device), :]  # [B, Q, N]
         beta = torch.einsum("bq,bqn->bn", s.to(a.dtype), a)
@@ -71,12 +75,12 @@ class FirstOrderLens(LayerLens):
     @torch.no_grad()
     def from_capture(self, cap: Capture) -> torch.Tensor:
         """``[batch, neurons, d_out]`` first-order effects of a :class:`Capture` of this layer."""
-        return self.weights(cap)[:, :, None] * self.directions.T[None].to(cap.activations.dtype)
+        return self.weights(cap)[:, :, None] * self.directions.T[None]
 
     @torch.no_grad()
     def summed_from_capture(self, cap: Capture) -> torch.Tensor:
         """``sum_n fo[b, n]`` ``[batch, d_out]``."""
-        return self.weights(cap) @ self.directions.T.to(cap.activations.dtype)
+        return self.weights(cap) @ self.directions.T
 
 
 
@@ -104,8 +108,9 @@ class FirstOrderSums:
         for layer, lens in self.lenses.items():
             cap = caps[layer]
             self._sums[layer].append(lens.summed_from_capture(cap).double().cpu().numpy())
-            mask = token_mask(batch, cap.activations)
-            self._act[layer] = self._act[layer] + torch.einsum("bt,btn->n", mask, cap.activations).double().cpu()
+            acts = cap.activations.to(lens.dtype)
+            mask = token_mask(batch, acts)
+            self._act[layer] = self._act[layer] + torch.einsum("bt,btn->n", mask, acts).double().cpu()
         self._tokens += float(mask.sum())
 
     def sums(self) -> dict[int, np.ndarray]:
@@ -117,8 +122,8 @@ class FirstOrderSums:
         """``{layer: mean MLP output [d_model]}``: ``W_out mean(a) + b_out`` over samples and real tokens."""
         out = {}
         for layer, lens in self.lenses.items():
-            W_out, b_out = lens.adapter.mlp_out_weights(layer)
-            mean_act = (self._act[layer] / self._tokens).to(W_out.device, W_out.dtype)
+            W_out, b_out = (t.to(lens.dtype) for t in lens.adapter.mlp_out_weights(layer))
+            mean_act = (self._act[layer] / self._tokens).to(W_out.device, lens.dtype)
             out[layer] = (W_out @ mean_act + b_out).double().cpu().numpy()
         return out
 

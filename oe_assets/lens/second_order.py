@@ -39,12 +39,14 @@ Conventions (what the LayerNorm means and the biases contribute):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .adapters import Capture, ModelAdapter, get_adapter
+from .adapters.base import AttentionWeights, lens_dtype
 from .factorized import FactorizedEffects, HeadFactors
 
 __all__ = ["SecondOrderLens", "second_order_effects", "layer_norm_map", "CONVENTIONS"]
@@ -52,18 +54,21 @@ __all__ = ["SecondOrderLens", "second_order_effects", "layer_norm_map", "CONVENT
 CONVENTIONS = ("reference", "direct")
 
 
-def layer_norm_map(adapter: ModelAdapter, names: list[str], convention: str) -> torch.Tensor:
+def layer_norm_map(adapter: ModelAdapter, names: list[str], convention: str,
+                   dtype: torch.dtype | None = None) -> torch.Tensor:
     """The linear part ``[d_model, d_model]`` of the frozen LayerNorms ``names`` applied in order:
     ``diag(gamma)`` for the reference convention, ``prod diag(gamma) (I - 11^T/d)`` for direct
-    (``diag(gamma)`` for an RMSNorm, which does not centre)."""
+    (``diag(gamma)`` for an RMSNorm, which does not centre); in ``dtype`` (default: the model's)."""
     D = adapter.d_model
-    eye = torch.eye(D, dtype=adapter.dtype, device=adapter.device)
+    dtype = dtype or adapter.dtype
+    eye = torch.eye(D, dtype=dtype, device=adapter.device)
     centre = eye - 1.0 / D
     out = eye
     for name in names:
         p = adapter.layer_norm(name)
+        gamma = p.weight.to(dtype)
         # an RMSNorm (centred=False) never subtracts a mean: its linear part is diag(gamma) alone
-        step = torch.diag(p.weight) if convention == "reference" or not p.centred else p.weight[:, None] * centre
+        step = torch.diag(gamma) if convention == "reference" or not p.centred else gamma[:, None] * centre
         out = step @ out
     return out
 
@@ -92,10 +97,19 @@ class _Block:
     ln_out: list[str]
 
 
+def cast_attention(w: AttentionWeights, dtype: torch.dtype) -> AttentionWeights:
+    """``w`` with every weight and bias in ``dtype``."""
+    return dataclasses.replace(w, **{f.name: getattr(w, f.name).to(dtype) for f in dataclasses.fields(w)
+                                     if isinstance(getattr(w, f.name), torch.Tensor)})
+
+
 class LayerLens:
-    """What every lens of one MLP layer shares: the model's adapter (``self.adapter``) and its sizes."""
+    """What every lens of one MLP layer shares: the model's adapter (``self.adapter``), its sizes and
+    the compute dtype ``self.dtype`` (factors, path weights: :func:`~oe_assets.lens.adapters.lens_dtype`,
+    float32 for half-precision weights unless the adapter or the lens names another)."""
 
     adapter: ModelAdapter
+    dtype: torch.dtype
 
     @property
     def n_neurons(self) -> int:
@@ -114,7 +128,9 @@ class SecondOrderLens(LayerLens):
     directions ``M`` are kept for later batches when they fit (792 MiB at ViT-B/32 layer 0).
     ``inputs`` is what the family's model takes: ``pixel_values`` ``[batch, 3, height, width]`` for
     CLIP, a tokenizer's output (``input_ids``, ``attention_mask``: ``[batch, tokens]``) for language
-    models.
+    models.  ``compute_dtype``: the dtype of the factors and path weights (None: the adapter's
+    :attr:`~oe_assets.lens.adapters.ModelAdapter.lens_dtype`, float32 for bfloat16 / float16 weights);
+    the forward pass runs in the weights' dtype and its capture is cast to it.
     """
 
     def __init__(
@@ -125,10 +141,12 @@ class SecondOrderLens(LayerLens):
         convention: str | None = None,
         pooling: str | None = None,
         dense_cache_bytes: int = 2 * 2**30,
+        compute_dtype: torch.dtype | None = None,
     ):
         self.dense_cache_bytes = dense_cache_bytes
         self.adapter = get_adapter(model, pooling)
         a = self.adapter
+        self.dtype = lens_dtype(a.dtype, compute_dtype) if compute_dtype is not None else a.lens_dtype
         a.check_layer(mlp_layer)
         convention = convention or a.default_convention
         if convention not in CONVENTIONS:
@@ -150,16 +168,17 @@ class SecondOrderLens(LayerLens):
 
     # ------------------------------------------------------------------ one-time work
     def _precompute(self) -> None:
-        a, conv = self.adapter, self.convention
+        a, conv, dt = self.adapter, self.convention, self.dtype
         H, N = a.n_heads, a.d_mlp
-        W_out, b_out = a.mlp_out_weights(self.mlp_layer)
+        W_out, b_out = (t.to(dt) for t in a.mlp_out_weights(self.mlp_layer))
         P = a.projection()
+        P = None if P is None else P.to(dt)
         lefts, rights = [], []
         self._const = []
         for blk in self.blocks:
-            w = a.attention_weights(blk.index)
-            L_in = layer_norm_map(a, blk.ln_in, conv)
-            L_out = layer_norm_map(a, blk.ln_out, conv)
+            w = cast_attention(a.attention_weights(blk.index), dt)
+            L_in = layer_norm_map(a, blk.ln_in, conv, dt)
+            L_out = layer_norm_map(a, blk.ln_out, conv, dt)
             left = torch.einsum("ed,hdk->hek", L_out, w.W_o)  # [H, D, dh]
             if P is not None:
                 left = torch.einsum("de,hdk->hek", P, left)  # [H, d_out, dh]
@@ -168,8 +187,8 @@ class SecondOrderLens(LayerLens):
             rights.append(value_in @ W_out)  # [H, dh, N]
             if conv == "reference":
                 (ln_in,), (ln_out,) = blk.ln_in, blk.ln_out
-                beta_in = a.layer_norm(ln_in).bias  # its weight is already in L_in
-                g_f, beta_f = a.layer_norm(ln_out).weight, a.layer_norm(ln_out).bias
+                beta_in = a.layer_norm(ln_in).bias.to(dt)  # its weight is already in L_in
+                g_f, beta_f = a.layer_norm(ln_out).weight.to(dt), a.layer_norm(ln_out).bias.to(dt)
                 proj = (lambda x: x) if P is None else (lambda x: x @ P)
                 self._const.append(_ReferenceShares(
                     out_bias_share=torch.einsum("hek,hk->he", left, value_in @ (b_out / N)),
@@ -187,7 +206,7 @@ class SecondOrderLens(LayerLens):
         return self.adapter.capture(inputs, self.mlp_layer)
 
     def __call__(self, inputs: Any) -> torch.Tensor:
-        """``[batch, neurons, d_out]`` dense effects of ``inputs`` (in the model's dtype)."""
+        """``[batch, neurons, d_out]`` dense effects of ``inputs`` (in the lens's compute dtype)."""
         return self.from_capture(self.capture(inputs))
 
     def factorized(self, inputs: Any) -> FactorizedEffects:
@@ -197,14 +216,16 @@ class SecondOrderLens(LayerLens):
     @torch.no_grad()
     def from_capture(self, cap: Capture) -> torch.Tensor:
         """``[batch, neurons, d_out]`` dense effects from a :class:`Capture` of this layer."""
-        return self.factorized_from_capture(cap, dtype=self.adapter.dtype).dense()
+        return self.factorized_from_capture(cap, dtype=self.dtype).dense()
 
     @torch.no_grad()
     def factorized_from_capture(self, cap: Capture, dtype: torch.dtype | None = None) -> FactorizedEffects:
         """:class:`FactorizedEffects` ``[batch, neurons, d_out]`` of a :class:`Capture` of this layer:
         ``alpha`` ``[batch, J*H, neurons]``, ``scale`` ``[batch]``, ``const`` ``[batch, d_out]``
-        (reference convention) and the layer's :class:`HeadFactors`; computed in ``dtype`` (default
+        (reference convention) and the layer's :class:`HeadFactors`; ``alpha`` and the path weights in
+        the lens's compute dtype (the capture is cast to it), the results in ``dtype`` (default
         float64) when densified."""
+        cap = cap.to(self.dtype)
         path_weights, const = [], None
         readout_total = cap.readout.sum(-1)  # sum_q w
         for i, blk in enumerate(self.blocks):

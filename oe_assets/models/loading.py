@@ -45,7 +45,7 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 def load_model(
     name_or_path: str, dtype: str | torch.dtype = "float32", device: str = "auto", pooling: str | None = None,
-    revision: str | None = None,
+    revision: str | None = None, compute_dtype: str | torch.dtype | None = None,
 ) -> LoadedModel:
     """Load ``name_or_path`` (hub id or folder), pick its family's adapter by ``config.model_type``
     and load the family's model class, its tokenizer and (CLIP) image processor.
@@ -53,6 +53,10 @@ def load_model(
     Decoder LLMs (``llama``, ``mistral``, ``qwen2``, ``qwen3``, ``phi3``, ``olmo2``) load as their
     ``...ForCausalLM`` class, or the base class (``LlamaModel``, ...) for a base-model checkpoint;
     a tokenizer without a pad token pads with its end-of-sequence token.
+
+    ``dtype``: the weights' dtype, in which the forward pass runs; ``compute_dtype``: the dtype the
+    lenses compute factors and path weights in (None: float32 for bfloat16 / float16 weights, else
+    ``dtype``; see :func:`oe_assets.lens.adapters.base.lens_dtype`).
 
     A source that is not a model folder, a missing path, or an uncached hub id offline raise
     :class:`~oe_assets.models.hub.ModelSourceError` (a ``ValueError``) naming it, before any download."""
@@ -75,6 +79,7 @@ def load_model(
     if pooling is None and adapter_cls.reads_sentence_transformers_pooling:
         pooling = sentence_transformers_pooling(source)
     adapter = adapter_cls(model, pooling=pooling)
+    adapter.compute_dtype = None if compute_dtype is None else resolve_dtype(compute_dtype)
 
     def optional(loader):
         try:

@@ -32,7 +32,9 @@ def model_layers(source: str) -> list[str]:
 class ModelResource(dg.ConfigurableResource):
     """A Hugging Face model id or local folder, loaded once per process (family detected from its
     config).  ``device="auto"`` picks CUDA when available; ``revision``: a hub branch, tag or commit
-    (None: the default branch; ignored for a local folder)."""
+    (None: the default branch; ignored for a local folder).  ``dtype``: the weights' dtype (the
+    forward pass); ``compute_dtype``: the lenses' factors and path weights (None: float32 for
+    ``bfloat16`` / ``float16`` weights, else ``dtype``)."""
 
     source: str
     dtype: str = "float32"
@@ -41,16 +43,19 @@ class ModelResource(dg.ConfigurableResource):
     pooling: str | None = None
     max_length: int = 128
     revision: str | None = None
+    compute_dtype: str | None = None
 
     def compute_device(self):
         """The device the model runs on, without loading it (the analysis stages compute there)."""
         return resolve_device(self.device)
 
     def load(self) -> LoadedModel:
-        key = (resolve_source(self.source), self.dtype, str(resolve_device(self.device)), self.pooling, self.revision)
+        key = (resolve_source(self.source), self.dtype, str(resolve_device(self.device)), self.pooling, self.revision,
+               self.compute_dtype)
         with _LOCK:
             if key not in _CACHE:
-                _CACHE[key] = load_model(self.source, self.dtype, self.device, self.pooling, revision=self.revision)
+                _CACHE[key] = load_model(self.source, self.dtype, self.device, self.pooling, revision=self.revision,
+                                         compute_dtype=self.compute_dtype)
             return _CACHE[key]
 
 

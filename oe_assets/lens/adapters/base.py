@@ -17,7 +17,22 @@ import torch
 
 from ..hooks import HookRegistry
 
-__all__ = ["AttentionWeights", "Capture", "ModelAdapter", "LayerNormParams"]
+__all__ = ["AttentionWeights", "Capture", "ModelAdapter", "LayerNormParams", "HALF_DTYPES", "lens_dtype"]
+
+#: weight dtypes whose lens math runs in float32 unless a compute dtype is given
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def lens_dtype(weights_dtype: torch.dtype, requested: torch.dtype | None = None) -> torch.dtype:
+    """The dtype the lens computes its factors and path weights in: ``requested`` when given, else
+    float32 for half-precision weights (bfloat16 / float16 keep about 3 significant digits: sums
+    over thousands of neurons and tokens in that precision lose most of them), else the weights'
+    dtype.  The forward pass always runs in the weights' dtype."""
+    if requested is not None:
+        if not isinstance(requested, torch.dtype) or not requested.is_floating_point:
+            raise ValueError(f"compute dtype must be a floating torch dtype, got {requested!r}")
+        return requested
+    return torch.float32 if weights_dtype in HALF_DTYPES else weights_dtype
 
 
 @dataclass(frozen=True)
@@ -78,6 +93,20 @@ class Capture:
     readout: torch.Tensor
     representation: torch.Tensor
     token_mask: torch.Tensor | None = None
+
+    def to(self, dtype: torch.dtype) -> "Capture":
+        """This capture with every floating tensor in ``dtype`` (positions and the mask as they are);
+        itself when nothing changes."""
+        tensors = [self.activations, self.readout, self.representation, *self.attention.values(),
+                   *self.ln_mean.values(), *self.ln_std.values()]
+        if all(t.dtype == dtype for t in tensors):
+            return self
+
+        def cast(d):
+            return {k: v.to(dtype) for k, v in d.items()}
+
+        return Capture(self.activations.to(dtype), cast(self.attention), cast(self.ln_mean), cast(self.ln_std),
+                       self.query_positions, self.readout.to(dtype), self.representation.to(dtype), self.token_mask)
 
     def at_keys(self, stat: torch.Tensor) -> torch.Tensor:
         """A per-token statistic ``stat`` ``[batch, tokens]`` at the key positions (every token):
@@ -185,6 +214,15 @@ class ModelAdapter(ABC):
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    #: the dtype the lenses compute in (None: :func:`lens_dtype`'s default for the weights' dtype);
+    #: set by :func:`oe_assets.models.loading.load_model` from ``compute_dtype``
+    compute_dtype: torch.dtype | None = None
+
+    @property
+    def lens_dtype(self) -> torch.dtype:
+        """The lenses' compute dtype for this model (see :func:`lens_dtype`)."""
+        return lens_dtype(self.dtype, self.compute_dtype)
 
     # ---- weights --------------------------------------------------------------------------
     @abstractmethod
@@ -326,6 +364,8 @@ class ModelAdapter(ABC):
 
         def record_layer_norm(name, index, module, args, kwargs):
             x = args[0] if args else kwargs.get("input", kwargs.get("hidden_states"))
+            if x.dtype in HALF_DTYPES:  # statistics of half-precision streams in float32
+                x = x.float()
             p = norm_params[name]
             if p.centred:
                 mean = x.mean(-1)
@@ -369,7 +409,8 @@ def attention_probabilities(
 
     Recomputed from the attention input so that capture works whatever attention implementation
     the model runs (``sdpa`` and flash kernels never return probabilities).  Softmax runs in the
-    model's dtype, or float32 for half-precision models."""
+    model's dtype, or float32 for half-precision models (and returned in float32 there: the lens
+    computes in float32 for half-precision weights)."""
     q = torch.einsum("bqd,hed->bhqe", x[:, query_positions], w.W_q) + w.b_q[None, :, None, :]
     heads, _, d_model = w.W_k.shape
     if query_positions.numel() * heads < d_model:
@@ -383,5 +424,5 @@ def attention_probabilities(
     scores = scores * w.scale
     if bias is not None:
         scores = scores + bias[:, None]
-    soft_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    return torch.softmax(scores.to(soft_dtype), dim=-1).to(x.dtype)
+    soft_dtype = torch.float32 if x.dtype in HALF_DTYPES else x.dtype
+    return torch.softmax(scores.to(soft_dtype), dim=-1)

@@ -145,7 +145,7 @@ class DecoderLMAdapter(TableAdapter, CausalLMAdapter):
             far = positions[:, query_positions, None] - positions[:, None, :] >= window  # [B, Q, T]
             scores = scores.masked_fill(far[:, None], float("-inf"))
         soft_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-        return torch.softmax(scores.to(soft_dtype), dim=-1).to(x.dtype)
+        return torch.softmax(scores.to(soft_dtype), dim=-1)  # float32 for half precision, as the lens computes
 
     # ---- running --------------------------------------------------------------------------
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
