@@ -15,10 +15,9 @@ heads of 128; built from ``LlamaConfig``, nothing downloaded) and ``--layers`` b
   d_head`` numbers) in proportion to the later blocks, the rest (one block's temporaries) as measured;
 - weights identity: :func:`oe_assets.provenance.weights_hash` of the saved random model, the second call
   in a new process (the first fills the persistent cache);
-- the top-k mode's disk per layer for 10,000 samples at the 8B shape, from the formula
-  (:func:`topk_bytes`): ``samples x neurons`` float32 norms + ``neurons x top_k x min(paths, d_out)``
-  float32 (each top sample's path weights of the neuron, ``alpha[s, :, n]``, or its dense effect when
-  that is smaller) + the means ``neurons x d_out`` float32.
+- the top-k mode's disk per layer for 10,000 samples at the 8B shape, from its file layout
+  (:func:`oe_assets.lens.topk.topk_bytes`): ``samples x neurons`` float32 norms, ``neurons x d_out``
+  float64 means, each neuron's ``top_k`` samples' float32 effects ``[d_out]`` and their indices and norms.
 
 Then a projection for Llama-3.2-1B, Llama-3-8B and Llama-3-70B (:func:`projection_rows`).
 
@@ -77,11 +76,13 @@ def form_bytes(shape, layer: int) -> dict[str, int]:
 
 
 def topk_bytes(shape, layer: int, samples: int = SAMPLES, top_k: int = TOP_K) -> int:
-    """The top-k mode's bytes for one layer: every sample's norm per neuron, each neuron's top_k samples'
-    ``alpha[s, :, n]`` (or dense effect, whichever is smaller) and the neurons' means, all float32."""
-    d, d_ff, layers, heads, _, _, _ = shape
-    paths = (layers - 1 - layer) * heads
-    return 4 * (samples * d_ff + d_ff * top_k * min(paths, d) + d_ff * d)
+    """The top-k mode's bytes for one layer, from its file layout (:func:`oe_assets.lens.topk.topk_bytes`:
+    every sample's norm per neuron, the neurons' means, each neuron's top_k samples' effects ``[d_out]``);
+    the same for every layer."""
+    from oe_assets.lens.topk import topk_bytes as layout_bytes
+
+    d, d_ff = shape[0], shape[1]
+    return layout_bytes(samples, d_ff, d, top_k)
 
 
 def projection_rows(ratio: float) -> list[list]:

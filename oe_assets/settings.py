@@ -36,7 +36,8 @@ __all__ = ["READS", "SECTIONS", "DERIVED", "declared", "all_settings", "current_
 #: profile section -> the resource name configuring it
 SECTIONS = {"model": "model", "dataset": "dataset", "analysis": "analysis", "storage": "store"}
 
-_MODEL = ("model.source", "model.revision", "model.weights", "model.dtype", "model.pooling", "model.max_length")
+_MODEL = ("model.source", "model.revision", "model.weights", "model.dtype", "model.compute_dtype", "model.pooling",
+          "model.max_length")
 _DATA = ("dataset.kind", "dataset.text_column", "dataset.label_column", "dataset.class_index", "dataset.offset",
          "dataset.limit", "dataset.classes")  # text labels are indices into the class names
 _TRAIN = (*_DATA, "dataset.train_stride", "dataset.train_key", "dataset.train_labels_key")
