@@ -66,12 +66,15 @@ def materialized(model: torch.nn.Module, names: Iterable[str]) -> Iterator[None]
         return
     from accelerate.utils import align_module_device, has_offloaded_params
 
-    def related(module_name: str) -> bool:
-        return any(module_name == n or n.startswith(module_name + ".") or module_name.startswith(n + ".")
-                   or module_name == "" for n in names)
-
+    chosen: dict[int, torch.nn.Module] = {}  # by id: each module once, in model order within a name
+    for name in names:
+        parts = name.split(".") if name else []
+        related = [model.get_submodule(".".join(parts[:k])) for k in range(len(parts))]  # its ancestors
+        related += [m for _, m in model.get_submodule(name).named_modules()]  # itself and what it contains
+        for module in related:
+            if has_offloaded_params(module):
+                chosen.setdefault(id(module), module)
     with ExitStack() as stack:
-        for module_name, module in model.named_modules():
-            if has_offloaded_params(module) and related(module_name):
-                stack.enter_context(align_module_device(module))
+        for module in chosen.values():
+            stack.enter_context(align_module_device(module))
         yield

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import threading
+from typing import Any
 
 import dagster as dg
 
 from ..models.hub import load_config, resolve_source
-from ..models.loading import LoadedModel, load_model, resolve_device
+from ..models.loading import LoadedModel, load_model, map_compute_device, resolve_device
 
 __all__ = ["ModelResource", "AnalysisResource", "model_layers"]
 
@@ -32,7 +34,13 @@ def model_layers(source: str) -> list[str]:
 class ModelResource(dg.ConfigurableResource):
     """A Hugging Face model id or local folder, loaded once per process (family detected from its
     config).  ``device="auto"`` picks CUDA when available; ``revision``: a hub branch, tag or commit
-    (None: the default branch; ignored for a local folder)."""
+    (None: the default branch; ignored for a local folder).
+
+    A model larger than one device: ``device_map`` (``"auto"``, ``"balanced"``, ... or a map
+    ``{module name: GPU index | "cpu" | "disk"}``, Hugging Face ``accelerate``) with ``max_memory``
+    (``{0: "70GiB", "cpu": "200GiB"}``) and ``offload_folder`` (where ``"disk"`` modules live); the
+    analysis stages then compute on the device of the model's first piece.  Placement does not change
+    the numbers, so these fields are not part of any asset's provenance."""
 
     source: str
     dtype: str = "float32"
@@ -41,17 +49,37 @@ class ModelResource(dg.ConfigurableResource):
     pooling: str | None = None
     max_length: int = 128
     revision: str | None = None
+    # str or {module name: device} (Dagster config has no such union; checked by check_device_map)
+    device_map: Any = None
+    max_memory: Any = None
+    offload_folder: str | None = None
 
     def compute_device(self):
-        """The device the model runs on, without loading it (the analysis stages compute there)."""
-        return resolve_device(self.device)
+        """The device the model runs on, without loading it (the analysis stages compute there); with
+        a ``device_map``: the first GPU when there is one (an explicit map: its first GPU entry), else
+        the CPU."""
+        if self.device_map is None:
+            return resolve_device(self.device)
+        return map_compute_device(self.device_map)
 
     def load(self) -> LoadedModel:
-        key = (resolve_source(self.source), self.dtype, str(resolve_device(self.device)), self.pooling, self.revision)
+        placement = (json.dumps(self.device_map, sort_keys=True), json.dumps(self.max_memory, sort_keys=True),
+                     self.offload_folder)
+        key = (resolve_source(self.source), self.dtype, str(resolve_device(self.device)), self.pooling, self.revision,
+               placement)
         with _LOCK:
             if key not in _CACHE:
-                _CACHE[key] = load_model(self.source, self.dtype, self.device, self.pooling, revision=self.revision)
+                _CACHE[key] = load_model(self.source, self.dtype, self.device, self.pooling, revision=self.revision,
+                                         device_map=self.device_map, max_memory=_memory_keys(self.max_memory),
+                                         offload_folder=self.offload_folder)
             return _CACHE[key]
+
+
+def _memory_keys(max_memory: dict | None) -> dict | None:
+    """``max_memory`` as accelerate reads it: GPU indices as ints (a profile's YAML / JSON keys are strings)."""
+    if max_memory is None:
+        return None
+    return {int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in max_memory.items()}
 
 
 

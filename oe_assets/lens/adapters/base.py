@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 import torch
 
 from ..hooks import HookRegistry
+from ..placement import materialized
 
 __all__ = ["AttentionWeights", "Capture", "ModelAdapter", "LayerNormParams"]
 
@@ -327,9 +328,11 @@ class ModelAdapter(ABC):
 
         def record_attention(name, index, module, args, kwargs):
             x = args[0] if args else kwargs["hidden_states"]
-            # a model split over devices runs block j on its own device: the probabilities stay there
-            store["attention"][index[0]] = self.attention_probabilities(
-                x, index[0], query_positions.to(x.device), None if bias is None else bias.to(x.device), inputs)
+            # a model split over devices runs block j on its own device: the probabilities stay there;
+            # weights accelerate offloads are loaded by each submodule's own forward, so load them here
+            with materialized(self.model, [name]):
+                store["attention"][index[0]] = self.attention_probabilities(
+                    x, index[0], query_positions.to(x.device), None if bias is None else bias.to(x.device), inputs)
 
         norm_params = {name: self.layer_norm(name) for name in layer_norms}
 
