@@ -6,7 +6,7 @@ the unsplit model's numbers, and keep each later block's factors where the block
 
 import pytest
 import torch
-from conftest import padded_batch, tiny_decoder, tiny_gpt2
+from conftest import padded_batch, tiny_bert, tiny_decoder, tiny_gpt2
 
 from oe_assets.lens import FirstOrderLens, SecondOrderLens, neuron_pca
 from oe_assets.lens.factorized import HeadFactors
@@ -30,8 +30,11 @@ SPLITS = {
     "gpt2": lambda n: {"transformer.wte": "cpu", "transformer.wpe": "cpu", "transformer.drop": "cpu",
                        "transformer.ln_f": "cpu", "lm_head": "cpu",
                        **{f"transformer.h.{i}": "cpu" if i < 2 else "disk" for i in range(n)}},
+    "bert": lambda n: {"embeddings": "cpu", "pooler": "cpu",
+                       **{f"encoder.layer.{i}": "cpu" if i < 2 else "disk" for i in range(n)}},
 }
-BUILDERS = {"llama": lambda: tiny_decoder("llama", seed=1), "gpt2": lambda: tiny_gpt2(seed=1)}
+BUILDERS = {"llama": lambda: tiny_decoder("llama", seed=1), "gpt2": lambda: tiny_gpt2(seed=1),
+            "bert": lambda: tiny_bert(seed=1)}
 
 
 @pytest.fixture(scope="module", params=sorted(SPLITS))
