@@ -134,3 +134,25 @@ def test_offload_settings_without_a_device_map_are_refused(tmp_path):
     tiny_gpt2(seed=0).save_pretrained(tmp_path / "m")
     with pytest.raises(ValueError, match="go with model.device_map"):
         load_model(str(tmp_path / "m"), dtype="float64", device="cpu", max_memory={"cpu": "1GiB"})
+
+
+def test_model_resource_passes_the_placement_through(tmp_path):
+    """A profile's ``model.device_map`` / ``max_memory`` reach ``from_pretrained``: ``"auto"`` within a
+    CPU budget loads a dispatched model with the same effects; a GPU key given as a string (as JSON gives
+    it) is read as that GPU, and one the machine lacks is refused by name."""
+    from oe_assets.resources.model import ModelResource
+
+    tiny_gpt2(seed=3).save_pretrained(tmp_path / "m")
+    if not torch.cuda.is_available():
+        gpu = ModelResource(source=str(tmp_path / "m"), dtype="float64", device_map="auto", max_memory={"0": "1GiB"})
+        with pytest.raises(ValueError, match="name GPU 0, but this machine has 0 GPU"):
+            gpu.load()  # the string key "0" was read as GPU 0
+    resource = ModelResource(source=str(tmp_path / "m"), dtype="float64", device="cpu", device_map="auto",
+                             max_memory={"cpu": "2GiB"})
+    lm = resource.load()
+    assert set(lm.model.hf_device_map.values()) == {"cpu"}  # placed by accelerate (one device: no hooks needed)
+    assert resource.compute_device() == torch.device("cpu")
+    whole = ModelResource(source=str(tmp_path / "m"), dtype="float64", device="cpu").load()
+    assert whole is not lm and not hasattr(whole.model, "hf_device_map")
+    batch = padded_batch(seed=5, lengths=LENGTHS)
+    assert rel(SecondOrderLens(lm.adapter, 1)(batch), SecondOrderLens(whole.adapter, 1)(batch)) <= 1e-12

@@ -125,6 +125,12 @@ def load_model(
         model = model_cls.from_pretrained(source, dtype=resolve_dtype(dtype), **hub).to(resolve_device(device))
     else:
         check_device_map(device_map, max_memory)
+        gpus = torch.cuda.device_count()
+        named = [k for k in (max_memory or {}) if isinstance(k, int)]
+        named += [d for d in (device_map.values() if isinstance(device_map, dict) else ()) if isinstance(d, int)]
+        if any(i >= gpus for i in named):
+            raise ValueError(f"model.device_map / model.max_memory name GPU {max(named)}, but this machine has "
+                             f"{gpus} GPU(s)")
         try:
             import accelerate  # noqa: F401  (transformers dispatches through it)
         except ImportError as exc:
