@@ -137,9 +137,9 @@ def test_offload_settings_without_a_device_map_are_refused(tmp_path):
 
 
 def test_model_resource_passes_the_placement_through(tmp_path):
-    """A profile's ``model.device_map`` / ``max_memory`` reach ``from_pretrained``: ``"auto"`` within a
-    CPU budget loads a dispatched model with the same effects; a GPU key given as a string (as JSON gives
-    it) is read as that GPU, and one the machine lacks is refused by name."""
+    """A profile's ``model.device_map`` / ``max_memory`` / ``offload_folder`` reach ``from_pretrained``
+    and give the unsplit effects; a GPU key given as a string (as JSON gives it) is read as that GPU,
+    and one the machine lacks is refused by name."""
     from oe_assets.resources.model import ModelResource
 
     tiny_gpt2(seed=3).save_pretrained(tmp_path / "m")
@@ -147,12 +147,17 @@ def test_model_resource_passes_the_placement_through(tmp_path):
         gpu = ModelResource(source=str(tmp_path / "m"), dtype="float64", device_map="auto", max_memory={"0": "1GiB"})
         with pytest.raises(ValueError, match="name GPU 0, but this machine has 0 GPU"):
             gpu.load()  # the string key "0" was read as GPU 0
-    resource = ModelResource(source=str(tmp_path / "m"), dtype="float64", device="cpu", device_map="auto",
-                             max_memory={"cpu": "2GiB"})
+    # an explicit map through the resource: dispatched as given (disk blocks offloaded), the same effects
+    resource = ModelResource(source=str(tmp_path / "m"), dtype="float64", device_map=SPLITS["gpt2"](4),
+                             offload_folder=str(tmp_path / "offload"))
     lm = resource.load()
-    assert set(lm.model.hf_device_map.values()) == {"cpu"}  # placed by accelerate (one device: no hooks needed)
+    assert is_dispatched(lm.model) and lm.model.hf_device_map == SPLITS["gpt2"](4)
     assert resource.compute_device() == torch.device("cpu")
+    # "auto" within a CPU budget loads as well (on a machine without GPUs: all on the CPU)
+    auto = ModelResource(source=str(tmp_path / "m"), dtype="float64", device_map="auto", max_memory={"cpu": "2GiB"})
     whole = ModelResource(source=str(tmp_path / "m"), dtype="float64", device="cpu").load()
-    assert whole is not lm and not hasattr(whole.model, "hf_device_map")
+    assert len({id(whole), id(lm), id(auto.load())}) == 3  # each placement its own cached model
     batch = padded_batch(seed=5, lengths=LENGTHS)
-    assert rel(SecondOrderLens(lm.adapter, 1)(batch), SecondOrderLens(whole.adapter, 1)(batch)) <= 1e-12
+    expected = SecondOrderLens(whole.adapter, 1)(batch)
+    assert rel(SecondOrderLens(lm.adapter, 1)(batch), expected) <= 1e-12
+    assert rel(SecondOrderLens(auto.load().adapter, 1)(batch), expected) <= 1e-12
