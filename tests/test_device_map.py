@@ -161,3 +161,25 @@ def test_model_resource_passes_the_placement_through(tmp_path):
     expected = SecondOrderLens(whole.adapter, 1)(batch)
     assert rel(SecondOrderLens(lm.adapter, 1)(batch), expected) <= 1e-12
     assert rel(SecondOrderLens(auto.load().adapter, 1)(batch), expected) <= 1e-12
+
+
+def test_offloaded_unembedding_gives_the_same_classifier_and_vocabulary(tmp_path):
+    """A causal LM's label directions are unembedding rows: with ``lm_head`` on disk they are read from
+    the offloaded weights, equal to the unsplit model's."""
+    tiny_decoder("llama", seed=4).save_pretrained(tmp_path / "m")
+    whole = load_model(str(tmp_path / "m"), dtype="float64", device="cpu")
+    device_map = {**SPLITS["llama"](whole.adapter.n_layers), "lm_head": "disk"}
+    split = load_model(str(tmp_path / "m"), dtype="float64", device_map=device_map, offload_folder=str(tmp_path / "off"))
+    assert split.model.lm_head.weight.device.type == "meta"
+    ids = {"a": 3, "b": 7, "c": 11}
+
+    def tok(text, add_special_tokens=False):  # one token per name, ids within the tiny vocabulary
+        return {"input_ids": [ids[text.strip()]]}
+
+    names = ["a", "b", "c"]
+    got = split.adapter.zero_shot_classifier(tok, names, None)
+    assert got.device.type == "cpu" and torch.equal(got, whole.adapter.zero_shot_classifier(tok, names, None))
+    kept, rows = split.adapter.unembedding_vocabulary(tok, names)
+    kept_ref, rows_ref = whole.adapter.unembedding_vocabulary(tok, names)
+    assert kept == kept_ref and torch.equal(rows, rows_ref)
+    assert split.model.lm_head.weight.device.type == "meta"  # offloaded again

@@ -16,7 +16,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-__all__ = ["execution_device", "materialized", "is_dispatched"]
+__all__ = ["execution_device", "materialized", "is_dispatched", "owner"]
 
 
 def is_dispatched(model: torch.nn.Module) -> bool:
@@ -52,6 +52,14 @@ def _hook_device(hook) -> torch.device | None:
     if device is None:
         return None
     return torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+
+
+def owner(model: torch.nn.Module, tensor: torch.Tensor) -> str:
+    """The name of the module of ``model`` that holds parameter ``tensor`` ("" when none does)."""
+    for name, module in model.named_modules():
+        if any(p is tensor for p in module.parameters(recurse=False)):
+            return name
+    return ""
 
 
 @contextmanager
