@@ -2,7 +2,9 @@
 
 1. the reference CLIP outputs, on CUDA in float64 (bar 1e-5) and float32 (bar 1e-3), every layer, both splits;
 2. fast path = slow path on CUDA (float64, 1e-10) for tiny CLIP, BERT and GPT-2 models, and CUDA = CPU;
-3. padding invariance on CUDA.
+3. padding invariance on CUDA;
+4. with two or more GPUs: a tiny Llama split over two GPUs by ``device_map`` gives the unsplit model's
+   effects, norms and first-order effects (float64, 1e-10), each block's factors on its own GPU.
 
     python benchmarks/cuda_checks.py REFERENCE_DIR
 """
@@ -16,9 +18,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import padded_batch, tiny_bert, tiny_clip_vision, tiny_gpt2
+from conftest import padded_batch, tiny_bert, tiny_clip_vision, tiny_decoder, tiny_gpt2
 
-from oe_assets.lens import SecondOrderLens, slow_second_order_effects
+from oe_assets.lens import FirstOrderLens, SecondOrderLens, slow_second_order_effects
 
 failures = []
 
@@ -73,9 +75,40 @@ def main() -> None:
             n = int(batch["attention_mask"][1].sum())
             alone = lens({k: v[1:2, :n].to(dev) for k, v in batch.items()})
             report(f"{name} padding invariance on cuda", rel(together[1:2], alone), 1e-10)
-    print("FAILED: " + ", ".join(failures) if failures else "all CUDA checks passed")
-    sys.exit(1 if failures else 0)
+
+
+def multi_gpu_checks() -> None:
+    """A tiny Llama split over GPUs 0 and 1 (half the blocks each) against the whole model on GPU 0."""
+    import tempfile
+
+    from oe_assets.models.loading import load_model
+
+    layers = 6
+    with tempfile.TemporaryDirectory() as folder:
+        tiny_decoder("llama", seed=1, layers=layers).save_pretrained(folder)
+        whole = load_model(folder, dtype="float64", device="cuda:0")
+        device_map = {"model.embed_tokens": 0, "model.rotary_emb": 0, "model.norm": 1, "lm_head": 1,
+                      **{f"model.layers.{i}": 0 if i < layers // 2 else 1 for i in range(layers)}}
+        split = load_model(folder, dtype="float64", device_map=device_map)
+        batch = padded_batch(seed=2)
+        for layer in (0, layers // 2 - 1, layers // 2):
+            ref = SecondOrderLens(whole.adapter, layer).factorized(batch)
+            lens = SecondOrderLens(split.adapter, layer)
+            got = lens.factorized(batch)
+            report(f"llama split over 2 GPUs layer {layer}: effects", rel(got.dense(), ref.dense()), 1e-10)
+            report(f"llama split over 2 GPUs layer {layer}: norms", rel(got.norms(), ref.norms()), 1e-10)
+            report(f"llama split over 2 GPUs layer {layer}: first order",
+                   rel(FirstOrderLens(split.adapter, layer)(batch), FirstOrderLens(whole.adapter, layer)(batch)), 1e-10)
+            wrong = [b.index for b in lens.blocks if b.device != torch.device("cuda", device_map[f"model.layers.{b.index}"])]
+            placed = sorted({str(d) for d in lens.factors.devices})
+            report(f"llama split layer {layer}: blocks off their mapped GPU ({placed})", float(len(wrong)), 0)
 
 
 if __name__ == "__main__":
     main()
+    if torch.cuda.device_count() >= 2:
+        multi_gpu_checks()
+    else:
+        print("one GPU: the multi-GPU device_map check is skipped", flush=True)
+    print("FAILED: " + ", ".join(failures) if failures else "all CUDA checks passed")
+    sys.exit(1 if failures else 0)

@@ -18,7 +18,8 @@ From this table:
   profile's, and everything downstream of it;
 - the defaults are the resource fields' (:func:`default`), never restated.
 
-Settings that do not change a number (``model.device``, ``model.batch_size``,
+Settings that do not change a number (``model.device``, ``model.device_map``, ``model.max_memory``,
+``model.offload_folder``, ``model.batch_size``,
 ``dataset.num_workers``, ``storage.base_dir``, ``storage.effects_compression``,
 ``analysis.report_neurons`` for the numeric assets) are not declared by the assets they do not
 affect.  No Dagster import: the resources are read as plain objects.

@@ -35,7 +35,9 @@ RESOURCE_SECTIONS = {ModelResource: "model", DatasetResource: "dataset", Analysi
                      ArtifactStore: "storage"}
 #: fields read that never change a number (device placement, batching, workers, where files go)
 NO_NUMBERS = {"model.device", "model.batch_size", "dataset.num_workers", "storage.base_dir",
-              "storage.effects_compression"}
+              "storage.effects_compression",
+              # placement over devices (tests/test_device_map.py: split = unsplit)
+              "model.device_map", "model.max_memory", "model.offload_folder"}
 #: fields read for catalog metadata or previews only, by these assets
 PREVIEW_ONLY = {("neuron_pcas", "analysis.report_neurons"), ("sparse_codes", "analysis.report_neurons"),
                 ("text_embeddings", "analysis.coefficient"), ("classifier", "analysis.coefficient")}

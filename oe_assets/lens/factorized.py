@@ -87,20 +87,68 @@ class HeadFactors:
 
     ``cache_bytes``: dense ``M`` is kept after its first use when it takes at most this many bytes
     (the lens's per-batch dense output reuses it); otherwise every block is formed on the fly.
+
+    A model split over several devices gives one part per later block (:meth:`from_blocks`), each
+    kept on its block's device: products are computed there and only their results move to the
+    caller's device.  ``left`` / ``right`` of such factors are whole copies on the CPU (for storage).
     """
 
     def __init__(self, left, right, cache_bytes: int = 0):
-        if left.shape[0] != right.shape[0] or left.shape[2] != right.shape[1]:
-            raise ValueError(f"left {tuple(left.shape)} and right {tuple(right.shape)} are not per-head factors "
-                             "[paths, d_out, d_head] and [paths, d_head, neurons]")
-        self.left, self.right = left, right
+        self._check(left, right)
+        #: ``[(left, right)]`` per group of paths, in path order: one part, or one per later block
+        #: when the blocks sit on different devices
+        self.parts = [(left, right)]
         self.cache_bytes = cache_bytes
         self._dense: dict[tuple, torch.Tensor] = {}
 
-    n_paths = property(lambda self: int(self.left.shape[0]))
-    d_out = property(lambda self: int(self.left.shape[1]))
-    d_head = property(lambda self: int(self.left.shape[2]))
-    n_neurons = property(lambda self: int(self.right.shape[2]))
+    @staticmethod
+    def _check(left, right) -> None:
+        if left.shape[0] != right.shape[0] or left.shape[2] != right.shape[1]:
+            raise ValueError(f"left {tuple(left.shape)} and right {tuple(right.shape)} are not per-head factors "
+                             "[paths, d_out, d_head] and [paths, d_head, neurons]")
+
+    @classmethod
+    def from_blocks(cls, lefts: list, rights: list, cache_bytes: int = 0) -> "HeadFactors":
+        """Factors from per-block parts ``lefts[j]`` ``[heads, d_out, d_head]``, ``rights[j]``
+        ``[heads, d_head, neurons]``: concatenated when they share a device, else kept where they are."""
+        if len({str(t.device) for t in lefts} | {str(t.device) for t in rights}) <= 1:
+            return cls(torch.cat(lefts), torch.cat(rights), cache_bytes)
+        out = cls(lefts[0], rights[0], cache_bytes)
+        for left, right in zip(lefts[1:], rights[1:]):
+            cls._check(left, right)
+            if left.shape[1:] != lefts[0].shape[1:] or right.shape[1:] != rights[0].shape[1:]:
+                raise ValueError("per-block factors differ in d_out, d_head or neurons")
+            out.parts.append((left, right))
+        return out
+
+    @property
+    def left(self):
+        """``[paths, d_out, d_head]`` (one part as it is; several parts: a CPU copy)."""
+        return self.parts[0][0] if len(self.parts) == 1 else torch.cat([p[0].cpu() for p in self.parts])
+
+    @property
+    def right(self):
+        """``[paths, d_head, neurons]`` (one part as it is; several parts: a CPU copy)."""
+        return self.parts[0][1] if len(self.parts) == 1 else torch.cat([p[1].cpu() for p in self.parts])
+
+    @property
+    def devices(self) -> list[torch.device]:
+        """The device of every path's factors ``[paths]`` (where a split model's block put them)."""
+        return [torch.device(getattr(left, "device", "cpu")) for left, _ in self.parts for _ in range(left.shape[0])]
+
+    n_paths = property(lambda self: sum(int(left.shape[0]) for left, _ in self.parts))
+    d_out = property(lambda self: int(self.parts[0][0].shape[1]))
+    d_head = property(lambda self: int(self.parts[0][0].shape[2]))
+    n_neurons = property(lambda self: int(self.parts[0][1].shape[2]))
+
+    def _places(self, device):
+        """``(path slice, left, right, compute device)`` per part: one part computes on ``device``,
+        several parts each on their own device."""
+        p0 = 0
+        for left, right in self.parts:
+            p1 = p0 + int(left.shape[0])
+            yield slice(p0, p1), left, right, (device if len(self.parts) == 1 else left.device)
+            p0 = p1
 
     def nbytes(self, dtype: torch.dtype = torch.float32) -> int:
         """Bytes of the dense ``M`` in ``dtype``."""
@@ -117,30 +165,40 @@ class HeadFactors:
         return self._form(neurons, dtype, device)
 
     def _form(self, neurons, dtype, device) -> torch.Tensor:
-        left = _tensor(self.left, dtype, device)
-        if isinstance(neurons, slice):
-            right = self.right[:, :, neurons]
-        else:
-            pos = np.asarray(neurons)
-            run = _as_slice(pos)
-            right = self.right[:, :, run] if run is not None else _tensor(self.right, dtype, device)[:, :, pos]
-        return torch.einsum("pdk,pkn->npd", left, _tensor(right, dtype, device))
+        out = []
+        for _, left_part, right_part, at in self._places(device):
+            left = _tensor(left_part, dtype, at)
+            if isinstance(neurons, slice):
+                right = right_part[:, :, neurons]
+            else:
+                pos = np.asarray(neurons)
+                run = _as_slice(pos)
+                right = right_part[:, :, run] if run is not None else _tensor(right_part, dtype, at)[:, :, pos]
+            out.append(torch.einsum("pdk,pkn->npd", left, _tensor(right, dtype, at)).to(device))
+        return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
     def contract(self, weights: torch.Tensor) -> torch.Tensor:
         """``sum_{p, n} weights[s, p, n] M[n, p, :]`` ``[samples, d_out]`` for ``weights``
         ``[samples, paths, neurons]``, through the factors (never ``M``): ``sum_p left[p] (right[p] w[s, p])``."""
-        right = _tensor(self.right, weights.dtype, weights.device)
-        left = _tensor(self.left, weights.dtype, weights.device)
-        t = torch.einsum("spn,pkn->spk", weights, right)
-        return torch.einsum("spk,pdk->sd", t, left)
+        total = None
+        for paths, left_part, right_part, at in self._places(weights.device):
+            right = _tensor(right_part, weights.dtype, at)
+            left = _tensor(left_part, weights.dtype, at)
+            t = torch.einsum("spn,pkn->spk", weights[:, paths].to(at), right)
+            part = torch.einsum("spk,pdk->sd", t, left).to(weights.device)
+            total = part if total is None else total + part
+        return total
 
     def along(self, directions: torch.Tensor) -> torch.Tensor:
         """``M[n, p, :] . u[n]`` ``[neurons, paths]`` for one direction ``u`` ``[neurons, d_out]``
         per neuron: ``right[p, :, n] . (left[p]^T u[n])``."""
-        left = _tensor(self.left, directions.dtype, directions.device)
-        right = _tensor(self.right, directions.dtype, directions.device)
-        lu = torch.einsum("pdk,nd->pkn", left, directions)
-        return torch.einsum("pkn,pkn->np", lu, right)
+        out = []
+        for _, left_part, right_part, at in self._places(directions.device):
+            left = _tensor(left_part, directions.dtype, at)
+            right = _tensor(right_part, directions.dtype, at)
+            lu = torch.einsum("pdk,nd->pkn", left, directions.to(at))
+            out.append(torch.einsum("pkn,pkn->np", lu, right).to(directions.device))
+        return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
 
 class FactorizedEffects:

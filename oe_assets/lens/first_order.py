@@ -30,7 +30,8 @@ import torch
 
 from .adapters import Capture, ModelAdapter, get_adapter
 from .adapters.base import lens_dtype
-from .second_order import LayerLens, layer_norm_map
+from .placement import execution_device, materialized
+from .second_order import LayerLens, _outside_blocks, layer_norm_map
 
 __all__ = ["FirstOrderLens", "FirstOrderSums", "first_order_effects", "replaced_mlp_representations", "token_mask"]
 
@@ -49,13 +50,15 @@ class FirstOrderLens(LayerLens):
             raise ValueError(f"coefficient must be positive, got {coefficient!r}")
         self.mlp_layer, self.coefficient = mlp_layer, float(coefficient)
         self.norms = a.layer_norms_after_mlp(mlp_layer)
-        with torch.no_grad():
-            W_out, _ = a.mlp_out_weights(mlp_layer)
-            D = layer_norm_map(a, self.norms, "direct", self.dtype) @ W_out.to(self.dtype)  # [d_model, N]
+        # a model split over devices: the directions live on the MLP's block device, from weights loaded
+        # for the moment where accelerate offloads them
+        dev = execution_device(a.model, a.block_name(mlp_layer))
+        with torch.no_grad(), materialized(a.model, [a.block_name(mlp_layer), *self.norms, *_outside_blocks(a)]):
+            W_out = a.mlp_out_weights(mlp_layer)[0].to(dev, self.dtype)
+            D = layer_norm_map(a, self.norms, "direct", dev, self.dtype) @ W_out  # [d_model, N]
             P = a.projection()
-            P = None if P is None else P.to(self.dtype)
             #: ``D`` ``[d_out, neurons]``: each neuron's direction in the output space
-            self.directions = D if P is None else P.T @ D
+            self.directions = D if P is None else P.to(dev, self.dtype).T @ D
 
     def capture(self, inputs: Any) -> Capture:
         return self.adapter.capture(inputs, self.mlp_layer)
@@ -67,20 +70,22 @@ class FirstOrderLens(LayerLens):
     def weights(self, cap: Capture) -> torch.Tensor:
         """``scale[b] * beta[b, n]`` ``[batch, neurons]``: each neuron's coefficient on its direction."""
         cap = cap.to(self.dtype)
-        s = cap.ln_scale_queries(self.norms) * cap.readout  # [B, Q]: w / sigma
+        s = cap.ln_scale_queries(self.norms) * cap.readout.to(cap.activations.device)  # [B, Q]: w / sigma
         a = cap.activations[:, cap.query_positions.to(cap.activations.device), :]  # [B, Q, N]
         beta = torch.einsum("bq,bqn->bn", s.to(a.dtype), a)
-        return beta * (self.coefficient / cap.representation.norm(dim=-1))[:, None]
+        return beta * (self.coefficient / cap.representation.norm(dim=-1).to(a.device))[:, None]
 
     @torch.no_grad()
     def from_capture(self, cap: Capture) -> torch.Tensor:
         """``[batch, neurons, d_out]`` first-order effects of a :class:`Capture` of this layer."""
-        return self.weights(cap)[:, :, None] * self.directions.T[None]
+        weights = self.weights(cap)
+        return weights[:, :, None] * self.directions.T[None].to(weights.device)
 
     @torch.no_grad()
     def summed_from_capture(self, cap: Capture) -> torch.Tensor:
         """``sum_n fo[b, n]`` ``[batch, d_out]``."""
-        return self.weights(cap) @ self.directions.T
+        weights = self.weights(cap)
+        return weights @ self.directions.T.to(weights.device)
 
 
 
@@ -122,9 +127,11 @@ class FirstOrderSums:
         """``{layer: mean MLP output [d_model]}``: ``W_out mean(a) + b_out`` over samples and real tokens."""
         out = {}
         for layer, lens in self.lenses.items():
-            W_out, b_out = (t.to(lens.dtype) for t in lens.adapter.mlp_out_weights(layer))
-            mean_act = (self._act[layer] / self._tokens).to(W_out.device, lens.dtype)
-            out[layer] = (W_out @ mean_act + b_out).double().cpu().numpy()
+            a = lens.adapter
+            with materialized(a.model, [a.block_name(layer)]):
+                W_out, b_out = (t.to(lens.dtype) for t in a.mlp_out_weights(layer))
+                mean_act = (self._act[layer] / self._tokens).to(W_out.device, lens.dtype)
+                out[layer] = (W_out @ mean_act + b_out).double().cpu().numpy()
         return out
 
 
@@ -151,8 +158,8 @@ def replaced_mlp_representations(model: torch.nn.Module | ModelAdapter, inputs: 
     module = a.model.get_submodule(a.mlp_out_pattern.replace("*", str(mlp_layer)))
     value = torch.as_tensor(replacement).to(device=a.device, dtype=a.dtype)
 
-    def replace(mod, args, output):
-        return value.expand_as(output).clone()
+    def replace(mod, args, output):  # on the output's device: a split model runs the layer on its own
+        return value.to(output.device).expand_as(output).clone()
 
     handle = module.register_forward_hook(replace)
     try:

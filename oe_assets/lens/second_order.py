@@ -39,38 +39,51 @@ Conventions (what the LayerNorm means and the biases contribute):
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
-from .adapters import Capture, ModelAdapter, get_adapter
-from .adapters.base import AttentionWeights, lens_dtype
+from .adapters import AttentionWeights, Capture, ModelAdapter, get_adapter
+from .adapters.base import lens_dtype
 from .factorized import FactorizedEffects, HeadFactors
+from .placement import execution_device, materialized
 
 __all__ = ["SecondOrderLens", "second_order_effects", "layer_norm_map", "CONVENTIONS"]
 
 CONVENTIONS = ("reference", "direct")
 
 
-def layer_norm_map(adapter: ModelAdapter, names: list[str], convention: str,
+def layer_norm_map(adapter: ModelAdapter, names: list[str], convention: str, device=None,
                    dtype: torch.dtype | None = None) -> torch.Tensor:
     """The linear part ``[d_model, d_model]`` of the frozen LayerNorms ``names`` applied in order:
     ``diag(gamma)`` for the reference convention, ``prod diag(gamma) (I - 11^T/d)`` for direct
-    (``diag(gamma)`` for an RMSNorm, which does not centre); in ``dtype`` (default: the model's)."""
+    (``diag(gamma)`` for an RMSNorm, which does not centre); on ``device`` (default: the model's), in
+    ``dtype`` (default: the model's)."""
     D = adapter.d_model
+    device = adapter.device if device is None else device
     dtype = dtype or adapter.dtype
-    eye = torch.eye(D, dtype=dtype, device=adapter.device)
+    eye = torch.eye(D, dtype=dtype, device=device)
     centre = eye - 1.0 / D
     out = eye
     for name in names:
         p = adapter.layer_norm(name)
-        gamma = p.weight.to(dtype)
+        gamma = p.weight.to(device, dtype)  # a split model keeps each norm on its own block's device
         # an RMSNorm (centred=False) never subtracts a mean: its linear part is diag(gamma) alone
         step = torch.diag(gamma) if convention == "reference" or not p.centred else gamma[:, None] * centre
         out = step @ out
     return out
+
+
+def _to(value, device, dtype=None):
+    return value.to(device, dtype) if isinstance(value, torch.Tensor) else value
+
+
+def _outside_blocks(adapter: ModelAdapter) -> list[str]:
+    """Top-level modules outside the stack of blocks (a projection, another tower), whose weights the
+    lens may read besides the blocks' and the listed norms'."""
+    stack = adapter.attention_pattern.split("*")[0].rstrip(".")
+    return [n for n, _ in adapter.model.named_children() if not (stack == n or stack.startswith(n + "."))]
 
 
 @dataclass
@@ -95,12 +108,8 @@ class _Block:
     index: int
     ln_in: list[str]
     ln_out: list[str]
-
-
-def cast_attention(w: AttentionWeights, dtype: torch.dtype) -> AttentionWeights:
-    """``w`` with every weight and bias in ``dtype``."""
-    return dataclasses.replace(w, **{f.name: getattr(w, f.name).to(dtype) for f in dataclasses.fields(w)
-                                     if isinstance(getattr(w, f.name), torch.Tensor)})
+    #: the device the block computes on (one of several when the model is split over devices)
+    device: torch.device
 
 
 class LayerLens:
@@ -160,7 +169,8 @@ class SecondOrderLens(LayerLens):
             raise ValueError(f"coefficient must be positive, got {coefficient!r}")
         self.mlp_layer, self.coefficient, self.convention = mlp_layer, float(coefficient), convention
         self.blocks = [
-            _Block(j, a.layer_norms_before_head(mlp_layer, j), a.layer_norms_after_head(j))
+            _Block(j, a.layer_norms_before_head(mlp_layer, j), a.layer_norms_after_head(j),
+                   execution_device(a.model, a.block_name(j)))
             for j in a.later_blocks(mlp_layer)
         ]
         with torch.no_grad():
@@ -169,36 +179,49 @@ class SecondOrderLens(LayerLens):
     # ------------------------------------------------------------------ one-time work
     def _precompute(self) -> None:
         a, conv, dt = self.adapter, self.convention, self.dtype
-        H, N = a.n_heads, a.d_mlp
-        W_out, b_out = (t.to(dt) for t in a.mlp_out_weights(self.mlp_layer))
-        P = a.projection()
-        P = None if P is None else P.to(dt)
+        # a model split over devices: each block's factors are computed and kept on the block's device,
+        # its weights loaded for the moment (accelerate's CPU / disk offload keeps them on "meta")
+        mlp_block = a.block_name(self.mlp_layer)
         lefts, rights = [], []
         self._const = []
         for blk in self.blocks:
-            w = cast_attention(a.attention_weights(blk.index), dt)
-            L_in = layer_norm_map(a, blk.ln_in, conv, dt)
-            L_out = layer_norm_map(a, blk.ln_out, conv, dt)
-            left = torch.einsum("ed,hdk->hek", L_out, w.W_o)  # [H, D, dh]
-            if P is not None:
-                left = torch.einsum("de,hdk->hek", P, left)  # [H, d_out, dh]
-            value_in = torch.einsum("hkd,de->hke", w.W_v, L_in)  # [H, dh, D]: W_V[h] L_in
-            lefts.append(left)
-            rights.append(value_in @ W_out)  # [H, dh, N]
-            if conv == "reference":
-                (ln_in,), (ln_out,) = blk.ln_in, blk.ln_out
-                beta_in = a.layer_norm(ln_in).bias.to(dt)  # its weight is already in L_in
-                g_f, beta_f = a.layer_norm(ln_out).weight.to(dt), a.layer_norm(ln_out).bias.to(dt)
-                proj = (lambda x: x) if P is None else (lambda x: x @ P)
-                self._const.append(_ReferenceShares(
-                    out_bias_share=torch.einsum("hek,hk->he", left, value_in @ (b_out / N)),
-                    mean_share=torch.einsum("hek,hk->he", left, value_in @ torch.ones_like(b_out)),
-                    value_bias=torch.einsum("hek,hk->e", left, torch.einsum("hkd,d->hk", w.W_v, beta_in) + w.b_v),
-                    head_bias=proj(g_f * w.b_o), final_gain=proj(g_f), final_bias=proj(beta_f),
-                    c=(1 + 2 * blk.index) * N, c_final=(1 + 2 * blk.index) * (1 + 2 * a.n_layers) * H * N,
-                ))
+            dev = blk.device
+            with materialized(a.model, [mlp_block, a.block_name(blk.index), *blk.ln_in, *blk.ln_out,
+                                        *_outside_blocks(a)]):
+                W_out, b_out = (t.to(dev, dt) for t in a.mlp_out_weights(self.mlp_layer))
+                P = a.projection()
+                P = None if P is None else P.to(dev, dt)
+                w = a.attention_weights(blk.index)
+                w = AttentionWeights(**{f.name: _to(getattr(w, f.name), dev, dt) for f in fields(w)})
+                L_in = layer_norm_map(a, blk.ln_in, conv, dev, dt)
+                L_out = layer_norm_map(a, blk.ln_out, conv, dev, dt)
+                self._block_factors(blk, w, L_in, L_out, W_out, b_out, P, lefts, rights)
         # the dense M [neurons, J*H, d_out] is kept for the per-batch dense output only while it is small
-        self.factors = HeadFactors(torch.cat(lefts), torch.cat(rights), cache_bytes=self.dense_cache_bytes)
+        self.factors = HeadFactors.from_blocks(lefts, rights, cache_bytes=self.dense_cache_bytes)
+
+    def _block_factors(self, blk, w, L_in, L_out, W_out, b_out, P, lefts, rights) -> None:
+        a, conv = self.adapter, self.convention
+        H, N = a.n_heads, a.d_mlp
+        left = torch.einsum("ed,hdk->hek", L_out, w.W_o)  # [H, D, dh]
+        if P is not None:
+            left = torch.einsum("de,hdk->hek", P, left)  # [H, d_out, dh]
+        value_in = torch.einsum("hkd,de->hke", w.W_v, L_in)  # [H, dh, D]: W_V[h] L_in
+        lefts.append(left)
+        rights.append(value_in @ W_out)  # [H, dh, N]
+        if conv == "reference":
+            (ln_in,), (ln_out,) = blk.ln_in, blk.ln_out
+            dev = left.device
+            beta_in = a.layer_norm(ln_in).bias.to(dev, self.dtype)  # its weight is already in L_in
+            g_f = a.layer_norm(ln_out).weight.to(dev, self.dtype)
+            beta_f = a.layer_norm(ln_out).bias.to(dev, self.dtype)
+            proj = (lambda x: x) if P is None else (lambda x: x @ P)
+            self._const.append(_ReferenceShares(
+                out_bias_share=torch.einsum("hek,hk->he", left, value_in @ (b_out / N)),
+                mean_share=torch.einsum("hek,hk->he", left, value_in @ torch.ones_like(b_out)),
+                value_bias=torch.einsum("hek,hk->e", left, torch.einsum("hkd,d->hk", w.W_v, beta_in) + w.b_v),
+                head_bias=proj(g_f * w.b_o), final_gain=proj(g_f), final_bias=proj(beta_f),
+                c=(1 + 2 * blk.index) * N, c_final=(1 + 2 * blk.index) * (1 + 2 * a.n_layers) * H * N,
+            ))
 
     # ------------------------------------------------------------------ per batch
     def capture(self, inputs: Any) -> Capture:
@@ -226,17 +249,24 @@ class SecondOrderLens(LayerLens):
         the lens's compute dtype (the capture is cast to it), the results in ``dtype`` (default
         float64) when densified."""
         cap = cap.to(self.dtype)
-        path_weights, const = [], None
-        readout_total = cap.readout.sum(-1)  # sum_q w
+        out = cap.activations.device  # a split model: each block's part is computed on its device, gathered here
+        path_weights, alphas, const = [], [], None
+        acts = {str(out): cap.activations}  # the activations copied once to each block device
         for i, blk in enumerate(self.blocks):
-            s_out = cap.ln_scale_queries(blk.ln_out) * cap.readout  # [B, Q]: w / sigma_f
-            s_in = cap.ln_scale_keys(blk.ln_in)  # [B, T]
+            dev = cap.attention[blk.index].device
+            readout = cap.readout.to(dev)
+            s_out = cap.ln_scale_queries(blk.ln_out, dev) * readout  # [B, Q]: w / sigma_f
+            s_in = cap.ln_scale_keys(blk.ln_in, dev)  # [B, T]
             At = torch.einsum("bhqt,bq->bht", cap.attention[blk.index], s_out) * s_in[:, None, :]
-            path_weights.append(At)
+            if dev != out:
+                if str(dev) not in acts:
+                    acts[str(dev)] = cap.activations.to(dev)
+                alphas.append((i, torch.bmm(At, acts[str(dev)]).to(out)))  # [B, H, N]
+            path_weights.append(At.to(out))
             if self.convention == "reference":
                 k = self._const[i]
-                mu_in = cap.ln_mean[blk.ln_in[0]]
-                mu_f = cap.at_queries(cap.ln_mean[blk.ln_out[0]])
+                mu_in = cap.ln_mean[blk.ln_in[0]].to(dev)
+                mu_f = cap.at_queries(cap.ln_mean[blk.ln_out[0]]).to(dev)
                 w_over_sigma_f = s_out.sum(-1)  # sum_q w / sigma_f
                 w_mu_over_sigma_f = (s_out * mu_f).sum(-1)  # sum_q w mu_f / sigma_f
                 attn_mass = At.sum(-1)  # [B, H]: sum_t Atil
@@ -245,15 +275,19 @@ class SecondOrderLens(LayerLens):
                 term = (
                     attn_mass @ k.out_bias_share - attn_mean_in @ k.mean_share / k.c
                     + w_over_sigma_f[:, None] * (k.value_bias + k.head_bias) / k.c
-                    + H * (readout_total[:, None] * k.final_bias - w_mu_over_sigma_f[:, None] * k.final_gain) / k.c_final
-                )
+                    + H * (readout.sum(-1)[:, None] * k.final_bias - w_mu_over_sigma_f[:, None] * k.final_gain) / k.c_final
+                ).to(out)
                 const = term if const is None else const + term
         Atil = torch.cat(path_weights, dim=1)  # [B, J*H, T]
-        alpha = torch.bmm(Atil, cap.activations)  # [B, J*H, N]
-        scale = self.coefficient / cap.representation.norm(dim=-1)
+        if alphas:  # blocks on other devices: their rows of alpha were formed there
+            parts = dict(alphas)
+            alpha = torch.cat([parts[i] if i in parts else torch.bmm(path_weights[i], cap.activations)
+                               for i in range(len(self.blocks))], dim=1)
+        else:
+            alpha = torch.bmm(Atil, cap.activations)  # [B, J*H, N]
+        scale = self.coefficient / cap.representation.norm(dim=-1).to(out)
         return FactorizedEffects(alpha, scale, self.factors, const, dtype=dtype or torch.float64,
                                  device=alpha.device, tokens=(Atil, cap.activations), token_mask=cap.token_mask)
-
 
 
 def second_order_effects(

@@ -11,8 +11,8 @@ import torch
 from ..lens.adapters import ADAPTERS, ModelAdapter
 from .hub import MINILM_ID, ModelSourceError, load_config, resolve_source, sentence_transformers_pooling
 
-__all__ = ["LoadedModel", "load_model", "resolve_device", "resolve_dtype", "sentence_transformers_pooling",
-           "MINILM_ID", "ModelSourceError", "resolve_source"]
+__all__ = ["LoadedModel", "load_model", "check_device_map", "map_compute_device", "DEVICE_MAP_KINDS", "resolve_device",
+           "resolve_dtype", "sentence_transformers_pooling", "MINILM_ID", "ModelSourceError", "resolve_source"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -43,9 +43,51 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return _DTYPES[dtype]
 
 
+DEVICE_MAP_KINDS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_device_map(device_map, max_memory=None) -> None:
+    """A ``device_map`` is one of :data:`DEVICE_MAP_KINDS` or ``{module name: device}`` (a GPU index,
+    ``"cuda:N"``, ``"cpu"`` or ``"disk"``); ``max_memory`` ``{device: size}`` (``"70GiB"`` or bytes)
+    goes with a named kind only."""
+    if isinstance(device_map, str):
+        if device_map not in DEVICE_MAP_KINDS:
+            raise ValueError(f"model.device_map={device_map!r}; choose one of {DEVICE_MAP_KINDS} or give a map "
+                             "{module name: device}")
+    elif isinstance(device_map, dict):
+        if not device_map:
+            raise ValueError("model.device_map is an empty map")
+        for name, device in device_map.items():
+            if not isinstance(name, str) or not (isinstance(device, int) or isinstance(device, str)):
+                raise ValueError(f"model.device_map entry {name!r}: {device!r}; expected a module name and a "
+                                 "device (GPU index, 'cuda:N', 'cpu' or 'disk')")
+        if max_memory:
+            raise ValueError("model.max_memory sizes an automatic device_map ('auto', 'balanced', ...); "
+                             "an explicit map places every module itself")
+    else:
+        raise ValueError(f"model.device_map={device_map!r}; expected one of {DEVICE_MAP_KINDS} or a map")
+    if max_memory is not None and not isinstance(max_memory, dict):
+        raise ValueError(f"model.max_memory={max_memory!r}; expected a map {{device: size}}, e.g. "
+                         "{0: '70GiB', 1: '70GiB', 'cpu': '200GiB'}")
+
+
+def map_compute_device(device_map) -> torch.device:
+    """The device of a ``device_map``'s first GPU (the analysis stages compute there), else the CPU."""
+    check_device_map(device_map)
+    if isinstance(device_map, dict):
+        for device in device_map.values():
+            if isinstance(device, int) or device.isdigit():
+                return torch.device("cuda", int(device))
+            if device.startswith("cuda"):
+                return torch.device(device)
+        return torch.device("cpu")
+    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def load_model(
     name_or_path: str, dtype: str | torch.dtype = "float32", device: str = "auto", pooling: str | None = None,
     revision: str | None = None, compute_dtype: str | torch.dtype | None = None,
+    device_map: str | dict | None = None, max_memory: dict | None = None, offload_folder: str | None = None,
 ) -> LoadedModel:
     """Load ``name_or_path`` (hub id or folder), pick its family's adapter by ``config.model_type``
     and load the family's model class, its tokenizer and (CLIP) image processor.
@@ -57,6 +99,12 @@ def load_model(
     ``dtype``: the weights' dtype, in which the forward pass runs; ``compute_dtype``: the dtype the
     lenses compute factors and path weights in (None: float32 for bfloat16 / float16 weights, else
     ``dtype``; see :func:`oe_assets.lens.adapters.base.lens_dtype`).
+
+    ``device_map`` (None: the whole model on ``device``) splits the model over several devices
+    through Hugging Face ``accelerate`` (the ``llm`` extra): ``"auto"`` / ``"balanced"`` / ... fill
+    the GPUs within ``max_memory`` ``{device: size}``, then the CPU, then ``offload_folder`` on disk;
+    a map ``{module name: device}`` places the modules as given.  The lens then keeps each block's
+    factors on its device (:mod:`oe_assets.lens.placement`); placement does not change the numbers.
 
     A source that is not a model folder, a missing path, or an uncached hub id offline raise
     :class:`~oe_assets.models.hub.ModelSourceError` (a ``ValueError``) naming it, before any download."""
@@ -75,7 +123,27 @@ def load_model(
             + ", ".join(t for a in ADAPTERS for t in a.model_types)
         )
     hub = {"revision": revision} if revision and not Path(source).is_dir() else {}  # a folder has one revision
-    model = model_cls.from_pretrained(source, dtype=resolve_dtype(dtype), **hub).to(resolve_device(device)).eval()
+    if device_map is None:
+        if max_memory is not None or offload_folder is not None:
+            raise ValueError("model.max_memory and model.offload_folder go with model.device_map; it is not set")
+        model = model_cls.from_pretrained(source, dtype=resolve_dtype(dtype), **hub).to(resolve_device(device))
+    else:
+        check_device_map(device_map, max_memory)
+        gpus = torch.cuda.device_count()
+        named = [k for k in (max_memory or {}) if isinstance(k, int)]
+        named += [d for d in (device_map.values() if isinstance(device_map, dict) else ()) if isinstance(d, int)]
+        if any(i >= gpus for i in named):
+            raise ValueError(f"model.device_map / model.max_memory name GPU {max(named)}, but this machine has "
+                             f"{gpus} GPU(s)")
+        try:
+            import accelerate  # noqa: F401  (transformers dispatches through it)
+        except ImportError as exc:
+            raise ImportError("model.device_map needs Hugging Face accelerate: pip install 'oe_assets[llm]'") from exc
+        placement = {"device_map": device_map, "max_memory": max_memory}
+        if offload_folder is not None:
+            placement["offload_folder"] = str(offload_folder)
+        model = model_cls.from_pretrained(source, dtype=resolve_dtype(dtype), **placement, **hub)
+    model = model.eval()
     if pooling is None and adapter_cls.reads_sentence_transformers_pooling:
         pooling = sentence_transformers_pooling(source)
     adapter = adapter_cls(model, pooling=pooling)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import threading
+from typing import Any
 
 import dagster as dg
 
 from ..models.hub import load_config, resolve_source
-from ..models.loading import LoadedModel, load_model, resolve_device
+from ..models.loading import LoadedModel, load_model, map_compute_device, resolve_device
 
 __all__ = ["ModelResource", "AnalysisResource", "model_layers"]
 
@@ -34,7 +36,13 @@ class ModelResource(dg.ConfigurableResource):
     config).  ``device="auto"`` picks CUDA when available; ``revision``: a hub branch, tag or commit
     (None: the default branch; ignored for a local folder).  ``dtype``: the weights' dtype (the
     forward pass); ``compute_dtype``: the lenses' factors and path weights (None: float32 for
-    ``bfloat16`` / ``float16`` weights, else ``dtype``)."""
+    ``bfloat16`` / ``float16`` weights, else ``dtype``).
+
+    A model larger than one device: ``device_map`` (``"auto"``, ``"balanced"``, ... or a map
+    ``{module name: GPU index | "cpu" | "disk"}``, Hugging Face ``accelerate``) with ``max_memory``
+    (``{0: "70GiB", "cpu": "200GiB"}``) and ``offload_folder`` (where ``"disk"`` modules live); the
+    analysis stages then compute on the device of the model's first piece.  Placement does not change
+    the numbers, so these fields are not part of any asset's provenance."""
 
     source: str
     dtype: str = "float32"
@@ -44,19 +52,37 @@ class ModelResource(dg.ConfigurableResource):
     max_length: int = 128
     revision: str | None = None
     compute_dtype: str | None = None
+    # str or {module name: device} (Dagster config has no such union; checked by check_device_map)
+    device_map: Any = None
+    max_memory: Any = None
+    offload_folder: str | None = None
 
     def compute_device(self):
-        """The device the model runs on, without loading it (the analysis stages compute there)."""
-        return resolve_device(self.device)
+        """The device the model runs on, without loading it (the analysis stages compute there); with
+        a ``device_map``: the first GPU when there is one (an explicit map: its first GPU entry), else
+        the CPU."""
+        if self.device_map is None:
+            return resolve_device(self.device)
+        return map_compute_device(self.device_map)
 
     def load(self) -> LoadedModel:
+        placement = (json.dumps(self.device_map, sort_keys=True), json.dumps(self.max_memory, sort_keys=True),
+                     self.offload_folder)
         key = (resolve_source(self.source), self.dtype, str(resolve_device(self.device)), self.pooling, self.revision,
-               self.compute_dtype)
+               self.compute_dtype, placement)
         with _LOCK:
             if key not in _CACHE:
                 _CACHE[key] = load_model(self.source, self.dtype, self.device, self.pooling, revision=self.revision,
-                                         compute_dtype=self.compute_dtype)
+                                         compute_dtype=self.compute_dtype, device_map=self.device_map,
+                                         max_memory=_memory_keys(self.max_memory), offload_folder=self.offload_folder)
             return _CACHE[key]
+
+
+def _memory_keys(max_memory: dict | None) -> dict | None:
+    """``max_memory`` as accelerate reads it: GPU indices as ints (a profile's YAML / JSON keys are strings)."""
+    if max_memory is None:
+        return None
+    return {int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in max_memory.items()}
 
 
 

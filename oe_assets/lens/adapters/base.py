@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 import torch
 
 from ..hooks import HookRegistry
+from ..placement import materialized
 
 __all__ = ["AttentionWeights", "Capture", "ModelAdapter", "LayerNormParams", "HALF_DTYPES", "lens_dtype"]
 
@@ -123,22 +124,24 @@ class Capture:
         q = self.query_positions.numel()
         if stat.shape[1] == q and (q != t or torch.equal(self.query_positions.cpu(), torch.arange(t))):
             return stat
-        return stat[:, self.query_positions]
+        return stat[:, self.query_positions.to(stat.device)]
 
-    def ln_scale_keys(self, names: list[str]) -> torch.Tensor:
-        """Product of ``1 / sigma`` over the LayerNorms ``names`` at the keys: ``[batch, tokens]``."""
-        return self._ln_scale(names, self.at_keys)
+    def ln_scale_keys(self, names: list[str], device=None) -> torch.Tensor:
+        """Product of ``1 / sigma`` over the LayerNorms ``names`` at the keys: ``[batch, tokens]`` on
+        ``device`` (default: the activations'; a split model records each norm on its own device)."""
+        return self._ln_scale(names, self.at_keys, device)
 
-    def ln_scale_queries(self, names: list[str]) -> torch.Tensor:
+    def ln_scale_queries(self, names: list[str], device=None) -> torch.Tensor:
         """Product of ``1 / sigma`` over the LayerNorms ``names`` at the queries: ``[batch, queries]``."""
-        return self._ln_scale(names, self.at_queries)
+        return self._ln_scale(names, self.at_queries, device)
 
-    def _ln_scale(self, names: list[str], positions) -> torch.Tensor:
+    def _ln_scale(self, names: list[str], positions, device=None) -> torch.Tensor:
         b, _, q, t = next(iter(self.attention.values())).shape
         n = t if positions == self.at_keys else q
-        out = torch.ones(b, n, dtype=self.activations.dtype, device=self.activations.device)
+        device = self.activations.device if device is None else device
+        out = torch.ones(b, n, dtype=self.activations.dtype, device=device)
         for name in names:
-            out = out / positions(self.ln_std[name])
+            out = out / positions(self.ln_std[name]).to(device)
         return out
 
 
@@ -271,6 +274,11 @@ class ModelAdapter(ABC):
         with norms on the stream or after the MLP branch override this."""
         return self.layer_norms_after_head(self.n_layers - 1)[-1:]
 
+    def block_name(self, block: int) -> str:
+        """The module name of block ``block`` (the module holding its attention), the unit a
+        ``device_map`` places on one device."""
+        return self.attention_pattern.split("*")[0] + str(block)
+
     def later_blocks(self, mlp_layer: int) -> list[int]:
         self.check_layer(mlp_layer)
         return list(range(mlp_layer + 1, self.n_layers))
@@ -358,7 +366,11 @@ class ModelAdapter(ABC):
 
         def record_attention(name, index, module, args, kwargs):
             x = args[0] if args else kwargs["hidden_states"]
-            store["attention"][index[0]] = self.attention_probabilities(x, index[0], query_positions, bias, inputs)
+            # a model split over devices runs block j on its own device: the probabilities stay there;
+            # weights accelerate offloads are loaded by each submodule's own forward, so load them here
+            with materialized(self.model, [name]):
+                store["attention"][index[0]] = self.attention_probabilities(
+                    x, index[0], query_positions.to(x.device), None if bias is None else bias.to(x.device), inputs)
 
         norm_params = {name: self.layer_norm(name) for name in layer_norms}
 
@@ -385,6 +397,7 @@ class ModelAdapter(ABC):
             representation = self.forward(inputs)
             hooks.check_all_fired()
         readout = readout.to(representation.dtype)
+        query_positions = query_positions.to(representation.device)
         return {
             layer: Capture(
                 activations=store["activations"][layer],

@@ -126,7 +126,7 @@ class DecoderLMAdapter(TableAdapter, CausalLMAdapter):
         q = torch.einsum("btd,hed->bhte", x, W_q) + b_q[None, :, None, :]  # [B, H, T, dh]
         k = torch.einsum("btd,hed->bhte", x, W_k) + b_k[None, :, None, :]  # [B, H_kv, T, dh]
         q, k = self._qk_norms(attn, q, k)
-        positions = self.positions(inputs)
+        positions = self.positions(inputs).to(x.device)
         cos, sin = self.rotary(attn, x, positions)
         # the function the model itself calls (Phi-3's rotates only part of each head)
         rotate = sys.modules[type(attn).__module__].apply_rotary_pos_emb

@@ -101,7 +101,8 @@ class TableAdapter(ModelAdapter):
     def _bias(self, module: torch.nn.Module) -> torch.Tensor:
         if module.bias is not None:
             return module.bias
-        return torch.zeros(self._weight(module).shape[0], dtype=self.dtype, device=self.device)
+        weight = self._weight(module)  # zeros where the weight is (a split model's block device)
+        return torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
 
     def mlp_out_weights(self, layer: int):
         """``(W_out [d_model, neurons], b_out [d_model])``: the output projection (zeros for no bias)."""

@@ -6,6 +6,7 @@ from typing import Any, Mapping
 
 import torch
 
+from ..placement import materialized, owner
 from ..tokenization import tokenize
 from .base import ModelAdapter
 
@@ -105,7 +106,6 @@ class CausalLMAdapter(TextAdapter):
         ``"<text> Topic:"``).  ``templates`` are not used by causal LMs."""
         if not classnames:
             raise ValueError("classnames is empty")
-        W_U = self.unembedding()
         firsts = []
         for name in classnames:
             ids = tokenizer(" " + name.strip(), add_special_tokens=False)["input_ids"]
@@ -115,11 +115,12 @@ class CausalLMAdapter(TextAdapter):
         if len(set(firsts)) < len(firsts):
             raise ValueError(f"class names {list(classnames)} share first tokens; causal-LM labels must differ "
                              "in their first token")
-        return W_U[torch.tensor(firsts, device=W_U.device)].T.detach().clone()
+        with materialized(self.model, [owner(self.model, self.unembedding())]):  # offloaded by a device_map
+            W_U = self.unembedding()
+            return W_U[torch.tensor(firsts, device=W_U.device)].T.detach().clone()
 
     def unembedding_vocabulary(self, tokenizer, words):
         """``(kept_words, W_U rows [kept, d_model])`` for the words that are one token after a space."""
-        W_U = self.unembedding()
         kept, rows = [], []
         for word in words:
             ids = tokenizer(" " + word.strip(), add_special_tokens=False)["input_ids"]
@@ -128,4 +129,6 @@ class CausalLMAdapter(TextAdapter):
                 rows.append(ids[0])
         if not kept:
             raise ValueError("none of the words is a single token of this tokenizer")
-        return kept, W_U[torch.tensor(rows, device=W_U.device)].detach().clone()
+        with materialized(self.model, [owner(self.model, self.unembedding())]):  # offloaded by a device_map
+            W_U = self.unembedding()
+            return kept, W_U[torch.tensor(rows, device=W_U.device)].detach().clone()
