@@ -274,7 +274,6 @@ def test_two_layer_runs_on_two_workers_overlap_and_match_in_process(cluster, in_
     runs = _layer_runs(instance)
     assert [(r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])
             for r in runs] == [("0", "0"), ("1", "1")]
-    from oe_assets.distributed import step_intervals
 
     # the model steps on the GPU workers only (op tag dagster-celery/queue), two of them at once on two workers
     model = _model_steps(path)
@@ -285,8 +284,6 @@ def test_two_layer_runs_on_two_workers_overlap_and_match_in_process(cluster, in_
     assert any(x["worker"] != y["worker"] and x["start"] < y["end"] and y["start"] < x["end"]
                for x in steps for y in steps), "no two model steps ran at the same time"
     assert len(_effects_steps(instance, [r.run_id for r in runs])) == 2
-    everything = [s for r in all_runs for s in step_intervals(instance, r.run_id).values()]
-    assert all("worker" in s for s in everything)
     a, b = (instance.get_run_record_by_id(r.run_id) for r in runs)
     assert a.start_time < b.end_time and b.start_time < a.end_time, "the two layer runs did not run at the same time"
 
