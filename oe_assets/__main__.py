@@ -2,7 +2,7 @@
 
     python -m oe_assets materialize [--profile demo] [--layers 0 4] [--force]
                                     [--executor celery --parallel-runs N [--gpu-limit G]]
-    python -m oe_assets worker --gpu N        (a Celery worker on GPU N: oe_assets.distributed)
+    python -m oe_assets worker --gpu N        (a Celery worker on GPU N: oe_assets.distributed; --general: no model)
     python -m oe_assets export --format official --layer L [--profile P] [--out DIR]
                                [--dataset imagenet --model NAME --pretrained TAG]
     python -m oe_assets import-official DIR --layer L [--profile P] [...]
@@ -369,7 +369,8 @@ def main(argv=None) -> int:
     m.add_argument("--timeout", type=float, default=7 * 86400.0, help="celery: seconds to wait for the runs")
     w = sub.add_parser("worker", help="a Celery worker for --executor celery, pinned to one GPU")
     w.add_argument("--gpu", type=int, default=None, help="the device (CUDA_VISIBLE_DEVICES); default: as set")
-    w.add_argument("--name", default=None, help="node name prefix (default: gpuN)")
+    w.add_argument("--general", action="store_true", help="a worker for the steps that do not run the model (no GPU)")
+    w.add_argument("--name", default=None, help="node name prefix (default: gpuN, or general)")
     w.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the broker and the database")
     for name, help_ in (("export", "write a layer's assets as the official implementation's output files"),
                         ("import-official", "load the official implementation's output files as assets")):
@@ -413,7 +414,7 @@ def _run(args, rest) -> int:
     if args.command == "worker":
         from .distributed import worker_main
 
-        return worker_main(args.gpu, args.name, args.wait)
+        return worker_main(args.gpu, args.name, args.wait, general=args.general)
     if args.command == "materialize" and args.executor == "celery":
         from .distributed import materialize_celery
 

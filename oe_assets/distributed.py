@@ -3,13 +3,16 @@
 (``pip install 'oe_assets[distributed]'``).
 
     python -m oe_assets worker --gpu 0          one worker on GPU 0 (CUDA_VISIBLE_DEVICES=0, one task at a time)
+    python -m oe_assets worker --general        a worker for the steps that do not run the model
     python -m oe_assets materialize --executor celery --parallel-runs 2
 
 Settings (environment variables; the in-process default of ``python -m oe_assets materialize`` needs none):
 
 - ``OE_ASSETS_BROKER``: the Celery broker (default ``redis://127.0.0.1:6379/0``);
 - ``OE_ASSETS_BACKEND``: the Celery result backend (default: the broker);
-- ``OE_ASSETS_QUEUE``: the queue the steps go to and the workers listen on (default ``oe_assets``);
+- ``OE_ASSETS_QUEUE``: the queue of the steps that do not run the model, on which every worker listens
+  (default ``oe_assets``); the steps that run the model (the assets and checks in pool ``gpu``, their op
+  tags :func:`model_step_tags`) go to ``<queue>.gpu``, on which only the GPU workers listen;
 - ``OE_ASSETS_POSTGRES_URL``: the Dagster instance's database (``postgresql+psycopg2://user:password@host:5432/db``:
   SQLAlchemy's form, with the driver the extra installs), named by the instance's ``dagster.yaml``
   (``data/distributed/dagster.yaml``; ``DAGSTER_HOME`` points at its folder).
@@ -18,7 +21,7 @@ Every step of a run is a Celery task: the worker rebuilds the job from the profi
 (:func:`celery_job`), loads the model once per worker process (the model resource's cache) and
 writes to the shared artifact store.  Each run is orchestrated by its own process on the host of
 ``materialize``, which waits for the ``gpu`` pool's slots (the pool limit is set to the number of
-workers on the queue, or ``--gpu-limit``).
+GPU workers, or ``--gpu-limit``).
 """
 
 from __future__ import annotations
@@ -38,8 +41,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from .step_tags import CELERY_QUEUE_TAG, GPU_POD_CONFIG, K8S_CONFIG_TAG, general_queue, model_queue, model_step_tags
+
 __all__ = ["CelerySettings", "ServiceUnavailable", "wait_for_services", "init_instance", "celery_job",
-           "celery_app", "layer_spans", "step_intervals", "worker_main", "materialize_celery", "SUBMISSION_TAG"]
+           "celery_app", "layer_spans", "step_intervals", "worker_main", "materialize_celery", "SUBMISSION_TAG",
+           "model_step_tags", "CELERY_QUEUE_TAG", "K8S_CONFIG_TAG", "GPU_POD_CONFIG"]
 
 #: run tag naming the ``materialize`` submission a run belongs to (how the command finds its runs)
 SUBMISSION_TAG = "oe_assets/submission"
@@ -59,24 +65,25 @@ class CelerySettings:
     @classmethod
     def from_env(cls) -> CelerySettings:
         broker = os.environ.get("OE_ASSETS_BROKER", "redis://127.0.0.1:6379/0")
-        return cls(broker, os.environ.get("OE_ASSETS_BACKEND", broker), os.environ.get("OE_ASSETS_QUEUE", "oe_assets"),
+        return cls(broker, os.environ.get("OE_ASSETS_BACKEND", broker), general_queue(),
                    os.environ.get("OE_ASSETS_POSTGRES_URL") or None)
 
-    def config_source(self, queue: str | None = None) -> dict:
-        """Celery settings of both sides: steps go to ``queue`` (default: the project's); a worker
+    @property
+    def model_queue(self) -> str:
+        """The queue of the steps that run the model (their op tag names it), taken by the GPU workers."""
+        return model_queue(self.queue)
+
+    def config_source(self) -> dict:
+        """Celery settings of both sides: steps without a queue tag go to the general queue; a worker
         takes a task only when it has none running (acknowledged late, one prefetched), so an idle
         worker is never left waiting while a busy one holds a second task."""
-        return {"task_default_queue": queue or self.queue, "task_acks_late": True, "worker_prefetch_multiplier": 1}
+        return {"task_default_queue": self.queue, "task_acks_late": True, "worker_prefetch_multiplier": 1}
 
-    def run_config(self, queue: str | None = None) -> dict:
-        """The run config of a run whose steps go to ``queue`` (default: the project's queue)."""
+    def run_config(self) -> dict:
+        """The run config of a run on the workers."""
         return {"execution": {"config": {"broker": self.broker, "backend": self.backend,
-                                         "config_source": self.config_source(queue)}}}
+                                         "config_source": self.config_source()}}}
 
-    def worker_queue(self, prefix: str, host: str | None = None) -> str:
-        """The queue of one worker alone (``<queue>.<prefix>@<host>``): a layer run sent there keeps
-        every step on that worker's GPU, its model loaded once."""
-        return f"{self.queue}.{prefix}@{host or socket.gethostname()}"
 
 
 def libpq_url(url: str) -> str:
@@ -195,25 +202,29 @@ def _allow_data_loader_workers(**_kwargs) -> None:
     multiprocessing.current_process().daemon = False
 
 
-def queue_workers(settings: CelerySettings, timeout_s: float = 2.0) -> dict[str, str | None]:
-    """The workers listening on the project's queue now: node name -> the worker's own queue (None:
-    a worker started otherwise, without one)."""
+def queue_workers(settings: CelerySettings, timeout_s: float = 2.0) -> dict[str, bool]:
+    """The workers listening on the project's queues now: node name -> whether it takes the steps
+    that run the model (listens on the model queue)."""
     app = celery_app(settings)
     queues = app.control.inspect(timeout=timeout_s).active_queues() or {}
     out = {}
     for node, qs in sorted(queues.items()):
-        names = [q.get("name") for q in qs]
-        if settings.queue in names:
-            own = [n for n in names if n and n.startswith(settings.queue + ".")]
-            out[node] = own[0] if own else None
+        names = {q.get("name") for q in qs}
+        if names & {settings.queue, settings.model_queue}:
+            out[node] = settings.model_queue in names
     return out
 
 
 # ---- the worker ------------------------------------------------------------------------------------
-def worker_main(gpu: int | None, name: str | None = None, wait_s: float = 10.0, loglevel: str = "INFO") -> int:
-    """A Celery worker on the project's queue, one task at a time (``-c 1``), pinned to GPU ``gpu``
-    (``CUDA_VISIBLE_DEVICES``; None: the devices the environment gives).  Its node name
-    ``<name or gpuN>.<pid>@<host>`` is what each step's engine event records."""
+def worker_main(gpu: int | None, name: str | None = None, wait_s: float = 10.0, loglevel: str = "INFO",
+                general: bool = False) -> int:
+    """A Celery worker, one task at a time (``-c 1``), pinned to GPU ``gpu`` (``CUDA_VISIBLE_DEVICES``;
+    None: the devices the environment gives), on the general queue and the model queue; with
+    ``general`` on the general queue alone (the steps that do not run the model; no GPU).  Its node
+    name ``<name or gpuN>.<pid>@<host>`` is what each step's engine event records."""
+    if general and gpu is not None:
+        print("error: --general takes no --gpu (a general worker runs no model step)", file=sys.stderr)
+        return 2
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # before anything imports torch
     settings = CelerySettings.from_env()
@@ -223,9 +234,11 @@ def worker_main(gpu: int | None, name: str | None = None, wait_s: float = 10.0, 
     except ServiceUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    prefix = name or ("gpu" + str(gpu) if gpu is not None else "worker")
+    if general:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # a general step never touches a GPU
+    prefix = name or ("general" if general else "gpu" + str(gpu) if gpu is not None else "worker")
     node = f"{prefix}.{os.getpid()}@{socket.gethostname()}"
-    queues = f"{settings.queue},{settings.worker_queue(prefix)}"
+    queues = settings.queue if general else f"{settings.queue},{settings.model_queue}"
     print(f"worker {node}: queues {queues}, broker {redact(settings.broker)}, DAGSTER_HOME "
           f"{os.environ['DAGSTER_HOME']}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}", flush=True)
     from celery.signals import worker_process_init
@@ -303,7 +316,7 @@ def _run_child(spec: dict) -> int:
     os.environ["OE_ASSETS_PROFILE"] = spec["profile"]
     instance = dg.DagsterInstance.get()
     job = dg.build_reconstructable_job("oe_assets.distributed", "celery_job", (spec["profile"], spec["job"]))
-    result = dg.execute_job(job, instance, run_config=settings.run_config(spec.get("queue")),
+    result = dg.execute_job(job, instance, run_config=settings.run_config(),
                             tags={**spec["tags"], **process_tags()},
                             asset_selection=[dg.AssetKey.from_user_string(k) for k in spec["assets"]])
     return 0 if result.success else 1
@@ -414,14 +427,21 @@ def materialize_celery(profile: str, first: str | None = None, last: str | None 
     while not workers and time.monotonic() < deadline:
         time.sleep(1.0)
         workers = queue_workers(settings)
-    if not workers:
-        out(f"error: no worker listens on queue {settings.queue} at {redact(settings.broker)} (waited {wait_s:.0f} s); "
-            "start one with `python -m oe_assets worker --gpu 0`", file=sys.stderr)
+    gpu_workers = [node for node, model in workers.items() if model]
+    while not gpu_workers and time.monotonic() < deadline:
+        time.sleep(1.0)
+        workers = queue_workers(settings)
+        gpu_workers = [node for node, model in workers.items() if model]
+    if not gpu_workers:
+        out(f"error: no GPU worker listens on queue {settings.model_queue} at {redact(settings.broker)} "
+            f"(waited {wait_s:.0f} s); start one with `python -m oe_assets worker --gpu 0`", file=sys.stderr)
         return 2
-    limit = gpu_limit or len(workers)
+    general = [node for node, model in workers.items() if not model]
+    limit = gpu_limit or len(gpu_workers)
     instance.event_log_storage.set_concurrency_slots("gpu", limit)
-    out(f"{len(workers)} worker(s) on queue {settings.queue}: {', '.join(workers)}; pool gpu limit {limit}", flush=True)
-    own_queues = [q for q in workers.values() if q]
+    out(f"{len(gpu_workers)} GPU worker(s) on queues {settings.queue} and {settings.model_queue}: {', '.join(gpu_workers)}"
+        + (f"; general worker(s) on {settings.queue}: {', '.join(general)}" if general else "")
+        + f"; pool gpu limit {limit}", flush=True)
     first, last = first or layers[0], last or layers[-1]
     in_range = layers[layers.index(first): layers.index(last) + 1]
     fail_stale_runs(instance, out)
@@ -447,13 +467,11 @@ def materialize_celery(profile: str, first: str | None = None, last: str | None 
         else:
             runs = [(keys, {}, "")]
         submissions = []
-        for i, (selection, tags, where) in enumerate(runs):
+        for selection, tags, where in runs:
             sid = str(uuid.uuid4())
-            # a layer run goes to one worker's own queue (round robin): its steps share that GPU and model
-            queue = own_queues[i % len(own_queues)] if job is layers_job and own_queues else settings.queue
-            out(f"submitting {', '.join(k.to_user_string() for k in selection)}{where} to queue {queue}", flush=True)
+            out(f"submitting {', '.join(k.to_user_string() for k in selection)}{where}", flush=True)
             spec = {"profile": profile, "job": job.name, "assets": [k.to_user_string() for k in selection],
-                    "queue": queue, "tags": {**tags, **base_tags, SUBMISSION_TAG: sid}}
+                    "tags": {**tags, **base_tags, SUBMISSION_TAG: sid}}
             submissions.append((sid, where, _submit(spec, log)))
         ran += len(submissions)
         if not _finish(instance, submissions, max(0.0, timeout_s - (time.perf_counter() - t0)), log, out):

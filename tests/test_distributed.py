@@ -148,20 +148,20 @@ def _restore(old):
 
 @pytest.fixture(scope="module")
 def cluster(servers):
-    """The instance initialised once, then two workers (``-c 1``) on the test's queue."""
+    """The instance initialised once, then two GPU workers and one general worker (``-c 1``) on the test's queues."""
     from oe_assets.distributed import CelerySettings, init_instance, queue_workers
 
     old = _in_env(servers["env"])
     try:
         init_instance(CelerySettings.from_env()).dispose()
         workers = []
-        for gpu in (0, 1):
-            log = open(servers["root"] / f"worker{gpu}.log", "wb")
-            workers.append(subprocess.Popen([sys.executable, "-m", "oe_assets", "worker", "--gpu", str(gpu)],
+        for which in (["--gpu", "0"], ["--gpu", "1"], ["--general"]):
+            log = open(servers["root"] / f"worker{which[-1]}.log", "wb")
+            workers.append(subprocess.Popen([sys.executable, "-m", "oe_assets", "worker", *which],
                                             cwd=ROOT, env=servers["env"], stdout=log, stderr=subprocess.STDOUT))
         servers["procs"].extend(workers)
         settings = CelerySettings.from_env()
-        _until("two workers", lambda: len(queue_workers(settings)) == 2, 90, workers)
+        _until("three workers", lambda: len(queue_workers(settings)) == 3, 120, workers)
         yield {**servers, "workers": workers, "settings": settings}
     finally:
         _restore(old)
@@ -222,6 +222,20 @@ def _compare_stores(got: Path, expected: Path) -> int:
     return len(files)
 
 
+def _model_steps(profile_path) -> set[str]:
+    """The step keys of the steps that run the model (pool gpu)."""
+    from oe_assets.definitions import build_definitions
+
+    defs = build_definitions(str(profile_path))
+    return {n.name for job in defs.resolve_all_job_defs() for n in job.nodes if n.definition.pool == "gpu"}
+
+
+def _steps(instance, run_ids, keys):
+    from oe_assets.distributed import step_intervals
+
+    return [(run_id, key, s) for run_id in run_ids for key, s in step_intervals(instance, run_id).items() if key in keys]
+
+
 def _effects_steps(instance, run_ids):
     from oe_assets.distributed import step_intervals
 
@@ -241,9 +255,9 @@ def _layer_runs(instance):
 
 
 def test_two_layer_runs_on_two_workers_overlap_and_match_in_process(cluster, in_process):
-    """Two parallel runs (one layer each) succeed, their effects steps run on the two workers at the same
-    time, every file equals the in-process result; then with a gpu limit of 1 the effects steps of a
-    forced rerun are serialized."""
+    """Two parallel runs (one layer each) succeed at the same time, every step that runs the model on a
+    GPU worker (never the general worker), two of them at once on the two GPU workers, every file equal
+    to the in-process result; then with a gpu limit of 1 the model steps of a forced rerun are serialized."""
     import dagster as dg
 
     root = cluster["root"] / "celery"
@@ -253,20 +267,23 @@ def test_two_layer_runs_on_two_workers_overlap_and_match_in_process(cluster, in_
     done = _materialize(cluster["env"], path, "--executor", "celery", "--parallel-runs", "2")
     assert done.returncode == 0, done.stdout + done.stderr
     lines = [line for line in done.stdout.splitlines() if line.startswith("run ") and "for layers" in line]
-    assert len(lines) == 2 and all(": SUCCESS, steps on gpu" in line for line in lines), done.stdout
+    assert len(lines) == 2 and all(": SUCCESS, steps on " in line and "gpu" in line for line in lines), done.stdout
     assert _compare_stores(Path(profile["storage"]["base_dir"]), in_process) >= 10
 
     instance = dg.DagsterInstance.from_config(str(cluster["home"]))
     runs = _layer_runs(instance)
     assert [(r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])
             for r in runs] == [("0", "0"), ("1", "1")]
-    from oe_assets.distributed import step_intervals
 
-    # each layer run on one worker: every step of a run on the same one
-    workers = [{s.get("worker") for s in step_intervals(instance, r.run_id).values()} for r in runs]
-    assert all(len(w) == 1 for w in workers) and workers[0] != workers[1], workers
-    steps = _effects_steps(instance, [r.run_id for r in runs])
-    assert len(steps) == 2 and steps[0][2]["worker"] != steps[1][2]["worker"], steps
+    # the model steps on the GPU workers only (op tag dagster-celery/queue), two of them at once on two workers
+    model = _model_steps(path)
+    all_runs = instance.get_runs()
+    steps = [s for _, _, s in _steps(instance, [r.run_id for r in all_runs], model)]
+    assert steps and all(s["worker"].startswith(("gpu0.", "gpu1.")) for s in steps), steps
+    assert {s["worker"].split(".")[0] for s in steps} == {"gpu0", "gpu1"}, steps
+    assert any(x["worker"] != y["worker"] and x["start"] < y["end"] and y["start"] < x["end"]
+               for x in steps for y in steps), "no two model steps ran at the same time"
+    assert len(_effects_steps(instance, [r.run_id for r in runs])) == 2
     a, b = (instance.get_run_record_by_id(r.run_id) for r in runs)
     assert a.start_time < b.end_time and b.start_time < a.end_time, "the two layer runs did not run at the same time"
 
@@ -277,8 +294,8 @@ def test_two_layer_runs_on_two_workers_overlap_and_match_in_process(cluster, in_
     assert "pool gpu limit 1" in done.stdout
     later = [r for r in _layer_runs(instance) if r.run_id not in {x.run_id for x in runs}]
     assert len(later) == 2
-    steps = sorted((s for _, _, s in _effects_steps(instance, [r.run_id for r in later])), key=lambda s: s["start"])
-    assert len(steps) == 2 and steps[1]["start"] >= steps[0]["end"], steps
+    steps = sorted((s for _, _, s in _steps(instance, [r.run_id for r in later], model)), key=lambda s: s["start"])
+    assert len(steps) >= 2 and all(b["start"] >= a["end"] for a, b in zip(steps, steps[1:])), steps
     _compare_stores(Path(profile["storage"]["base_dir"]), in_process)
     instance.dispose()
 
@@ -304,3 +321,51 @@ def test_worker_names_a_missing_database(servers):
     address = f"postgresql+psycopg2://oe:***@127.0.0.1:{port}/postgres"
     assert f"cannot reach the Dagster instance's database at {address}" in done.stderr
     assert "secret" not in done.stderr
+
+
+def test_killed_worker_child_mid_effects_frees_its_slot_and_the_next_materialize_completes(cluster, in_process):
+    """SIGKILL of the worker process writing the effects: the run fails and its gpu slot is freed; the
+    next ``materialize --executor celery`` removes the dead writer's staging file and completes, every
+    file equal to the in-process result."""
+    import dagster as dg
+
+    from oe_assets.storage.layout import staging_writer
+
+    root = cluster["root"] / "killed"
+    profile = tiny_bert_profile(root)
+    path = root / "profile.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    store = Path(profile["storage"]["base_dir"])
+    args = [sys.executable, "-m", "oe_assets", "materialize", "--profile", str(path), "--executor", "celery",
+            "--parallel-runs", "1", "--gpu-limit", "1"]
+    first = subprocess.Popen(args, cwd=ROOT, env=cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    killed = None
+    deadline = time.monotonic() + 300
+    while killed is None and time.monotonic() < deadline and first.poll() is None:
+        for staged in store.rglob("*.partial-*"):
+            writer = staging_writer(staged.name)
+            if writer is not None and "effects" in str(staged.relative_to(store)):
+                os.kill(writer.pid, signal.SIGKILL)  # the worker's pool process, mid-effects
+                killed = writer.pid
+                break
+        time.sleep(0.02)
+    output, _ = first.communicate(timeout=300)
+    assert killed is not None, "no effects staging file seen:\n" + output
+    assert first.returncode == 1, output
+    instance = dg.DagsterInstance.from_config(str(cluster["home"]))
+    failed = [r for r in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
+              if r.tags.get("dagster/asset_partition_range_start") is not None]
+    assert failed, output
+    # the killed step's slot is freed once its run has ended (by this command, else by the next one at its
+    # start): with a gpu limit of 1 a slot still held would stall the next run
+    assert "WorkerLostError" in output or "failed" in output, output
+    claimed = {s.run_id for s in instance.event_log_storage.get_concurrency_info("gpu").claimed_slots}
+    assert not claimed & {r.run_id for r in failed}, (claimed, output)
+
+    done = _materialize(cluster["env"], path, "--executor", "celery", "--parallel-runs", "1", "--gpu-limit", "1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not instance.event_log_storage.get_concurrency_info("gpu").claimed_slots
+    assert not list(store.rglob("*.partial-*"))
+    _compare_stores(store, in_process)
+    instance.dispose()

@@ -2,6 +2,7 @@
 slots of ended runs."""
 
 import dagster as dg
+import pytest
 
 from oe_assets.distributed import layer_spans
 from oe_assets.recovery import free_ended_run_slots
@@ -45,3 +46,52 @@ def test_free_ended_run_slots_frees_only_ended_runs():
         assert free_ended_run_slots(instance, lines.append) == [ended]
         assert lines == [f"freed the pool slots of run {ended} (SUCCESS): the run has ended"]
         assert {s.run_id for s in storage.get_concurrency_info("gpu").claimed_slots} == {live}
+
+
+def _nodes_by_job():
+    from oe_assets.definitions import build_definitions
+
+    defs = build_definitions("demo")
+    return {job.name: list(job.nodes) for job in defs.resolve_all_job_defs()}
+
+
+def test_model_steps_and_only_they_carry_the_gpu_queue_and_pod_tags():
+    """Every step in pool gpu (the steps that run the model) goes to the GPU workers' queue and asks
+    Kubernetes for one GPU; no other step carries either tag."""
+    import json
+
+    from oe_assets.step_tags import CELERY_QUEUE_TAG, GPU_POD_CONFIG, K8S_CONFIG_TAG, general_queue, model_queue
+
+    assert model_queue() == general_queue() + ".gpu"
+    model, other = set(), set()
+    for job, nodes in _nodes_by_job().items():
+        for node in nodes:
+            tags = node.tags
+            if node.definition.pool == "gpu":
+                model.add(node.name)
+                assert tags.get(CELERY_QUEUE_TAG) == model_queue(), (job, node.name, tags)
+                assert json.loads(tags[K8S_CONFIG_TAG]) == GPU_POD_CONFIG, (job, node.name, tags)
+            else:
+                other.add(node.name)
+                assert CELERY_QUEUE_TAG not in tags and K8S_CONFIG_TAG not in tags, (job, node.name, tags)
+    assert GPU_POD_CONFIG["container_config"]["resources"]["limits"] == {"nvidia.com/gpu": 1}
+    assert {"second_order_effects", "val_second_order_effects", "train_representations", "val_representations",
+            "text_embeddings", "classifier", "second_order_effects_fast_path_equals_slow_path"} <= model
+    assert {"vocabulary", "train_data", "neuron_pcas", "sparse_codes", "layer_summary"} <= other
+
+
+def test_dagster_k8s_reads_one_gpu_for_exactly_the_model_steps():
+    """dagster-k8s's own reading of the op tags: a GPU limit on the model steps' containers, none elsewhere."""
+    k8s = pytest.importorskip("dagster_k8s.job")
+    for job, nodes in _nodes_by_job().items():
+        for node in nodes:
+            config = k8s.get_user_defined_k8s_config(node.tags)
+            limits = (config.container_config.get("resources") or {}).get("limits")
+            assert limits == ({"nvidia.com/gpu": 1} if node.definition.pool == "gpu" else None), (job, node.name)
+
+
+def test_general_worker_takes_no_gpu(capsys):
+    from oe_assets.distributed import worker_main
+
+    assert worker_main(0, general=True) == 2
+    assert "--general takes no --gpu" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import dagster as dg
 from ..lens import representations, replaced_mlp_representations, top1_accuracy
 from ..lens.batching import Progress
 from ..resources.datasets import DatasetResource
+from ..step_tags import model_step_tags
 from ..resources.model import AnalysisResource, ModelResource
 from ..provenance import entry, split_record
 from ..resources.store import ArtifactStore, H5Payload, table_with_attrs
@@ -25,6 +26,7 @@ BASELINE_SCHEMA = pa.schema([
 
 def build_baseline_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     layered = dict(group_name="analysis", partitions_def=partitions_def, code_version=CODE_VERSION, pool="gpu",
+                   op_tags=model_step_tags(),
                    backfill_policy=dg.BackfillPolicy.single_run())
 
     @dg.asset(io_manager_key="hdf5_io_manager", kinds={"numpy", "hdf5"},

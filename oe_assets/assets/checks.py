@@ -12,6 +12,7 @@ import dagster as dg
 
 from ..lens import SecondOrderLens, slow_second_order_effects
 from ..resources.datasets import DatasetResource
+from ..step_tags import model_step_tags
 from ..resources.store import ArtifactStore, open_effects
 from ..resources.model import AnalysisResource, ModelResource
 
@@ -146,7 +147,8 @@ def build_checks(partitions_def) -> list:
         reps = store.open_h5("train_representations").read("representations")
         return _result(check_norms(reps, analysis.coefficient), "norms equal the coefficient")
 
-    @dg.asset_check(asset="classifier", blocking=True, pool="gpu", description="Classifier columns have unit norm.")
+    @dg.asset_check(asset="classifier", blocking=True, pool="gpu", op_tags=model_step_tags(),
+                    description="Classifier columns have unit norm.")
     def classifier_unit_columns(store: ArtifactStore, model: ModelResource):
         W = store.open_h5("classifier").read("classifier")
         if not model.load().adapter.unit_classifier:  # causal LMs: label unembeddings are raw logit directions
@@ -154,6 +156,7 @@ def build_checks(partitions_def) -> list:
         return _result(check_unit_columns(W), "unit columns")
 
     @dg.asset_check(asset="second_order_effects", blocking=True, partitions_def=partitions_def, pool="gpu",
+                    op_tags=model_step_tags(),
                     description="On the first train samples, the fast path and the stored file equal the "
                     "literal slow path.")
     def fast_path_equals_slow_path(context: dg.AssetCheckExecutionContext, store: ArtifactStore,

@@ -10,6 +10,7 @@ from ..lens.batching import Progress, iter_factorized
 from ..lens.effects_file import FactorizedEffectsWriter
 from ..provenance import split_record
 from ..resources.datasets import DatasetResource
+from ..step_tags import model_step_tags
 from ..resources.model import AnalysisResource, ModelResource
 from ..resources.store import ArtifactStore, StagedH5
 from .common import CODE_VERSION, profile_resources, provenance
@@ -109,7 +110,7 @@ def build_effect_assets(partitions_def: dg.PartitionsDefinition, imagenet_r: boo
     """The train and val effects; with ``imagenet_r`` also ``val_r_second_order_effects`` (the
     ImageNet-R split of ``dataset.val_r_path``)."""
     common = dict(group_name="second_order", partitions_def=partitions_def, io_manager_key="hdf5_io_manager",
-                  kinds={"pytorch", "hdf5"}, code_version=CODE_VERSION, pool="gpu",
+                  kinds={"pytorch", "hdf5"}, code_version=CODE_VERSION, pool="gpu", op_tags=model_step_tags(),
                   backfill_policy=dg.BackfillPolicy.single_run())
     assets = [
         _effects_asset("second_order_effects", "train", "train_representations",

@@ -14,6 +14,7 @@ from ..datasources.vocabulary import load_vocabulary, tokenizer_vocabulary, voca
 from ..lens.zero_shot import imagenet_templates
 from ..provenance import split_fingerprint, split_record
 from ..resources.datasets import DatasetResource
+from ..step_tags import model_step_tags
 from ..resources.io_managers import H5Payload
 from ..resources.model import AnalysisResource, ModelResource
 from ..resources.store import ArtifactStore
@@ -89,7 +90,7 @@ def _model_meta(model: ModelResource, analysis: AnalysisResource) -> dict:
 
 @dg.asset(
     group_name="inputs", deps=[vocabulary, model_asset], io_manager_key="hdf5_io_manager", kinds={"pytorch", "hdf5"},
-    code_version=CODE_VERSION, pool="gpu", automation_condition=EAGER,
+    code_version=CODE_VERSION, pool="gpu", op_tags=model_step_tags(), automation_condition=EAGER,
     description="Embeddings [descriptions, d_out] of the vocabulary, encoded by the model's text side "
     "(or given as file.npz:key).",
 )
@@ -118,7 +119,7 @@ def text_embeddings(context: dg.AssetExecutionContext, model: ModelResource, ana
 
 @dg.asset(
     group_name="inputs", io_manager_key="hdf5_io_manager", kinds={"pytorch", "hdf5"}, code_version=CODE_VERSION,
-    pool="gpu", deps=[model_asset],
+    pool="gpu", op_tags=model_step_tags(), deps=[model_asset],
     description="Zero-shot classifier [d_out, classes]: class names x templates through the model's text "
     "side, normalised per prompt, averaged per class, unit columns (causal LMs: label unembeddings).",
 )
@@ -171,7 +172,7 @@ def _representations(context, split: str, model: ModelResource, analysis: Analys
 
 
 @dg.asset(group_name="inputs", io_manager_key="hdf5_io_manager", kinds={"pytorch", "hdf5"},
-          code_version=CODE_VERSION, pool="gpu", deps=[model_asset, train_data],
+          code_version=CODE_VERSION, pool="gpu", op_tags=model_step_tags(), deps=[model_asset, train_data],
           description="coefficient * r / |r| of every train sample, with labels and inputs.")
 def train_representations(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource,
                           dataset: DatasetResource, store: ArtifactStore):
@@ -179,7 +180,7 @@ def train_representations(context: dg.AssetExecutionContext, model: ModelResourc
 
 
 @dg.asset(group_name="inputs", io_manager_key="hdf5_io_manager", kinds={"pytorch", "hdf5"},
-          code_version=CODE_VERSION, pool="gpu", deps=[model_asset, val_data],
+          code_version=CODE_VERSION, pool="gpu", op_tags=model_step_tags(), deps=[model_asset, val_data],
           description="coefficient * r / |r| of every val sample, with labels and inputs.")
 def val_representations(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource,
                         dataset: DatasetResource, store: ArtifactStore):
@@ -187,7 +188,7 @@ def val_representations(context: dg.AssetExecutionContext, model: ModelResource,
 
 
 @dg.asset(group_name="inputs", io_manager_key="hdf5_io_manager", kinds={"pytorch", "hdf5"},
-          code_version=CODE_VERSION, pool="gpu", deps=[model_asset, val_r_data],
+          code_version=CODE_VERSION, pool="gpu", op_tags=model_step_tags(), deps=[model_asset, val_r_data],
           description="coefficient * r / |r| of every ImageNet-R sample (dataset.val_r_path, stride val_stride), "
           "with labels (0..199 with imagenet_r_classes='subset', the 1000 ImageNet indices with 'all') and inputs.")
 def val_r_representations(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource,
