@@ -13,7 +13,7 @@ heads of 128; built from ``LlamaConfig``, nothing downloaded) and ``--layers`` b
 - peak memory of the lens beyond the model (process RSS: the layer-0 factors, built once, and one
   effects pass), measured, and projected to 32 layers: the factors (``paths x (d_model + d_ff) x
   d_head`` numbers) in proportion to the later blocks, the rest (one block's temporaries) as measured;
-- weights identity: :func:`oe_assets.provenance.weights_hash` of the saved random model, the second call
+- weights identity: :func:`oe_assets.models.identity.weights_hash` of the saved random model, the second call
   in a new process (the first fills the persistent cache);
 - the top-k mode's disk per layer for 10,000 samples at the 8B shape, from its file layout
   (:func:`oe_assets.lens.topk.topk_bytes`): ``samples x neurons`` float32 norms, ``neurons x d_out``
@@ -129,7 +129,7 @@ def best_time(fn, repeat: int) -> float:
 
 def identity_seconds(folder: Path, cache: Path) -> float:
     """:func:`weights_hash` of ``folder`` in a new process, with the persistent cache ``cache``: seconds."""
-    code = ("import json, sys, time\nimport oe_assets.models.hub\nfrom oe_assets.provenance import weights_hash\n"
+    code = ("import json, sys, time\nimport oe_assets.models.hub\nfrom oe_assets.models.identity import weights_hash\n"
             "t0 = time.perf_counter()\nweights_hash(sys.argv[1])\nprint(json.dumps(time.perf_counter() - t0))\n")
     env = {**os.environ, "OE_ASSETS_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, env=env, check=True)

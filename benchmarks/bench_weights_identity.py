@@ -1,4 +1,4 @@
-"""The weights identity (``model.weights``, :func:`oe_assets.provenance.weights_hash`) of a large model
+"""The weights identity (``model.weights``, :func:`oe_assets.models.identity.weights_hash`) of a large model
 folder, each call in a new process (what every materialization run pays):
 
 - plain folder, first call: every file's bytes hashed (SHA-256) and recorded in the persistent cache;
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: package: torch, transformers)
 CALL = ("import json, sys, time\n"
         "import oe_assets.models.hub\n"
-        "from oe_assets.provenance import weights_hash\n"
+        "from oe_assets.models.identity import weights_hash\n"
         "t0 = time.perf_counter()\n"
         "h = weights_hash(sys.argv[1])\n"
         "print(json.dumps({'hash': h, 'seconds': time.perf_counter() - t0}))\n")
@@ -85,7 +85,7 @@ def main() -> None:
 
         # the Hugging Face cache layout over the same bytes (hard links: no copy), blob names from the records
         sys.path.insert(0, str(ROOT))  # this checkout's package, as in the timed processes
-        from oe_assets.provenance import file_sha256
+        from oe_assets.models.identity import file_sha256
 
         os.environ["OE_ASSETS_CACHE"] = str(cache)
         repo = work / "hub" / "models--org--big"

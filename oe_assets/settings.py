@@ -90,7 +90,7 @@ def _classes(resources: Mapping[str, Any]) -> str:
 
 
 def _weights(resources: Mapping[str, Any]) -> str | None:
-    from .provenance import weights_hash
+    from .models.identity import weights_hash
 
     model = resources["model"]
     return weights_hash(model.source, getattr(model, "revision", None))

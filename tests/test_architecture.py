@@ -24,14 +24,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "oe_assets"
 
-#: circles through imports inside functions not yet cut, as sorted tuples of their modules; both are
-#: deferred imports on each side (no module-level circle), in modules owned elsewhere
-KNOWN_CYCLES: set[tuple[str, ...]] = {
-    # profiles.load_profile imports validation.check_keys; validation imports project_root and PATH_KEYS back
-    ("oe_assets.profiles", "oe_assets.profiles.validation"),
-    # settings' weights fingerprint uses provenance.weights_hash; provenance reads settings' SECTIONS/READS
-    ("oe_assets.provenance", "oe_assets.settings"),
-}
+#: circles through imports inside functions not yet cut, as sorted tuples of their modules (none)
+KNOWN_CYCLES: set[tuple[str, ...]] = set()
 
 #: what ``oe_assets.lens`` may not import (prefixes of module names)
 UPWARD = ("dagster", "oe_assets.assets", "oe_assets.resources", "oe_assets.definitions", "oe_assets.models",

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from oe_assets import provenance
-from oe_assets.provenance import file_sha256, weights_cache_dir, weights_hash
+from oe_assets.models import identity as provenance
+from oe_assets.models.identity import file_sha256, weights_cache_dir, weights_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD = time.time() - 3600  # an mtime outside the racy window: the hash may be kept
@@ -103,7 +103,7 @@ def test_file_hash_persists_across_processes(tmp_path, cache_dir):
     _plain_model(tmp_path / "model")
     weights = tmp_path / "model" / "model.safetensors"
     script = ("import hashlib, json, sys\n"
-              "from oe_assets import provenance\n"
+              "from oe_assets.models import identity as provenance\n"
               "real = hashlib.sha256\n"
               "calls = []\n"
               "provenance.hashlib.sha256 = lambda *a: calls.append(1) or real(*a)\n"

@@ -22,30 +22,10 @@ from typing import Any
 
 import yaml
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1]
-#: files shipped with the package (``package:`` paths in a profile)
-PACKAGE_DATA = PACKAGE_DIR / "package_data"
+from .paths import PACKAGE_DATA, PACKAGE_DIR, PATH_KEYS, default_dagster_home, project_root  # noqa: F401
+
 PROFILE_DIR = Path(__file__).resolve().parent
-PATH_KEYS = {"train_path", "val_path", "val_r_path", "classes_path", "templates_path", "classifier_path", "text_embeddings_path",
-             "vocabulary_path", "base_dir", "source"}
 SECTIONS = ("model", "dataset", "analysis", "storage")
-
-
-def project_root() -> Path:
-    """Where relative profile paths (``data/materialized/...``, ``data/dagster_home``) live:
-    ``$OE_ASSETS_ROOT``, else the source checkout holding the package (an editable install), else the
-    current working directory (an installed wheel)."""
-    if os.environ.get("OE_ASSETS_ROOT"):
-        return Path(os.environ["OE_ASSETS_ROOT"]).expanduser().resolve()
-    checkout = PACKAGE_DIR.parent
-    if (checkout / "pyproject.toml").is_file() and (checkout / "oe_assets").resolve() == PACKAGE_DIR:
-        return checkout
-    return Path.cwd()
-
-
-def default_dagster_home() -> Path:
-    """``$DAGSTER_HOME`` when set, else ``<project root>/data/dagster_home``."""
-    return Path(os.environ.get("DAGSTER_HOME") or project_root() / "data" / "dagster_home")
 
 
 def available_profiles() -> list[str]:

@@ -189,7 +189,7 @@ _OPTIONAL_PATHS = {"classes_path", "templates_path", "classifier_path", "text_em
 
 def _relative_hint(value: str) -> str:
     """Where a missing path under the project root came from: a relative path in the profile."""
-    from . import project_root
+    from .paths import project_root
 
     root = project_root()
     if Path(value).is_absolute() and Path(value).is_relative_to(root) and not Path(value).exists():
@@ -203,7 +203,7 @@ def _relative_hint(value: str) -> str:
 
 def _check_paths(cfg: dict[str, dict[str, Any]]) -> list[str]:
     from ..datasources.hf_datasets import CACHE_PREFIX
-    from . import PATH_KEYS
+    from .paths import PATH_KEYS
 
     problems = []
     for section in ("model", "dataset", "analysis"):
@@ -221,7 +221,7 @@ def _check_paths(cfg: dict[str, dict[str, Any]]) -> list[str]:
             if key == "source":
                 from ..models.hub import ModelSourceError, resolve_source
 
-                from . import project_root  # where the profile resolved a relative source
+                from .paths import project_root  # where the profile resolved a relative source
 
                 try:  # a model folder, or an id shaped like one that is cached when offline (no network)
                     resolve_source(value, project_root())
