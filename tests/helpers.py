@@ -73,13 +73,16 @@ def tiny_bert_profile(root: Path) -> dict:
 
 def materialize_graph(profile: dict, first: int = 0, last: int = 1):
     """Every asset of ``profile``'s graph for layers ``first``..``last``, in process on an ephemeral
-    instance, job by job as the CLI runs them: ``(defs, instance, store folder)``."""
+    instance, job by job as the CLI runs them, every asset check passing (the fast = slow check among
+    them): ``(defs, instance, store folder)``."""
     from oe_assets.definitions import build_definitions, inputs_job, layers_job, summary_job
 
     defs = build_definitions(profile)
     instance = dg.DagsterInstance.ephemeral()
     run_job(defs, inputs_job, instance)
-    run_job(defs, layers_job, instance, tags=layer_range(first, last))
+    result = run_job(defs, layers_job, instance, tags=layer_range(first, last))
+    checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks.get("fast_path_equals_slow_path") and all(checks.values()), checks
     run_job(defs, summary_job, instance)
     return defs, instance, Path(profile["storage"]["base_dir"])
 

@@ -30,7 +30,7 @@ from oe_assets.resources.store import ArtifactStore
 
 warnings.filterwarnings("ignore", category=dg.PreviewWarning if hasattr(dg, "PreviewWarning") else Warning)
 
-from helpers import layer_range, materialize, rel, run_job, tiny_bert_profile  # noqa: E402
+from helpers import layer_range, materialize, materialize_graph, rel, run_job, tiny_bert_profile  # noqa: E402
 
 # ---------------------------------------------------------------- the reference CLIP graph
 def test_reference_graph_files_equal_reference_arrays(reference_graph, reference):
@@ -494,13 +494,7 @@ def test_tiny_llama_graph(tmp_path):
     }
     defs = build_definitions(profile)
     assert defs.resolve_assets_def("second_order_effects").partitions_def.get_partition_keys() == ["0", "1"]
-    instance = dg.DagsterInstance.ephemeral()
-    run_job(defs, inputs_job, instance)
-    result = run_job(defs, layers_job, instance, tags=layer_range(0, 1))
-    checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks["fast_path_equals_slow_path"] and all(checks.values())
-    run_job(defs, summary_job, instance)
-    store = tmp_path / "store"
+    defs, instance, store = materialize_graph(profile)
     effects = open_effects(H5Group(store / "second_order_effects" / "0.h5"))
     assert effects.shape == (len(rows), 48, 32) and effects.n_paths == 2 * 4
     summary = pq.read_table(store / "layer_summary" / "all.parquet").to_pylist()

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from test_assets import tiny_bert_profile
+from helpers import tiny_bert_profile
 
 pytestmark = pytest.mark.distributed
 
@@ -167,7 +167,7 @@ def cluster(servers):
         _restore(old)
 
 
-def _materialize(env, profile_path, *args, timeout=400):
+def _materialize(env, profile_path, *args, timeout=900):
     return subprocess.run([sys.executable, "-m", "oe_assets", "materialize", "--profile", str(profile_path), *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 

@@ -169,24 +169,15 @@ def test_graph_stores_text_as_token_rows_where_they_are_smaller(tmp_path):
     """The whole graph on a tiny BERT whose texts are cut at 7 tokens: layer 0 (8 paths x 64 neurons:
     7 x 72 < 512) is stored as token rows, layer 1 (4 paths: 7 x 68 > 256) as alpha; the checks (fast =
     slow against the stored file), the PCA, ablations and reports run on both."""
-    import dagster as dg
-    from test_assets import layer_range, run_job, tiny_bert_profile
+    from helpers import materialize_graph, tiny_bert_profile
     from transformers import AutoTokenizer
 
-    from oe_assets.definitions import build_definitions, inputs_job, layers_job, summary_job
     from oe_assets.resources import model as model_module
     from oe_assets.resources.io_managers import H5Group, open_effects
 
     profile = tiny_bert_profile(tmp_path)
     profile["model"]["max_length"] = 7
-    defs = build_definitions(profile)
-    instance = dg.DagsterInstance.ephemeral()
-    run_job(defs, inputs_job, instance)
-    result = run_job(defs, layers_job, instance, tags=layer_range(0, 1))
-    checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks["fast_path_equals_slow_path"] and all(checks.values())
-    run_job(defs, summary_job, instance)
-    store = tmp_path / "store"
+    defs, instance, store = materialize_graph(profile)
     tok = AutoTokenizer.from_pretrained(profile["model"]["source"])
     texts = [json.loads(line)["text"] for line in open(profile["dataset"]["train_path"])]
     batch = tok(texts, padding=True, truncation=True, max_length=7, return_tensors="pt")
