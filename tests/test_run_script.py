@@ -51,7 +51,8 @@ def project(tmp_path):
     return root, run
 
 
-INSTALLS = ["-m pip install --quiet --upgrade pip", "-m pip install --quiet torch==2.13.0", "-m pip install --quiet -e .[test]"]
+INSTALLS = ["-m pip install --quiet --upgrade pip", "-m pip install --quiet torch==2.13.0",
+            "-m pip install --quiet -e .[test,llm]"]
 
 
 def test_first_call_sets_up_and_later_calls_skip_it(project):
@@ -83,14 +84,14 @@ def test_a_changed_pyproject_or_folder_sets_up_again(project, tmp_path):
 def test_without_the_pinned_torch_the_project_range_is_installed(project):
     _, run = project
     rc, calls, err = run("setup", venv="other-venv", fail="torch==2.13.0")
-    assert rc == 0 and calls[-1] == "-m pip install --quiet -e .[test]"
+    assert rc == 0 and calls[-1] == "-m pip install --quiet -e .[test,llm]"
     assert "torch==2.13.0 is not available here: installing the project's torch range instead" in err
     assert run("status", venv="other-venv")[0] == 0 and run("status")[0] == 1  # each venv has its own stamp
 
 
 def test_a_failed_install_leaves_the_set_up_incomplete(project):
     _, run = project
-    rc, calls, _ = run("test", fail="-e .[test]")
+    rc, calls, _ = run("test", fail="-e .[test,llm]")
     assert rc != 0 and "-m pytest -q" not in calls
     assert run("status")[0] == 1
     rc, calls, _ = run("test")
