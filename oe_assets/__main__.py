@@ -303,17 +303,6 @@ def _end_process_group(pgid: int, grace: float) -> None:
             time.sleep(0.1)
 
 
-def _parent_death_sigterm() -> None:  # in the child, before exec: SIGTERM when this process dies
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-
-
 def dev_cmd(rest: list[str], stop_grace: float = 20.0) -> int:
     """``dagster dev`` on the project's ``workspace.yaml`` and instance (``DAGSTER_HOME``, default
     ``<project root>/data/dagster_home``), in its own process group, ended with all its processes.
@@ -327,6 +316,7 @@ def dev_cmd(rest: list[str], stop_grace: float = 20.0) -> int:
     import signal
     import subprocess
 
+    from .processes import die_with_parent
     from .profiles import project_root
 
     open_instance().dispose()  # DAGSTER_HOME exported; a new instance folder gets INSTANCE_SETTINGS
@@ -336,7 +326,7 @@ def dev_cmd(rest: list[str], stop_grace: float = 20.0) -> int:
     previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in stops}
     try:  # the handlers are in place before the child starts: it execs with SIGINT at its default, not ignored
         proc = subprocess.Popen([sys.executable, "-m", "dagster", "dev", "-w", str(root / "workspace.yaml"), *rest],
-                                cwd=root, start_new_session=True, preexec_fn=_parent_death_sigterm)
+                                cwd=root, start_new_session=True, preexec_fn=die_with_parent)
         try:
             while proc.poll() is None and not received:
                 time.sleep(0.1)

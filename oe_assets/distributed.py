@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from .processes import die_with_parent
 from .step_tags import CELERY_QUEUE_TAG, GPU_POD_CONFIG, K8S_CONFIG_TAG, general_queue, model_queue, model_step_tags
 
 __all__ = ["CelerySettings", "ServiceUnavailable", "wait_for_services", "init_instance", "celery_job",
@@ -324,8 +325,9 @@ def _run_child(spec: dict) -> int:
 
 def _submit(spec: dict, log: Path) -> subprocess.Popen:
     with open(log, "ab") as f:
+        # the run ends with this process: a killed materialize leaves no run behind
         return subprocess.Popen([sys.executable, "-m", "oe_assets.distributed", "run", json.dumps(spec)],
-                                stdout=f, stderr=subprocess.STDOUT, env=os.environ.copy())
+                                stdout=f, stderr=subprocess.STDOUT, env=os.environ.copy(), preexec_fn=die_with_parent)
 
 
 def _finish(instance, submissions: list[tuple[str, str, subprocess.Popen]], timeout_s: float, log: Path, out) -> bool:

@@ -12,7 +12,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Process", "process_start", "this_process", "is_dead"]
+__all__ = ["Process", "process_start", "this_process", "is_dead", "die_with_parent"]
 
 
 @dataclass(frozen=True)
@@ -70,3 +70,19 @@ def is_dead(process: Process) -> str | None:
     if process.start and now and now != process.start:
         return f"its process ({process}) is gone; pid {process.pid} is now another process (started at tick {now})"
     return None
+
+
+def die_with_parent(signum: int = 15) -> None:
+    """In a child process: have the kernel send it ``signum`` (default SIGTERM) when its parent dies
+    (Linux ``prctl(PR_SET_PDEATHSIG)``; elsewhere nothing).  It fires when the *thread* that started
+    the child ends, so call it for children started from the main thread; e.g. as a ``Popen``
+    ``preexec_fn`` or a DataLoader ``worker_init_fn``."""
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signum)  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass

@@ -23,6 +23,7 @@ from ..datasources.cifar import CIFAR_KINDS, cifar_classes, cifar_image, load_ci
 from ..datasources.hf_datasets import hf_class_names, hf_text_split, open_rows, split_name
 from ..datasources.text_datasets import load_string_list, load_text_dataset, subsample
 from ..lens.tokenization import tokenize
+from ..processes import die_with_parent
 
 __all__ = ["Split", "TextSplit", "ImageFolderSplit", "ArraySplit", "CifarSplit", "DatasetResource",
            "image_folder_samples"]
@@ -67,17 +68,11 @@ class _WatchParent:
 
     def __call__(self, worker_id: int) -> None:
         import signal
-        import sys
         import time
 
         forked = os.getppid() == self.parent  # else started by a fork server, or the parent already died
-        if forked and self.parent_is_main_thread and sys.platform.startswith("linux"):
-            import ctypes
-
-            try:
-                ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-            except (OSError, AttributeError):
-                pass
+        if forked and self.parent_is_main_thread:
+            die_with_parent(signal.SIGKILL)
         if not self._alive(forked):  # died before the guards were in place
             os._exit(1)
 
