@@ -254,6 +254,7 @@ def _layer_runs(instance):
         "dagster/asset_partition_range_start", ""))
 
 
+@pytest.mark.cluster
 def test_two_layer_runs_on_two_workers_overlap_and_match_in_process(cluster, in_process):
     """Two parallel runs (one layer each) succeed at the same time, every step that runs the model on a
     GPU worker (never the general worker), two of them at once on the two GPU workers, every file equal
