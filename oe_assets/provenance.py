@@ -35,6 +35,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .models.identity import file_sha256, weights_cache_dir, weights_hash
+from .settings import READS, SECTIONS, asset_of
 
 __all__ = ["PROVENANCE_ATTR", "SHARED_FIELDS", "ProvenanceError", "entry", "split_fingerprint", "weights_hash",
            "file_sha256", "weights_cache_dir",
@@ -142,21 +143,12 @@ def own_record(attrs: dict[str, Any], name: str) -> dict[str, Any] | None:
 
 def is_setting(field: str) -> bool:
     """A profile setting (``model.dtype``, ``analysis.top_k``, ...), as opposed to a data field."""
-    from .settings import SECTIONS
-
     return field.split(".", 1)[0] in SECTIONS
-
-
-def _asset(name: str) -> str:
-    """``"neuron_pcas[3]"`` -> ``"neuron_pcas"``."""
-    return name.split("[", 1)[0]
 
 
 def _rank(name: str) -> tuple:
     """Dependency order of lineage entries: the declaration order of :data:`oe_assets.settings.READS`,
     then the layer."""
-    from .settings import READS, asset_of
-
     order = list(READS)
     asset = asset_of(name)
     layer = name[len(asset) + 1:-1] if name != asset else ""
@@ -199,7 +191,7 @@ def check(consumer: str, inputs: dict[str, dict[str, Any]], own: dict[str, Any],
             problems.append((field, values, want))
     code_versions = code_versions or {}
     for name, item in newest.items():  # made by other code than the asset's now
-        now_code = code_versions.get(_asset(name))
+        now_code = code_versions.get(asset_of(name))
         if name != consumer and now_code is not None and item[2].get("code_version") not in (None, now_code):
             problems.append(("code_version", [item], _key(now_code)))
     by_entry: dict[str, tuple] = {}  # one entry through two inputs: the same data version

@@ -78,11 +78,7 @@ class ArtifactStore(dg.ConfigurableResource):
 
     def require(self, asset_key: dg.AssetKey | str, partition: str | None = None, suffix: str = ".h5") -> Path:
         """The file of an asset (partition); raises naming both when it was never materialized."""
-        path = self.path_for(asset_key, partition, suffix)
-        if not path.exists():
-            raise FileNotFoundError(f"{self.describe(asset_key, partition)} has no materialized file at {path}; "
-                                    "materialize it first")
-        return path
+        return self.layout.require(_key_path(asset_key), partition, suffix)
 
     # ---- writing -------------------------------------------------------------------------
     def stage(self, asset_key: dg.AssetKey | str, partition: str | None = None, suffix: str = ".h5") -> Path:
