@@ -78,14 +78,15 @@ def build_definitions(profile: str | dict | None = None, base_dir: str | None = 
     store = ArtifactStore(**{**cfg["storage"], "base_dir": base_dir or cfg["storage"].get("base_dir", "data/materialized")})
     dataset = DatasetResource(**cfg["dataset"])
     imagenet_r = bool(dataset.val_r_path)  # the ImageNet-R assets, next to the val ones
+    topk = store.effects_mode == "topk"  # the top-k form of the train effects, the val pass after the PCA
     observe_datasets_job = dg.define_asset_job(
         OBSERVE_DATASETS, selection=dg.AssetSelection.keys("train_data", "val_data", *(["val_r_data"] if imagenet_r else [])),
         description="Observe the dataset files: a changed file marks the assets made from it stale.")
     sources = [train_data, val_data, *([val_r_data] if imagenet_r else [])]
     assets = [model_asset, vocabulary, *sources, text_embeddings, classifier, train_representations,
               val_representations, *([val_r_representations] if imagenet_r else []),
-              *build_effect_assets(layers, imagenet_r), *build_analysis_assets(layers, imagenet_r),
-              *build_baseline_assets(layers)]
+              *build_effect_assets(layers, imagenet_r, topk), *build_analysis_assets(layers, imagenet_r, topk),
+              *build_baseline_assets(layers, topk)]
     return dg.Definitions(
         assets=assets,
         asset_checks=build_checks(layers),

@@ -2,12 +2,14 @@
 
 :data:`READS` maps every asset that computes something to the settings (``section.field`` of the
 profile, i.e. of the resource configuring that section) whose value changes its numbers, in the
-graph's dependency order.  Three settings are derived rather than configured: the identity of the
+graph's dependency order.  Four settings are derived rather than configured: the identity of the
 model's files (``model.weights``), and the content of the prompt-template and class-name files
 (``analysis.templates``, ``dataset.classes``), so that a file changed in place counts as a changed
-setting.  Dataset files and the vocabulary are identified by their content elsewhere (the split
-fingerprints and the vocabulary hash of :mod:`oe_assets.provenance`), so their paths are not listed:
-moving the data does not rerun anything.
+setting; and the samples per neuron a top-k effects file keeps (``storage.topk_samples``:
+``analysis.top_k`` when ``storage.effects_mode`` is ``topk``, None when every sample is stored, so
+``top_k`` reruns the effects only where they depend on it).  Dataset files and the vocabulary are
+identified by their content elsewhere (the split fingerprints and the vocabulary hash of
+:mod:`oe_assets.provenance`), so their paths are not listed: moving the data does not rerun anything.
 
 From this table:
 
@@ -44,7 +46,7 @@ _DATA = ("dataset.kind", "dataset.text_column", "dataset.label_column", "dataset
 _TRAIN = (*_DATA, "dataset.train_stride", "dataset.train_key", "dataset.train_labels_key")
 _VAL = (*_DATA, "dataset.val_stride", "dataset.val_key", "dataset.val_labels_key")
 _VAL_R = (*_DATA, "dataset.val_stride", "dataset.imagenet_r_classes")
-_EFFECTS = ("analysis.coefficient", "analysis.convention", "storage.alpha_dtype")
+_EFFECTS = ("analysis.coefficient", "analysis.convention", "storage.alpha_dtype", "storage.effects_mode")
 
 #: asset -> the settings it reads, in dependency order (an asset after everything it reads from)
 READS: dict[str, tuple[str, ...]] = {
@@ -54,7 +56,7 @@ READS: dict[str, tuple[str, ...]] = {
     "train_representations": (*_MODEL, *_TRAIN, "analysis.coefficient"),
     "val_representations": (*_MODEL, *_VAL, "analysis.coefficient"),
     "val_r_representations": (*_MODEL, *_VAL_R, "analysis.coefficient"),
-    "second_order_effects": (*_MODEL, *_TRAIN, *_EFFECTS),
+    "second_order_effects": (*_MODEL, *_TRAIN, *_EFFECTS, "storage.topk_samples"),
     "val_second_order_effects": (*_MODEL, *_VAL, *_EFFECTS),
     "val_r_second_order_effects": (*_MODEL, *_VAL_R, *_EFFECTS),
     "first_order_effects": (*_MODEL, *_TRAIN, "dataset.val_stride", "dataset.val_key", "dataset.val_labels_key",
@@ -62,6 +64,8 @@ READS: dict[str, tuple[str, ...]] = {
     "total_effects": (*_MODEL, *_VAL, "analysis.coefficient"),
     "neuron_pcas": ("analysis.top_k",),
     "sparse_codes": ("analysis.components", "analysis.coefficient", "analysis.sparse_dtype"),
+    # top-k mode: the val pass after the PCA and the sparse codes, keeping only the ablations' sums
+    "val_effect_sums": (*_MODEL, *_VAL, *_EFFECTS),
     "ablation_report": ("analysis.store_logits",),
     "ablation_report_r": ("dataset.imagenet_r_classes", "analysis.store_logits"),
     "neuron_report": (*_TRAIN, "analysis.report_neurons"),
@@ -96,9 +100,14 @@ def _weights(resources: Mapping[str, Any]) -> str | None:
     return weights_hash(model.source, getattr(model, "revision", None))
 
 
-#: settings computed from the files a setting names: the content is the setting
+def _topk_samples(resources: Mapping[str, Any]) -> int | None:
+    return resources["analysis"].top_k if resources["store"].effects_mode == "topk" else None
+
+
+#: settings computed from the files a setting names (the content is the setting), or from other settings
 DERIVED: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "model.weights": _weights, "analysis.templates": _templates, "dataset.classes": _classes,
+    "storage.topk_samples": _topk_samples,
 }
 
 

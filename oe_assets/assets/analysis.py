@@ -6,8 +6,10 @@ import pyarrow as pa
 
 import dagster as dg
 
+from ..lens.ablations import EFFECT_SUMS_LAYOUT
 from ..lens import (
-    ALL_SCENARIOS, ablate, neuron_pca, nonzeros_by_magnitude, normalize_dictionary, sparse_decompose, top_descriptions,
+    ALL_SCENARIOS, EffectSums, ablate, ablate_from_sums, neuron_pca, nonzeros_by_magnitude, normalize_dictionary,
+    sparse_decompose, top_descriptions,
 )
 from ..plots import accuracy_against_layer, explained_variance_profile, markdown_image, significance_histogram
 from ..reports import NeuronSection, render_report
@@ -17,7 +19,9 @@ from ..resources.store import ArtifactStore, H5Payload, HTMLPage, open_effects, 
 from ..resources.model import AnalysisResource, ModelResource
 from ..models.loading import resolve_dtype
 from .baselines import BASELINE_SCENARIOS
-from .common import CODE_VERSION, EAGER, md_table, profile_resources, provenance, timer
+from .common import (  # noqa: F401 -- dense_codes: re-exported
+    CODE_VERSION, EAGER, dense_codes, md_table, profile_resources, provenance, sparse_reconstructions, timer,
+)
 
 ABLATION_SCHEMA = pa.schema([
     ("layer", pa.int64()), ("scenario", pa.string()), ("accuracy", pa.float64()), ("samples", pa.int64()),
@@ -57,13 +61,6 @@ def sparse_arrays(codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         nz = nonzeros_by_magnitude(row, k)
         idx[n, :len(nz)], val[n, :len(nz)] = nz, row[nz]
     return idx, val
-
-
-def dense_codes(indices: np.ndarray, values: np.ndarray, n_descriptions: int) -> np.ndarray:
-    out = np.zeros((indices.shape[0], n_descriptions))
-    rows, cols = np.nonzero(indices >= 0)
-    out[rows, indices[rows, cols]] = values[rows, cols]
-    return out
 
 
 def findings_table(rows: list[dict]) -> str:
@@ -106,8 +103,11 @@ def plot_links(path, name: str) -> dict:
     return {f"{name}_png": dg.MetadataValue.path(str(path)), f"{name}_url": dg.MetadataValue.url(path.as_uri())}
 
 
-def build_analysis_assets(partitions_def: dg.PartitionsDefinition, imagenet_r: bool = False) -> list[dg.AssetsDefinition]:
-    """The per-layer analysis assets and ``layer_summary``; with ``imagenet_r`` also ``ablation_report_r``."""
+def build_analysis_assets(partitions_def: dg.PartitionsDefinition, imagenet_r: bool = False,
+                          topk: bool = False) -> list[dg.AssetsDefinition]:
+    """The per-layer analysis assets and ``layer_summary``; with ``imagenet_r`` also ``ablation_report_r``;
+    with ``topk`` (``storage.effects_mode: topk``) the ablations read ``val_effect_sums``."""
+    val_effects = "val_effect_sums" if topk else "val_second_order_effects"
     layered = dict(partitions_def=partitions_def, code_version=CODE_VERSION,
                    backfill_policy=dg.BackfillPolicy.single_run())
 
@@ -188,7 +188,7 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition, imagenet_r: b
                   **layered)
 
     @dg.asset(description="Val accuracy and logits under the five ablation scenarios and the sparse-code "
-              "reconstruction.", **report)
+              "reconstruction.", ins={"val_second_order_effects": dg.AssetIn(val_effects)}, **report)
     def ablation_report(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource,
                         dataset: DatasetResource, store: ArtifactStore, val_representations,
                         val_second_order_effects: dict, classifier, neuron_pcas: dict, sparse_codes: dict,
@@ -196,7 +196,7 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition, imagenet_r: b
         return ablation_tables(context, profile_resources(model, dataset, analysis, store), val_representations,
                                val_second_order_effects,
                                classifier.read("classifier"), neuron_pcas, sparse_codes, text_embeddings,
-                               classifier_attrs=classifier.attrs)
+                               classifier_attrs=classifier.attrs, effects_asset=val_effects)
 
     @dg.asset(group_name="reports", io_manager_key="html_io_manager", kinds={"html"},
               automation_condition=EAGER, deps=["train_data"],
@@ -278,11 +278,14 @@ def imagenet_r_classifier(W: np.ndarray, dataset: DatasetResource) -> np.ndarray
 
 def ablation_tables(context, resources: dict, val_representations, effects_in: dict,
                     W: np.ndarray, neuron_pcas: dict, sparse_codes: dict, text_embeddings, split: str = "val",
-                    classifier_attrs: dict | None = None) -> dict[str, pa.Table]:
+                    classifier_attrs: dict | None = None, effects_asset: str | None = None) -> dict[str, pa.Table]:
     """Every layer partition's ablation table (:data:`ABLATION_SCHEMA`) of one evaluation split
-    (``split``: ``val`` or ``val_r``): its representations, its effects and the classifier ``W`` its
-    labels index; refused when these inputs were made from different data or settings (``resources``:
+    (``split``: ``val`` or ``val_r``): its representations, its effects (``effects_asset``, default
+    ``<split>_second_order_effects``; in the top-k mode ``val_effect_sums``, the sums the ablations
+    read, gathered in the val pass) and the classifier ``W`` its labels index; refused when these
+    inputs were made from different data or settings (``resources``:
     :func:`~oe_assets.assets.common.profile_resources`)."""
+    effects_asset = effects_asset or f"{split}_second_order_effects"
     model, analysis = resources["model"], resources["analysis"]
     reps, labels = val_representations.read("representations"), val_representations.read("labels")
     coefficient = float(val_representations.attrs.get("coefficient", 100.0))
@@ -293,15 +296,17 @@ def ablation_tables(context, resources: dict, val_representations, effects_in: d
             pcas, codes = neuron_pcas[key], sparse_codes[key]
             attrs = provenance(context, context.asset_key.to_user_string(), {
                 f"{split}_representations": val_representations.attrs,
-                entry(f"{split}_second_order_effects", key): effects_in[key].attrs,
+                entry(effects_asset, key): effects_in[key].attrs,
                 "classifier": classifier_attrs or {}, entry("neuron_pcas", key): pcas.attrs,
                 entry("sparse_codes", key): codes.attrs, "text_embeddings": text_embeddings.attrs},
                 resources, partition=key)
             same_vocabulary(text_embeddings, codes, key)
-            dense = dense_codes(codes.read("indices"), codes.read("values"), dictionary.shape[0])
-            effects = open_effects(effects_in[key], device=model.compute_device())
-            res = ablate(reps, effects, W, labels, pcas.read("means"),
-                         pcas.read("norms")[:, 0], pcas.read("components"), reconstructions=dense @ dictionary)
+            if effects_in[key].attrs.get("layout") == EFFECT_SUMS_LAYOUT:  # top-k mode: the val pass's sums
+                res = ablate_from_sums(reps, EffectSums.from_arrays(effects_in[key].read), W, labels)
+            else:
+                effects = open_effects(effects_in[key], device=model.compute_device())
+                res = ablate(reps, effects, W, labels, pcas.read("means"), pcas.read("norms")[:, 0],
+                             pcas.read("components"), reconstructions=sparse_reconstructions(codes, dictionary))
             out[key] = table_with_attrs(pa.Table.from_pylist(
                 [{"layer": int(key), "scenario": s, "accuracy": res.accuracy[s], "samples": len(labels),
                   "logits": res.logits[s].tolist() if analysis.store_logits else None,

@@ -24,7 +24,10 @@ BASELINE_SCHEMA = pa.schema([
 ])
 
 
-def build_baseline_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+def build_baseline_assets(partitions_def: dg.PartitionsDefinition, topk: bool = False) -> list[dg.AssetsDefinition]:
+    """``first_order_effects`` (from the effects files' first-order sums; with ``topk``, the val ones
+    from ``val_effect_sums``) and ``total_effects``."""
+    val_effects = "val_effect_sums" if topk else "val_second_order_effects"
     layered = dict(group_name="analysis", partitions_def=partitions_def, code_version=CODE_VERSION, pool="gpu",
                    op_tags=model_step_tags(),
                    backfill_policy=dg.BackfillPolicy.single_run())
@@ -34,7 +37,8 @@ def build_baseline_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
               "frozen norms after the MLP, the readout and the projection, scaled by coefficient / |r|; stored "
               "summed over neurons: val_sum [val samples, d_out], train_mean_sum [d_out] (the train mean of "
               "that sum), and mlp_out_mean [d_model] (the MLP output's mean over train samples and tokens).  "
-              "Computed in the effects' own data pass (read here from their files: no model run).", **layered)
+              "Computed in the effects' own data pass (read here from their files: no model run).",
+              ins={"val_second_order_effects": dg.AssetIn(val_effects)}, **layered)
     def first_order_effects(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource,
                             dataset: DatasetResource, store: ArtifactStore, second_order_effects: dict,
                             val_second_order_effects: dict):
@@ -44,12 +48,12 @@ def build_baseline_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.As
                 train, val = second_order_effects[key], val_second_order_effects[key]
                 attrs = provenance(context, "first_order_effects",
                                    {entry("second_order_effects", key): train.attrs,
-                                    entry("val_second_order_effects", key): val.attrs},
+                                    entry(val_effects, key): val.attrs},
                                    profile_resources(model, dataset, analysis, store), partition=key)
                 for group in (train, val):
                     if "first_order_sum" not in group.names:
                         raise ValueError(f"{group.path} has no first-order sums (written by an earlier version); "
-                                         "re-materialize second_order_effects and val_second_order_effects")
+                                         f"re-materialize second_order_effects and {val_effects}")
                 val_sum, train_mean = val.read("first_order_sum"), train.read("first_order_sum").mean(axis=0)
                 change = np.linalg.norm(val_sum - train_mean, axis=1)
                 context.add_asset_metadata({"layer": int(key), "val_sum_shape": str(list(val_sum.shape)),

@@ -11,6 +11,7 @@ import torch
 import dagster as dg
 
 from ..lens import SecondOrderLens, slow_second_order_effects
+from ..lens.topk import TopKEffects
 from ..resources.datasets import DatasetResource
 from ..step_tags import model_step_tags
 from ..resources.store import ArtifactStore, open_effects
@@ -33,11 +34,17 @@ def check_pca(components: np.ndarray, effects, means: np.ndarray, top_k: int, n_
     the top-``k`` centred samples project positively, or (a tie) exactly ``k - k // 2``."""
     norm_err = float(np.abs(np.linalg.norm(components, axis=1) - 1).max())
     n = min(n_neurons, components.shape[0])
-    block = np.asarray(effects[:, :n, :], dtype=np.float64) - means[None, :n]
+    if isinstance(effects, TopKEffects):  # the file holds each neuron's top centred rows themselves
+        tops = np.concatenate([rows.numpy() for *_, rows in effects.top_samples(effects.mean(), top_k, np.arange(n))])
+    else:
+        block = np.asarray(effects[:, :n, :], dtype=np.float64) - means[None, :n]
     bad = []
     for i in range(n):
-        rows = block[:, i]
-        top = np.argsort(np.linalg.norm(rows, axis=1), kind="stable")[-top_k:]
+        if isinstance(effects, TopKEffects):
+            rows, top = tops[i], slice(None)
+        else:
+            rows = block[:, i]
+            top = np.argsort(np.linalg.norm(rows, axis=1), kind="stable")[-top_k:]
         positive = int((rows[top] @ components[i] > 0).sum())
         if positive < top_k - top_k // 2:
             bad.append(i)
@@ -95,11 +102,15 @@ def check_fast_equals_slow(lens: SecondOrderLens, batch, stored, rtol: float,
         fast = torch.from_numpy(fast[:, idx, :])  # only these neurons' dense values are formed
         slow = slow_second_order_effects(lens.adapter, batch, lens.mlp_layer, lens.coefficient, lens.convention,
                                          neurons=torch.as_tensor(idx), capture=capture)
-    stored = np.asarray(stored[:n, idx, :])  # the batch's samples: a lazy file reads just those
     slow = slow.double()
     scale = float(slow.abs().max())
     err_fast = float((fast - slow).abs().max()) / scale
-    err_file = float(np.abs(stored - slow.cpu().numpy()).max()) / scale
+    if isinstance(stored, TopKEffects):  # every sample's norms are what a top-k file holds of the batch
+        norms = np.linalg.norm(slow.cpu().numpy(), axis=-1)
+        err_file = float(np.abs(stored.norms(neurons=idx)[:n] - norms).max()) / max(float(norms.max()), 1e-300)
+    else:
+        stored = np.asarray(stored[:n, idx, :])  # the batch's samples: a lazy file reads just those
+        err_file = float(np.abs(stored - slow.cpu().numpy()).max()) / scale
     file_rtol = rtol if file_rtol is None else file_rtol
     return err_fast <= rtol and err_file <= file_rtol, {"fast_vs_slow": err_fast, "file_vs_slow": err_file}
 

@@ -76,3 +76,18 @@ def provenance(context, asset: str, inputs: dict[str, dict], resources: dict, ex
 def profile_resources(model, dataset, analysis, store) -> dict:
     """The resources holding the profile's settings, as :func:`provenance` reads them."""
     return {"model": model, "dataset": dataset, "analysis": analysis, "store": store}
+
+
+def dense_codes(indices: np.ndarray, values: np.ndarray, n_descriptions: int) -> np.ndarray:
+    """Stored sparse codes (``indices`` / ``values`` ``[neurons, k]``, ``-1`` padding) as dense
+    ``[neurons, n_descriptions]``."""
+    out = np.zeros((indices.shape[0], n_descriptions))
+    rows, cols = np.nonzero(indices >= 0)
+    out[rows, indices[rows, cols]] = values[rows, cols]
+    return out
+
+
+def sparse_reconstructions(codes, dictionary: np.ndarray) -> np.ndarray:
+    """Each neuron's sparse reconstruction of its PC ``[neurons, d_out]``: a ``sparse_codes`` file's
+    codes times the normalised ``dictionary`` ``[descriptions, d_out]``."""
+    return dense_codes(codes.read("indices"), codes.read("values"), dictionary.shape[0]) @ dictionary

@@ -5,15 +5,19 @@ import time
 
 import dagster as dg
 
-from ..lens import FirstOrderLens, FirstOrderSums, SecondOrderLens
+import numpy as np
+
+from ..lens import FirstOrderLens, FirstOrderSums, SecondOrderLens, normalize_dictionary
+from ..lens.ablations import EFFECT_SUMS_LAYOUT, EffectSums, effect_sums
 from ..lens.batching import Progress, iter_factorized
 from ..lens.effects_file import FactorizedEffectsWriter
-from ..provenance import split_record
+from ..lens.topk import TOPK_LAYOUT, EffectsMean, TopKEffectsWriter, as_stored, rounded_factors, topk_bytes
+from ..provenance import entry, split_record
 from ..resources.datasets import DatasetResource
 from ..step_tags import model_step_tags
 from ..resources.model import AnalysisResource, ModelResource
-from ..resources.store import ArtifactStore, StagedH5
-from .common import CODE_VERSION, profile_resources, provenance
+from ..resources.store import ArtifactStore, H5Payload, StagedH5
+from .common import CODE_VERSION, profile_resources, provenance, sparse_reconstructions
 
 
 def stream_effects(context, split: str, model: ModelResource, analysis: AnalysisResource, dataset: DatasetResource,
@@ -32,10 +36,7 @@ def stream_effects(context, split: str, model: ModelResource, analysis: Analysis
     data = dataset.split(split)
     keys = list(context.partition_keys)
     t0 = time.perf_counter()
-    lenses = {int(key): SecondOrderLens(loaded.adapter, int(key), coefficient=analysis.coefficient,
-                                        convention=analysis.convention, dense_cache_bytes=0) for key in keys}
-    first_order = FirstOrderSums({layer: FirstOrderLens(loaded.adapter, layer, coefficient=analysis.coefficient)
-                                  for layer in lenses})
+    lenses, first_order = _layer_lenses(loaded, keys, analysis)
     made_from = split_record(split, data)
     needed = sum(FactorizedEffectsWriter.expected_bytes(
         len(data), lenses[int(key)].factors, with_const=lenses[int(key)].convention == "reference",
@@ -95,23 +96,175 @@ def stream_effects(context, split: str, model: ModelResource, analysis: Analysis
     return staged
 
 
-def _effects_asset(name: str, split: str, upstream: str, description: str, common: dict) -> dg.AssetsDefinition:
-    """The factorized effects asset ``name`` of one split, on top of its representations ``upstream``."""
+def _layer_lenses(loaded, keys: list[str], analysis: AnalysisResource):
+    """``({layer: SecondOrderLens}, FirstOrderSums)`` of a step's layers."""
+    lenses = {int(key): SecondOrderLens(loaded.adapter, int(key), coefficient=analysis.coefficient,
+                                        convention=analysis.convention, dense_cache_bytes=0) for key in keys}
+    first_order = FirstOrderSums({layer: FirstOrderLens(loaded.adapter, layer, coefficient=analysis.coefficient)
+                                  for layer in lenses})
+    return lenses, first_order
+
+
+def stream_topk_effects(context, model: ModelResource, analysis: AnalysisResource, dataset: DatasetResource,
+                        store: ArtifactStore) -> dict[str, StagedH5]:
+    """The train effects in the top-k form (``storage.effects_mode: topk``; :mod:`oe_assets.lens.topk`):
+    for every layer partition of the step, the norms ``|effects[s, n]|`` ``[samples, neurons]`` of
+    every sample, the means ``[neurons, d_out]`` and each neuron's ``analysis.top_k`` samples with the
+    largest centred norms (their indices, norms and centred effects ``[neurons, top_k, d_out]``), with
+    the first-order sums of :func:`stream_effects`.  Two data passes over the split, each for every
+    layer of the step: the means, then the norms and the running top.  Each batch's effects are first
+    rounded as an effects file stores them (``storage.alpha_dtype``, float32 factors: :func:`as_stored`),
+    so both modes see the same numbers.  Files are staged and appear atomically, as in
+    :func:`stream_effects`."""
+    loaded = model.load()
+    data = dataset.split("train")
+    keys = list(context.partition_keys)
+    t0 = time.perf_counter()
+    lenses, first_order = _layer_lenses(loaded, keys, analysis)
+    factors = {layer: rounded_factors(lens.factors) for layer, lens in lenses.items()}
+    made_from = split_record("train", data)
+    needed = sum(topk_bytes(len(data), lenses[int(k)].n_neurons, lenses[int(k)].d_out, analysis.top_k)
+                 + 8 * len(data) * lenses[int(k)].d_out for k in keys)  # + first_order_sum
+    store.require_free_space(context.asset_key, keys, needed)
+    stored = lambda layer, fe: as_stored(fe, store.alpha_dtype, factors[layer])  # noqa: E731
+    means = {layer: EffectsMean(factors[layer]) for layer in lenses}
+    progress = Progress(len(data), f"layers {', '.join(keys)} train effects, pass 1 of 2 (means)", log=context.log.info)
+    for _, effects in iter_factorized(lenses, data.batches(loaded, model.batch_size, model.max_length), progress,
+                                      on_capture=first_order.add):
+        for layer, fe in effects.items():
+            means[layer].add(stored(layer, fe))
+    staged: dict[str, StagedH5] = {}
+    writers: dict[str, TopKEffectsWriter] = {}
+    writing = None  # the file being written when a write fails
+    try:
+        for key in keys:
+            path = writing = store.stage(context.asset_key, key)
+            staged[key] = StagedH5(path)
+            writers[key] = TopKEffectsWriter(path, len(data), means[int(key)].means(), analysis.top_k,
+                                             batch_size=model.batch_size)
+        progress = Progress(len(data), f"layers {', '.join(keys)} train effects, pass 2 of 2 (norms, top "
+                            f"{analysis.top_k})", log=context.log.info)
+        for _, effects in iter_factorized(lenses, data.batches(loaded, model.batch_size, model.max_length), progress):
+            for layer, fe in effects.items():
+                writing = staged[str(layer)].path
+                writers[str(layer)].write(stored(layer, fe))
+        fo_sums, mlp_means = first_order.sums(), first_order.mlp_out_means()
+        for key in keys:
+            lens = lenses[int(key)]
+            shape = (len(data), lens.n_neurons, lens.d_out)
+            writing = staged[key].path
+            writers.pop(key).close(labels=data.labels, extras={"first_order_sum": fo_sums[int(key)],
+                                                               "mlp_out_mean": mlp_means[int(key)]})
+            attrs = provenance(context, context.asset_key.to_user_string(), {},
+                               profile_resources(model, dataset, analysis, store),
+                               {**made_from, "convention": lens.convention}, partition=key)
+            staged[key].attrs = {"model": model.source, "layer": int(key), "coefficient": analysis.coefficient,
+                                 "convention": lens.convention, "split": "train", "shape": list(shape),
+                                 "code_version": CODE_VERSION, **attrs}
+            context.add_asset_metadata({"layer": int(key), "effects_shape": str(list(shape)), "layout": TOPK_LAYOUT,
+                                        "top_k": analysis.top_k}, partition_key=key)
+    except BaseException as exc:
+        for writer in writers.values():
+            writer.abort()
+        for value in staged.values():
+            store.discard(value.path)
+        if isinstance(exc, OSError) and writing is not None:
+            raise store.write_error(context.asset_key, keys, writing, exc, needed) from exc
+        raise
+    seconds = time.perf_counter() - t0
+    context.log.info(f"layers {', '.join(keys)}: top-{analysis.top_k} train effects of {len(data)} samples in two "
+                     f"data passes, {seconds:.1f} s")
+    context.add_output_metadata({
+        "effects_shape": str(list(shape)), "layout": TOPK_LAYOUT, "top_k": analysis.top_k, "rows": shape[0],
+        "model": model.source, "layers": ", ".join(keys), "coefficient": analysis.coefficient,
+        "convention": lens.convention, "data_passes": 2, "run_time_s": round(seconds, 3),
+    })
+    return staged
+
+
+def stream_effect_sums(context, model: ModelResource, analysis: AnalysisResource, dataset: DatasetResource,
+                       store: ArtifactStore, neuron_pcas: dict, sparse_codes: dict, text_embeddings) -> dict[str, H5Payload]:
+    """The val pass of the top-k mode: instead of the val effects, what the ablations read of them
+    (:class:`~oe_assets.lens.ablations.EffectSums`, about the train PCA's means, thresholds and
+    components and the sparse codes' reconstructions), batch by batch in one data pass for every layer
+    of the step, with the first-order sums.  Each batch is rounded as an effects file stores it
+    (:func:`as_stored`), so the ablations equal those of the stored mode.  Per layer ``[val samples,
+    d_out]``: ``total``, ``significant_sum``, ``projected``, ``reconstructed``, ``first_order_sum``;
+    ``significant`` ``[val samples, neurons]``; ``mlp_out_mean`` ``[d_model]``; ``labels``."""
+    loaded = model.load()
+    data = dataset.split("val")
+    keys = list(context.partition_keys)
+    t0 = time.perf_counter()
+    lenses, first_order = _layer_lenses(loaded, keys, analysis)
+    factors = {layer: rounded_factors(lens.factors) for layer, lens in lenses.items()}
+    dictionary = normalize_dictionary(text_embeddings.read("embeddings"), analysis.coefficient)
+    made_from = split_record("val", data)
+    inputs, pcas = {}, {}
+    for key in keys:
+        group = neuron_pcas[key]
+        pcas[int(key)] = (group.read("means"), group.read("norms")[:, 0], group.read("components"),
+                          sparse_reconstructions(sparse_codes[key], dictionary))
+        inputs[key] = {entry("neuron_pcas", key): group.attrs, entry("sparse_codes", key): sparse_codes[key].attrs,
+                       "text_embeddings": text_embeddings.attrs}
+    parts: dict[int, list[EffectSums]] = {layer: [] for layer in lenses}
+    progress = Progress(len(data), f"layers {', '.join(keys)} val effect sums", log=context.log.info)
+    for _, effects in iter_factorized(lenses, data.batches(loaded, model.batch_size, model.max_length), progress,
+                                      on_capture=first_order.add):
+        for layer, fe in effects.items():
+            parts[layer].append(effect_sums(as_stored(fe, store.alpha_dtype, factors[layer]), *pcas[layer]))
+    fo_sums, mlp_means = first_order.sums(), first_order.mlp_out_means()
+    out = {}
+    for key in keys:
+        sums = EffectSums.concat(parts[int(key)])
+        attrs = provenance(context, context.asset_key.to_user_string(), inputs[key],
+                           profile_resources(model, dataset, analysis, store),
+                           {**made_from, "convention": lenses[int(key)].convention}, partition=key)
+        out[key] = H5Payload({**sums.arrays(), "first_order_sum": fo_sums[int(key)],
+                              "mlp_out_mean": mlp_means[int(key)], "labels": np.asarray(data.labels)},
+                             {"layout": EFFECT_SUMS_LAYOUT, "model": model.source, "layer": int(key),
+                              "coefficient": analysis.coefficient, "convention": lenses[int(key)].convention,
+                              "split": "val", "code_version": CODE_VERSION, **attrs})
+        context.add_asset_metadata({"layer": int(key), "samples": len(data),
+                                    "significant_fraction": sums.significant_fraction}, partition_key=key)
+    seconds = time.perf_counter() - t0
+    context.add_output_metadata({"layout": EFFECT_SUMS_LAYOUT, "rows": len(data), "layers": ", ".join(keys),
+                                 "data_passes": 1, "run_time_s": round(seconds, 3)})
+    return out
+
+
+def _effects_asset(name: str, split: str, upstream: str, description: str, common: dict,
+                   topk: bool = False) -> dg.AssetsDefinition:
+    """The factorized effects asset ``name`` of one split, on top of its representations ``upstream``
+    (``topk``: the train effects in the top-k form)."""
 
     @dg.asset(name=name, deps=[upstream, "model", f"{split}_data"], description=description, **common)
     def effects(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource,
                 dataset: DatasetResource, store: ArtifactStore):
+        if topk:
+            return stream_topk_effects(context, model, analysis, dataset, store)
         return stream_effects(context, split, model, analysis, dataset, store)
 
     return effects
 
 
-def build_effect_assets(partitions_def: dg.PartitionsDefinition, imagenet_r: bool = False) -> list[dg.AssetsDefinition]:
+def build_effect_assets(partitions_def: dg.PartitionsDefinition, imagenet_r: bool = False,
+                        topk: bool = False) -> list[dg.AssetsDefinition]:
     """The train and val effects; with ``imagenet_r`` also ``val_r_second_order_effects`` (the
-    ImageNet-R split of ``dataset.val_r_path``)."""
+    ImageNet-R split of ``dataset.val_r_path``).  With ``topk`` (``storage.effects_mode: topk``) the
+    train effects in the top-k form and, instead of the val effects, ``val_effect_sums`` (after the
+    PCA and the sparse codes)."""
     common = dict(group_name="second_order", partitions_def=partitions_def, io_manager_key="hdf5_io_manager",
                   kinds={"pytorch", "hdf5"}, code_version=CODE_VERSION, pool="gpu", op_tags=model_step_tags(),
                   backfill_policy=dg.BackfillPolicy.single_run())
+    if topk:
+        return [
+            _effects_asset("second_order_effects", "train", "train_representations",
+                           "Per-neuron second-order effects of one MLP layer, top-k form (storage.effects_mode: "
+                           "topk): norms [train samples, neurons] of every sample, means [neurons, d_out], and each "
+                           "neuron's top_k samples by centred norm with their centred effects [neurons, top_k, "
+                           "d_out].  Two data passes.", common, topk=True),
+            _effect_sums_asset(common),
+        ]
     assets = [
         _effects_asset("second_order_effects", "train", "train_representations",
                        "Per-neuron second-order effects [train samples, neurons, d_out] of one MLP layer through every "
@@ -127,3 +280,16 @@ def build_effect_assets(partitions_def: dg.PartitionsDefinition, imagenet_r: boo
             "Per-neuron second-order effects [ImageNet-R samples, neurons, d_out] of one MLP layer (factorized), "
             "for the ImageNet-R ablations.", common))
     return assets
+
+
+def _effect_sums_asset(common: dict) -> dg.AssetsDefinition:
+    @dg.asset(name="val_effect_sums", deps=["val_representations", "model", "val_data"],
+              description="Top-k mode: the val pass after the PCA and the sparse codes, keeping what the ablations "
+              "read of the val effects: sums over neurons [val samples, d_out] (all, significant, projected on the "
+              "PC and on the sparse reconstruction) and the significant (sample, neuron) pairs.", **common)
+    def val_effect_sums(context: dg.AssetExecutionContext, model: ModelResource, analysis: AnalysisResource,
+                        dataset: DatasetResource, store: ArtifactStore, neuron_pcas: dict, sparse_codes: dict,
+                        text_embeddings):
+        return stream_effect_sums(context, model, analysis, dataset, store, neuron_pcas, sparse_codes, text_embeddings)
+
+    return val_effect_sums

@@ -8,7 +8,7 @@
 - :func:`neuron_pca`, :func:`sparse_decompose`, :func:`top_descriptions`, :func:`ablate`.
 """
 
-from .ablations import ALL_SCENARIOS, SCENARIOS, AblationResult, ablate, top1_accuracy
+from .ablations import ALL_SCENARIOS, SCENARIOS, AblationResult, EffectSums, ablate, ablate_from_sums, top1_accuracy
 from .adapters import ModelAdapter, get_adapter, register_adapter
 from .first_order import FirstOrderLens, FirstOrderSums, first_order_effects, replaced_mlp_representations, token_mask
 from .hooks import HookNeverFired, HookRegistry
@@ -22,7 +22,8 @@ from .zero_shot import (
 )
 
 __all__ = [
-    "ALL_SCENARIOS", "AblationResult", "CONVENTIONS", "FirstOrderLens", "FirstOrderSums", "HookNeverFired",
+    "ALL_SCENARIOS", "AblationResult", "CONVENTIONS", "EffectSums", "ablate_from_sums", "FirstOrderLens",
+    "FirstOrderSums", "HookNeverFired",
     "HookRegistry", "ModelAdapter", "NeuronPCA",
     "SCENARIOS", "SecondOrderLens", "SparseCodes", "ablate", "clip_text_encoder", "get_adapter",
     "imagenet_classes", "imagenet_templates", "imagenet_wnids", "neuron_pca", "nonzeros_by_magnitude", "normalize_dictionary",

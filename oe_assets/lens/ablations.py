@@ -8,8 +8,8 @@ import numpy as np
 
 from .factorized import as_effects
 
-__all__ = ["ALL_SCENARIOS", "RECONSTRUCTION", "SCENARIOS", "AblationResult", "EffectSums", "ablate", "ablate_from_sums",
-           "effect_sums", "top1_accuracy"]
+__all__ = ["ALL_SCENARIOS", "RECONSTRUCTION", "SCENARIOS", "EFFECT_SUMS_LAYOUT", "AblationResult", "EffectSums", "ablate",
+           "ablate_from_sums", "effect_sums", "top1_accuracy"]
 
 SCENARIOS = (
     "baseline", "mean_ablate_all", "without_significant", "without_insignificant", "projected_to_pc",
@@ -18,6 +18,10 @@ SCENARIOS = (
 RECONSTRUCTION = "sparse_reconstruction"
 #: every scenario, in report order: the five ablations, then the reconstruction
 ALL_SCENARIOS = (*SCENARIOS, RECONSTRUCTION)
+#: the ``layout`` attribute of a file holding a split's :class:`EffectSums` (:meth:`EffectSums.arrays`)
+EFFECT_SUMS_LAYOUT = "effect_sums"
+#: the arrays of :class:`EffectSums`, in field order
+_SUM_FIELDS = ("total", "significant_sum", "projected", "reconstructed", "significant")
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,31 @@ class EffectSums:
 
     def __len__(self) -> int:
         return self.total.shape[0]
+
+    @property
+    def significant_fraction(self) -> float:
+        """The fraction of (sample, neuron) pairs above the threshold."""
+        return float(np.mean(self.significant))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The named arrays to store (``reconstructed`` only when present); :meth:`from_arrays` reads
+        them back."""
+        return {name: getattr(self, name) for name in _SUM_FIELDS if getattr(self, name) is not None}
+
+    @staticmethod
+    def from_arrays(read) -> "EffectSums":
+        """The sums from ``read(name)`` (e.g. an HDF5 group's reader) of the :meth:`arrays` names;
+        ``read`` raises KeyError for an absent ``reconstructed``."""
+        values = {}
+        for name in _SUM_FIELDS:
+            try:
+                values[name] = np.asarray(read(name))
+            except KeyError:
+                if name != "reconstructed":
+                    raise
+                values[name] = None
+        values["significant"] = values["significant"].astype(bool)
+        return EffectSums(**values)
 
     @staticmethod
     def concat(parts: list["EffectSums"]) -> "EffectSums":

@@ -53,6 +53,7 @@ from ..storage.hdf5 import (
     read_attrs, write_attrs,
 )
 from .factorized import FactorizedEffects, HeadFactors
+from .topk import TOPK_LAYOUT
 
 __all__ = ["ALPHA_DTYPES", "ALPHA_FORMS", "choose_form", "FactorizedEffectsWriter", "open_factorized", "LAYOUT",
            "DenseLayoutError", "CorruptFileError", "H5Handle", "H5Dataset", "checksummed", "is_disk_full", "discard_h5",
@@ -428,6 +429,11 @@ def _check_layout(handle: H5Handle) -> None:
     f, path = handle.file, handle.path
     if handle.attrs.get("layout") == LAYOUT:
         return
+    if handle.attrs.get("layout") == TOPK_LAYOUT:
+        raise ValueError(
+            f"{path} is a top-k effects file (storage.effects_mode: topk): it holds every sample's norms and each "
+            f"neuron's top {handle.attrs.get('top_k')} samples, not every sample's effects; open it with "
+            "oe_assets.lens.topk.open_topk, or set storage.effects_mode: stored and re-materialize the effects")
     if "effects" in f:
         raise DenseLayoutError(
             f"{path} holds second-order effects in the earlier dense layout (dataset 'effects' "

@@ -24,7 +24,7 @@ attributes with their SHA-256, as :mod:`.effects_file`):
 - ``topk_indices`` ``[neurons, top_k]`` (int64), ``topk_norms`` ``[neurons, top_k]`` (float64; centred
   norms, ascending) and ``topk_effects`` ``[neurons, top_k, d_out]``: the centred effects
   ``effects[s, n] - means[n]`` of those samples (add ``means[n]`` for the effects themselves);
-- ``labels`` ``[samples]`` when given.
+- ``labels`` ``[samples]`` when given, and any extra arrays of the same pass (the first-order sums).
 
 ``norms`` and ``topk_effects`` are float32 by default (``dtype="float64"`` keeps them exact).  At the
 Llama-3-8B shape (14,336 neurons, d_out 4096) and 10,000 samples a layer takes ``10,000 x 14,336 x 4``
@@ -176,9 +176,10 @@ class TopKEffectsWriter:
             self.top_rows[block] = torch.take_along_dim(all_rows, keep[:, :, None], 1)
         self.written = s0 + S
 
-    def close(self, labels: np.ndarray | None = None, attrs: dict[str, Any] | None = None) -> None:
-        """Check that every sample was written, then write the top ``top_k`` per neuron, ``labels``
-        and ``attrs``; close."""
+    def close(self, labels: np.ndarray | None = None, attrs: dict[str, Any] | None = None,
+              extras: dict[str, np.ndarray] | None = None) -> None:
+        """Check that every sample was written, then write the top ``top_k`` per neuron, ``labels``,
+        ``extras`` (named arrays of the same data pass, e.g. first-order sums) and ``attrs``; close."""
         try:
             if self.written != self.n_samples:
                 raise RuntimeError(f"{self.path}: wrote {self.written} of {self.n_samples} samples")
@@ -186,7 +187,8 @@ class TopKEffectsWriter:
             for name, value in (("means", self.means), ("topk_indices", self.top_index.cpu().numpy()),
                                 ("topk_norms", self.top_norms.cpu().numpy()),
                                 ("topk_effects", self.top_rows.cpu().numpy()),
-                                *((("labels", np.asarray(labels)),) if labels is not None else ())):
+                                *((("labels", np.asarray(labels)),) if labels is not None else ()),
+                                *((name, np.asarray(value)) for name, value in (extras or {}).items())):
                 chunks = (1, *value.shape[1:]) if name == "topk_effects" else None
                 self.file.create_dataset(name, data=value, **checksummed(value.shape, chunks))
             write_attrs(self.file, {"layout": TOPK_LAYOUT, "top_k": self.top_k, "samples": self.n_samples,

@@ -284,6 +284,16 @@ def validate_profile(cfg: dict[str, dict[str, Any]], where: str = "profile") -> 
     if dataset["val_r_path"] and dataset["kind"] != "image_folder":
         problems.append(f"dataset.val_r_path: an ImageNet-R folder needs dataset.kind 'image_folder' (the 1000-way "
                         f"ImageNet classifier), not {dataset['kind']!r}")
+    storage = {**_defaults("storage"), **(cfg.get("storage") or {})}
+    from ..resources.store import EFFECTS_MODES
+
+    if storage["effects_mode"] not in EFFECTS_MODES:
+        problems.append(f"storage.effects_mode: {storage['effects_mode']!r} must be one of {', '.join(EFFECTS_MODES)} "
+                        "('stored': every sample's effects; 'topk': every sample's norms and each neuron's top_k "
+                        "samples, for models whose effects do not fit a disk)")
+    elif storage["effects_mode"] == "topk" and dataset["val_r_path"]:
+        problems.append("storage.effects_mode: 'topk' does not provide the ImageNet-R ablations yet "
+                        "(dataset.val_r_path is set); use 'stored', or leave dataset.val_r_path out")
     for section, key in (("dataset", "train_stride"), ("dataset", "val_stride"), ("model", "batch_size"),
                          ("analysis", "top_k"), ("analysis", "components")):
         value = (cfg.get(section) or {}).get(key)

@@ -26,11 +26,15 @@ from ..storage.tables import (
     write_html, write_parquet,
 )
 
-__all__ = ["ArtifactStore", "H5Payload", "StagedH5", "HTMLPage", "html_attrs", "html_with_attrs",
+__all__ = ["ArtifactStore", "EFFECTS_MODES", "H5Payload", "StagedH5", "HTMLPage", "html_attrs", "html_with_attrs",
            "H5Group", "H5Handle", "LazyH5Array", "atomic_path", "staging_path", "write_h5",
            "CorruptFileError", "DiskFullError", "require_free_space", "open_effects", "attr_value", "checksummed",
            "write_attrs", "PARQUET_CHECKSUM",
            "table_attrs", "table_with_attrs", "write_parquet", "read_parquet", "write_html", "read_html"]
+
+
+#: the values of ``storage.effects_mode``
+EFFECTS_MODES = ("stored", "topk")
 
 
 def _key_path(asset_key: dg.AssetKey | str) -> tuple[str, ...]:
@@ -47,11 +51,17 @@ class ArtifactStore(dg.ConfigurableResource):
     ``effects_compression``: HDF5 filter of the large streamed effect files (``"none"``: the default,
     as path weights barely compress and the filter costs CPU time on the data pass; ``"lzf"``;
     ``"gzip"``).  ``alpha_dtype``: storage dtype of the effects' path weights (``"float32"``;
-    ``"float16"`` / ``"bfloat16"`` halve the files, see the README for their error; ``"float64"``)."""
+    ``"float16"`` / ``"bfloat16"`` halve the files, see the README for their error; ``"float64"``).
+    ``effects_mode``: what the train effects asset keeps (:data:`EFFECTS_MODES`): ``"stored"`` every
+    sample's factorized effects; ``"topk"`` for models whose effects do not fit a disk, every
+    sample's norms and each neuron's ``analysis.top_k`` top samples (:mod:`oe_assets.lens.topk`,
+    two data passes), the val effects replaced by their sums (``val_effect_sums``,
+    docs/llms.md)."""
 
     base_dir: str = "data/materialized"
     effects_compression: str = "none"
     alpha_dtype: str = "float32"
+    effects_mode: str = "stored"
 
     @property
     def layout(self) -> Layout:
@@ -148,10 +158,14 @@ class ArtifactStore(dg.ConfigurableResource):
 
 
 def open_effects(group: H5Handle, dtype=None, device=None):
-    """The factorized effects of a loaded effects file (an :class:`H5Handle`), read through its one
-    open file."""
+    """The effects of a loaded effects file (an :class:`H5Handle`), read through its one open file:
+    :class:`~oe_assets.lens.factorized.FactorizedEffects` of a stored file, or
+    :class:`~oe_assets.lens.topk.TopKEffects` of a top-k one (``storage.effects_mode: topk``)."""
     import torch
 
     from ..lens.effects_file import open_factorized
+    from ..lens.topk import TOPK_LAYOUT, open_topk
 
+    if group.attrs.get("layout") == TOPK_LAYOUT:
+        return open_topk(group)
     return open_factorized(group, dtype=dtype or torch.float64, device=device)

@@ -1,0 +1,137 @@
+"""``storage.effects_mode: topk`` through the whole asset graph: the tiny BERT graph materialized in
+both modes gives the same norms, the same top-k sets, the same PCA (1e-6), the same sparse codes and
+the same ablation and baseline accuracies; the top-k graph has no val effects (``val_effect_sums``
+instead), its files hold no per-sample effects, and ``analysis.top_k`` reruns its effects (only its)."""
+
+import copy
+
+import dagster as dg
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from oe_assets import resume
+from oe_assets.lens.topk import open_topk
+from oe_assets.profiles.validation import ProfileError, validate_profile
+from oe_assets.resources.store import open_effects
+from oe_assets.storage.hdf5 import H5Handle
+from helpers import materialize_graph, tiny_bert_profile
+
+LAYERS = ("0", "1")
+
+
+@pytest.fixture(scope="module")
+def both(tmp_path_factory):
+    """The graph in the stored mode and in the top-k mode, over the same files and settings."""
+    root = tmp_path_factory.mktemp("topk_mode")
+    stored = tiny_bert_profile(root)
+    topk = copy.deepcopy(stored)
+    stored["storage"]["base_dir"] = str(root / "stored")
+    topk["storage"] = {"base_dir": str(root / "topk"), "effects_mode": "topk"}
+    return {mode: materialize_graph(prof) + (prof,) for mode, prof in (("stored", stored), ("topk", topk))}
+
+
+def _h5(store, asset, layer):
+    return H5Handle(store / asset / f"{layer}.h5")
+
+
+def test_the_topk_graph_replaces_the_val_effects_by_their_sums(both):
+    keys = {mode: {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+            for mode, (defs, *_rest) in both.items()}
+    assert keys["stored"] - keys["topk"] == {"val_second_order_effects"}
+    assert keys["topk"] - keys["stored"] == {"val_effect_sums"}
+    graph = both["topk"][0].resolve_asset_graph()
+    parents = {p.to_user_string() for p in graph.get(dg.AssetKey("val_effect_sums")).parent_keys}
+    assert {"neuron_pcas", "sparse_codes", "text_embeddings"} <= parents  # the val pass after the PCA
+    store = both["topk"][2]
+    for layer in LAYERS:
+        with _h5(store, "second_order_effects", layer) as f:
+            assert f.attrs["layout"] == "topk" and "alpha" not in f.names and "token_activations" not in f.names
+            assert not (store / "val_second_order_effects").exists()
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_same_norms_top_sets_and_pca_as_the_stored_mode(both, layer):
+    s_store, t_store = both["stored"][2], both["topk"][2]
+    top_k = both["topk"][3]["analysis"]["top_k"]
+    with _h5(s_store, "second_order_effects", layer) as sf, _h5(t_store, "second_order_effects", layer) as tf:
+        full, top = open_effects(sf), open_topk(tf)
+        assert top.shape == full.shape
+        norms = full.norms()
+        np.testing.assert_allclose(top.norms(), norms, rtol=1e-6, atol=1e-9 * norms.max())
+        means = full.mean()
+        np.testing.assert_allclose(top.mean(), means, rtol=1e-6, atol=1e-9 * np.abs(means).max())
+        for (_, _, s_samples, s_norms, _), (_, _, t_samples, t_norms, _) in zip(
+                full.top_samples(means, top_k), top.top_samples(top.mean(), top_k)):
+            assert np.array_equal(np.sort(s_samples.numpy(), 1), np.sort(t_samples.numpy(), 1))  # the same sets
+            np.testing.assert_allclose(t_norms.numpy(), s_norms.numpy(), rtol=1e-6)
+        for name in ("first_order_sum", "mlp_out_mean", "labels"):
+            np.testing.assert_array_equal(tf.read(name), sf.read(name))
+    with _h5(s_store, "neuron_pcas", layer) as sp, _h5(t_store, "neuron_pcas", layer) as tp:
+        for name in ("norms", "means", "explained"):
+            np.testing.assert_allclose(tp.read(name), sp.read(name), rtol=1e-6, atol=1e-12)
+        cos = np.sum(tp.read("components") * sp.read("components"), axis=1)
+        assert np.max(1 - cos) < 1e-6  # the same components, the same signs
+    with _h5(s_store, "sparse_codes", layer) as sc, _h5(t_store, "sparse_codes", layer) as tc:
+        np.testing.assert_array_equal(tc.read("indices"), sc.read("indices"))
+        np.testing.assert_allclose(tc.read("values"), sc.read("values"), rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("asset", ["ablation_report", "total_effects"])
+def test_same_accuracies_as_the_stored_mode(both, asset):
+    for layer in LAYERS:
+        s, t = (pq.read_table(both[m][2] / asset / f"{layer}.parquet").to_pylist() for m in ("stored", "topk"))
+        assert [r["scenario"] for r in t] == [r["scenario"] for r in s]
+        for rs, rt in zip(s, t):
+            assert rt["accuracy"] == rs["accuracy"], (layer, rs["scenario"])
+            for column in ("significant_fraction", "significant_neurons", "mean_change"):
+                if column in rs:
+                    assert rt[column] == pytest.approx(rs[column], rel=1e-9), (layer, column)
+            if rs.get("logits") is not None:
+                np.testing.assert_allclose(rt["logits"], rs["logits"], rtol=1e-6, atol=1e-9)
+
+
+def test_the_reports_and_the_summary_are_made_from_the_topk_files(both):
+    store = both["topk"][2]
+    for layer in LAYERS:
+        assert "<html" in (store / "neuron_report" / f"{layer}.html").read_text().lower()
+    summary = {m: pq.read_table(both[m][2] / "layer_summary" / "all.parquet").to_pylist() for m in both}
+    assert [r["mean_ablate_all"] for r in summary["topk"]] == [r["mean_ablate_all"] for r in summary["stored"]]
+
+
+def test_top_k_reruns_the_topk_effects_and_not_the_stored_ones(both, tmp_path, monkeypatch):
+    from oe_assets.definitions import build_definitions
+
+    runs = {}
+    for mode, (_, _, _, prof) in both.items():
+        changed = copy.deepcopy(prof)
+        changed["analysis"]["top_k"] = prof["analysis"]["top_k"] - 1
+        defs = build_definitions(changed)
+        monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / mode))
+        (tmp_path / mode).mkdir()
+        with dg.DagsterInstance.get() as instance:
+            keys = [k for k in defs.resolve_asset_graph().toposorted_asset_keys if k.to_user_string() != "model"
+                    and defs.resolve_asset_graph().get(k).is_materializable]
+            plan = resume.plan_materialization(defs, instance, keys, list(LAYERS))
+        runs[mode] = {k.to_user_string() for k in plan.run}
+    assert "second_order_effects" in runs["topk"] and "neuron_pcas" in runs["topk"]
+    assert "second_order_effects" not in runs["stored"] and "neuron_pcas" in runs["stored"]
+
+
+def test_an_unknown_mode_and_topk_with_imagenet_r_are_refused(tmp_path):
+    prof = tiny_bert_profile(tmp_path)
+    prof["storage"]["effects_mode"] = "sparse"
+    with pytest.raises(ProfileError, match=r"storage.effects_mode: 'sparse' must be one of stored, topk"):
+        validate_profile(prof)
+    prof["storage"]["effects_mode"] = "topk"
+    prof["dataset"]["val_r_path"] = str(tmp_path)
+    with pytest.raises(ProfileError, match=r"storage.effects_mode: 'topk' does not provide the ImageNet-R ablations"):
+        validate_profile(prof)
+
+
+def test_the_official_export_reader_names_a_topk_file(both):
+    from oe_assets.lens.effects_file import open_factorized
+
+    path = both["topk"][2] / "second_order_effects" / "0.h5"
+    with pytest.raises(ValueError, match="is a top-k effects file"):
+        open_factorized(path)
