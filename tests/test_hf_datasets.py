@@ -87,6 +87,40 @@ def test_the_split_of_a_dataset_dict(sources):
         _resource("hf", dd, dd, val_key="dev").split("val")
 
 
+def _cache_as_hub_dataset(cache: Path, name: str, splits: dict[str, Path]) -> None:
+    """Put Parquet files into the ``datasets`` cache ``cache`` as a hub dataset ``name`` prepared
+    earlier (``<namespace>___<name>/default/0.0.0/<hash>/<name>-<split>.arrow``, what a download
+    leaves), without a network: prepared from the files under the ``parquet`` builder, then moved."""
+    built = datasets.load_dataset("parquet", data_files={k: str(v) for k, v in splits.items()},
+                                  cache_dir=str(cache / "build"))
+    folder = Path(next(iter(built.values())).cache_files[0]["filename"]).parent
+    namespace, short = name.split("/")
+    target = cache / f"{namespace}___{short}" / "default" / "0.0.0" / folder.name
+    target.parent.mkdir(parents=True)
+    folder.rename(target)
+    for split in splits:
+        (target / f"parquet-{split}.arrow").rename(target / f"{short}-{split}.arrow")
+
+
+def test_a_name_in_the_local_cache_gives_the_jsonl_split_offline(sources, tmp_path, monkeypatch):
+    texts, labels = sources["texts"], sources["labels"]
+    pq.write_table(pa.table({"text": texts, "label": labels}), tmp_path / "train.parquet")
+    pq.write_table(pa.table({"text": texts[:100], "label": labels[:100]}), tmp_path / "validation.parquet")
+    cache = tmp_path / "datasets_cache"
+    _cache_as_hub_dataset(cache, "lab/topics", {"train": tmp_path / "train.parquet",
+                                                "validation": tmp_path / "validation.parquet"})
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
+    sub = dict(train_stride=7, val_stride=3, offset=2, num_workers=0)
+    for split, jsonl in (("train", sources["jsonl"]), ("val", _jsonl(tmp_path / "val.jsonl", texts[:100], labels[:100]))):
+        expected = _resource("text", jsonl, jsonl, **sub).split(split)
+        got = _resource("hf", "hf:lab/topics", "hf:lab/topics", **sub).split(split)
+        assert list(got.texts) == list(expected.texts) and np.array_equal(got.labels, expected.labels)
+        assert split_fingerprint(got) == split_fingerprint(expected)
+    assert count_samples({"kind": "hf", "train_path": "hf:lab/topics", "val_path": "hf:lab/topics",
+                          "train_stride": 7, "offset": 2}, "train") == len(range(2, 2500, 7))
+
+
 def test_texts_are_read_in_blocks_not_whole(sources, monkeypatch):
     reads = []
     real = hf_datasets.ArrowRows.read
