@@ -209,6 +209,10 @@ def export_cmd(profile: str, layer: int, out: str | None, dataset: str, model: s
             raise ValueError(f"profile {profile!r} is a text profile: the file names need --dataset NAME and "
                              "--pretrained TAG (the defaults, imagenet and openai, name CLIP on ImageNet), "
                              "e.g. --dataset demo --pretrained minilm")
+        if (cfg.get("storage") or {}).get("effects_mode", "stored") != "stored":
+            raise ValueError(f"profile {profile!r} keeps its effects in the top-k mode (storage.effects_mode: "
+                             f"{cfg['storage']['effects_mode']}): the official files hold every sample's effects; "
+                             "materialize with storage.effects_mode: stored to export")
         _, names, base = _official_setup(profile, model, dataset or "imagenet", pretrained or "openai", base_dir)
         out = out or os.path.join(base, "official")
         needed = export_bytes(base, layer)

@@ -135,3 +135,17 @@ def test_the_official_export_reader_names_a_topk_file(both):
     path = both["topk"][2] / "second_order_effects" / "0.h5"
     with pytest.raises(ValueError, match="is a top-k effects file"):
         open_factorized(path)
+
+
+def test_export_refuses_a_topk_profile_before_writing(both, tmp_path, capsys):
+    import yaml
+
+    from oe_assets import __main__ as cli
+
+    path = tmp_path / "topk.yaml"
+    path.write_text(yaml.safe_dump(both["topk"][3]))
+    assert cli.main(["export", "--format", "official", "--layer", "0", "--profile", str(path), "--dataset", "demo",
+                     "--pretrained", "tiny", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error: ") == 1 and "storage.effects_mode: topk" in err
+    assert not (tmp_path / "out").exists()
