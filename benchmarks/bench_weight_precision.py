@@ -107,7 +107,8 @@ def main() -> None:
                 W = np.stack([exact_train_rep[np.asarray(train.labels) == c].mean(0) for c in range(len(train.classes))], 1)
                 W /= np.linalg.norm(W, axis=0, keepdims=True)
             configs = [(half_name, "float32", rounded, torch.float32), (half_name, half_name, rounded, half),
-                       ("float32 (rounded)", "float32", copy.deepcopy(rounded).float(), torch.float32)]
+                       (f"{half_name} rounded, held in float32", "float32", copy.deepcopy(rounded).float(),
+                        torch.float32)]
             for weights, lens_name, model, compute in configs:
                 tr, va, rep, _ = run(model, tokenizer, layers, train, val, compute, pooling)
                 for layer in layers:
