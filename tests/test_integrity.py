@@ -94,14 +94,16 @@ def test_expected_bytes_bound_the_written_file(tmp_path):
         assert size <= expected <= size + (1 << 20) + size // 10
 
 
-def test_enospc_while_streaming_fails_clearly_closes_and_removes_everything(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode, streamed", [("stored", "/alpha"), ("topk", "/norms")])
+def test_enospc_while_streaming_fails_clearly_closes_and_removes_everything(tmp_path, monkeypatch, mode, streamed):
     profile = tiny_bert_profile(tmp_path)
+    profile["storage"]["effects_mode"] = mode
     folder = tmp_path / "store" / "second_order_effects"
     writes = []
     original = h5py.Dataset.__setitem__
 
     def full_disk(self, index, value):
-        if self.name == "/alpha" and ".partial-" in self.file.filename:
+        if self.name == streamed and ".partial-" in self.file.filename:
             writes.append(self.file.filename)
             if len(writes) == 2:  # the second batch finds the disk full
                 raise OSError(errno.ENOSPC, "Can't synchronously write data (No space left on device)")

@@ -20,6 +20,66 @@ from ..resources.store import ArtifactStore, H5Payload, StagedH5
 from .common import CODE_VERSION, profile_resources, provenance, sparse_reconstructions
 
 
+class _StagedLayers:
+    """The staged effects files of a step's layers, written together batch by batch.  Used as a
+    ``with`` block: when anything fails inside it, every writer is closed and every staged file of
+    the step removed (not only the failing layer's), and a failed write (``OSError``: a full disk)
+    becomes the store's error naming the file, the free and the ``needed`` space."""
+
+    def __init__(self, context, store: ArtifactStore, needed: int):
+        self.context, self.store, self.needed = context, store, needed
+        self.staged: dict[str, StagedH5] = {}
+        self.writers: dict = {}
+        self.writing = None  # the file being written when a write fails
+
+    def open(self, key: str, make_writer) -> None:
+        """Stage layer ``key``'s file and open its writer, ``make_writer(path)``."""
+        path = self.writing = self.store.stage(self.context.asset_key, key)
+        self.staged[key] = StagedH5(path)
+        self.writers[key] = make_writer(path)
+
+    def write(self, layer: int, fe) -> None:
+        self.writing = self.staged[str(layer)].path
+        self.writers[str(layer)].write(fe)
+
+    def close(self, key: str, lens, data, split: str, first_order: dict, made_from: dict, resources: dict,
+              metadata: dict) -> None:
+        """Complete layer ``key``'s file with the labels, the first-order sums (``first_order``:
+        ``{"first_order_sum": ..., "mlp_out_mean": ...}``) and its provenance; ``metadata`` goes to
+        the catalog beside the shape."""
+        self.writing = self.staged[key].path
+        self.writers.pop(key).close(labels=data.labels, extras=first_order)
+        model, analysis = resources["model"], resources["analysis"]
+        attrs = provenance(self.context, self.context.asset_key.to_user_string(), {}, resources,
+                           {**made_from, "convention": lens.convention}, partition=key)
+        shape = [len(data), lens.n_neurons, lens.d_out]
+        self.staged[key].attrs = {"model": model.source, "layer": int(key), "coefficient": analysis.coefficient,
+                                  "convention": lens.convention, "split": split, "shape": shape,
+                                  "code_version": CODE_VERSION, **attrs}
+        self.context.add_asset_metadata({"layer": int(key), "effects_shape": str(shape), **metadata}, partition_key=key)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None:
+            return False
+        for writer in self.writers.values():  # every handle closed before a file goes
+            writer.abort()
+        for value in self.staged.values():
+            self.store.discard(value.path)
+        if isinstance(exc, OSError) and self.writing is not None:
+            keys = list(self.context.partition_keys)
+            raise self.store.write_error(self.context.asset_key, keys, self.writing, exc, self.needed) from exc
+        return False
+
+
+def _first_order(first_order: FirstOrderSums) -> dict[int, dict]:
+    """``{layer: {"first_order_sum": [samples, d_out], "mlp_out_mean": [d_model]}}`` of a finished pass."""
+    sums, means = first_order.sums(), first_order.mlp_out_means()
+    return {layer: {"first_order_sum": sums[layer], "mlp_out_mean": means[layer]} for layer in sums}
+
+
 def stream_effects(context, split: str, model: ModelResource, analysis: AnalysisResource, dataset: DatasetResource,
                    store: ArtifactStore) -> dict[str, StagedH5]:
     """For every layer partition of the step: the factorized effects of the split (``alpha``
@@ -43,57 +103,34 @@ def stream_effects(context, split: str, model: ModelResource, analysis: Analysis
         alpha_dtype=store.alpha_dtype, n_tokens=loaded.adapter.fixed_tokens, max_tokens=model.max_length,
         extra_bytes_per_sample=8 * lenses[int(key)].d_out) for key in keys)  # + first_order_sum
     store.require_free_space(context.asset_key, keys, needed)
-    staged: dict[str, StagedH5] = {}
-    writers: dict[str, FactorizedEffectsWriter] = {}
-    writing = None  # the file being written when a write fails
-    try:
+    with _StagedLayers(context, store, needed) as files:
         for key in keys:
             lens = lenses[int(key)]
-            path = writing = store.stage(context.asset_key, key)
-            staged[key] = StagedH5(path)
-            writers[key] = FactorizedEffectsWriter(
+            files.open(key, lambda path, lens=lens: FactorizedEffectsWriter(
                 path, len(data), lens.factors, with_const=lens.convention == "reference", batch_size=model.batch_size,
                 alpha_dtype=store.alpha_dtype, compression=store.compression(),
-                n_tokens=loaded.adapter.fixed_tokens, max_tokens=model.max_length)
+                n_tokens=loaded.adapter.fixed_tokens, max_tokens=model.max_length))
         progress = Progress(len(data), f"layers {', '.join(keys)} {split} effects", log=context.log.info)
         batches = data.batches(loaded, model.batch_size, model.max_length)
         for _, effects in iter_factorized(lenses, batches, progress, on_capture=first_order.add):
             for layer, fe in effects.items():
-                writing = staged[str(layer)].path
-                writers[str(layer)].write(fe)
-        fo_sums, mlp_means = first_order.sums(), first_order.mlp_out_means()
+                files.write(layer, fe)
+        sums = _first_order(first_order)
         for key in keys:
             lens = lenses[int(key)]
-            shape = (len(data), lens.n_neurons, lens.d_out)
-            writing = staged[key].path
-            form = writers[key].form
-            writers.pop(key).close(labels=data.labels, extras={"first_order_sum": fo_sums[int(key)],
-                                                               "mlp_out_mean": mlp_means[int(key)]})
-            attrs = provenance(context, context.asset_key.to_user_string(), {},
-                               profile_resources(model, dataset, analysis, store),
-                               {**made_from, "convention": lens.convention}, partition=key)
-            staged[key].attrs = {"model": model.source, "layer": int(key), "coefficient": analysis.coefficient,
-                                 "convention": lens.convention, "split": split, "shape": list(shape),
-                                 "code_version": CODE_VERSION, **attrs}
-            context.add_asset_metadata({"layer": int(key), "effects_shape": str(list(shape)), "alpha_form": form,
-                                        "alpha_shape": str([len(data), lens.factors.n_paths, lens.n_neurons])},
-                                       partition_key=key)
-    except BaseException as exc:
-        for writer in writers.values():  # every handle closed before a file goes
-            writer.abort()
-        for value in staged.values():  # every layer of the step, not only the one that failed
-            store.discard(value.path)
-        if isinstance(exc, OSError) and writing is not None:
-            raise store.write_error(context.asset_key, keys, writing, exc, needed) from exc
-        raise
+            form = files.writers[key].form
+            files.close(key, lens, data, split, sums[int(key)], made_from,
+                        profile_resources(model, dataset, analysis, store),
+                        {"alpha_form": form, "alpha_shape": str([len(data), lens.factors.n_paths, lens.n_neurons])})
     seconds = time.perf_counter() - t0
+    shape = (len(data), lens.n_neurons, lens.d_out)
     context.log.info(f"layers {', '.join(keys)}: {split} effects of {len(data)} samples in one data pass, {seconds:.1f} s")
     context.add_output_metadata({
         "effects_shape": str(list(shape)), "layout": "factorized", "alpha_dtype": store.alpha_dtype,
         "rows": shape[0], "model": model.source, "layers": ", ".join(keys), "coefficient": analysis.coefficient,
         "convention": lens.convention, "data_passes": 1, "run_time_s": round(seconds, 3),
     })
-    return staged
+    return files.staged
 
 
 def _layer_lenses(loaded, keys: list[str], analysis: AnalysisResource):
@@ -133,45 +170,22 @@ def stream_topk_effects(context, model: ModelResource, analysis: AnalysisResourc
                                       on_capture=first_order.add):
         for layer, fe in effects.items():
             means[layer].add(stored(layer, fe))
-    staged: dict[str, StagedH5] = {}
-    writers: dict[str, TopKEffectsWriter] = {}
-    writing = None  # the file being written when a write fails
-    try:
+    with _StagedLayers(context, store, needed) as files:
         for key in keys:
-            path = writing = store.stage(context.asset_key, key)
-            staged[key] = StagedH5(path)
-            writers[key] = TopKEffectsWriter(path, len(data), means[int(key)].means(), analysis.top_k,
-                                             batch_size=model.batch_size)
+            files.open(key, lambda path, key=key: TopKEffectsWriter(path, len(data), means[int(key)].means(),
+                                                                    analysis.top_k, batch_size=model.batch_size))
         progress = Progress(len(data), f"layers {', '.join(keys)} train effects, pass 2 of 2 (norms, top "
                             f"{analysis.top_k})", log=context.log.info)
         for _, effects in iter_factorized(lenses, data.batches(loaded, model.batch_size, model.max_length), progress):
             for layer, fe in effects.items():
-                writing = staged[str(layer)].path
-                writers[str(layer)].write(stored(layer, fe))
-        fo_sums, mlp_means = first_order.sums(), first_order.mlp_out_means()
+                files.write(layer, stored(layer, fe))
+        sums = _first_order(first_order)
         for key in keys:
-            lens = lenses[int(key)]
-            shape = (len(data), lens.n_neurons, lens.d_out)
-            writing = staged[key].path
-            writers.pop(key).close(labels=data.labels, extras={"first_order_sum": fo_sums[int(key)],
-                                                               "mlp_out_mean": mlp_means[int(key)]})
-            attrs = provenance(context, context.asset_key.to_user_string(), {},
-                               profile_resources(model, dataset, analysis, store),
-                               {**made_from, "convention": lens.convention}, partition=key)
-            staged[key].attrs = {"model": model.source, "layer": int(key), "coefficient": analysis.coefficient,
-                                 "convention": lens.convention, "split": "train", "shape": list(shape),
-                                 "code_version": CODE_VERSION, **attrs}
-            context.add_asset_metadata({"layer": int(key), "effects_shape": str(list(shape)), "layout": TOPK_LAYOUT,
-                                        "top_k": analysis.top_k}, partition_key=key)
-    except BaseException as exc:
-        for writer in writers.values():
-            writer.abort()
-        for value in staged.values():
-            store.discard(value.path)
-        if isinstance(exc, OSError) and writing is not None:
-            raise store.write_error(context.asset_key, keys, writing, exc, needed) from exc
-        raise
+            files.close(key, lenses[int(key)], data, "train", sums[int(key)], made_from,
+                        profile_resources(model, dataset, analysis, store), {"layout": TOPK_LAYOUT, "top_k": analysis.top_k})
     seconds = time.perf_counter() - t0
+    lens = lenses[int(keys[-1])]
+    shape = (len(data), lens.n_neurons, lens.d_out)
     context.log.info(f"layers {', '.join(keys)}: top-{analysis.top_k} train effects of {len(data)} samples in two "
                      f"data passes, {seconds:.1f} s")
     context.add_output_metadata({
@@ -179,7 +193,7 @@ def stream_topk_effects(context, model: ModelResource, analysis: AnalysisResourc
         "model": model.source, "layers": ", ".join(keys), "coefficient": analysis.coefficient,
         "convention": lens.convention, "data_passes": 2, "run_time_s": round(seconds, 3),
     })
-    return staged
+    return files.staged
 
 
 def stream_effect_sums(context, model: ModelResource, analysis: AnalysisResource, dataset: DatasetResource,
@@ -212,15 +226,14 @@ def stream_effect_sums(context, model: ModelResource, analysis: AnalysisResource
                                       on_capture=first_order.add):
         for layer, fe in effects.items():
             parts[layer].append(effect_sums(as_stored(fe, store.alpha_dtype, factors[layer]), *pcas[layer]))
-    fo_sums, mlp_means = first_order.sums(), first_order.mlp_out_means()
+    first_order_sums = _first_order(first_order)
     out = {}
     for key in keys:
         sums = EffectSums.concat(parts[int(key)])
         attrs = provenance(context, context.asset_key.to_user_string(), inputs[key],
                            profile_resources(model, dataset, analysis, store),
                            {**made_from, "convention": lenses[int(key)].convention}, partition=key)
-        out[key] = H5Payload({**sums.arrays(), "first_order_sum": fo_sums[int(key)],
-                              "mlp_out_mean": mlp_means[int(key)], "labels": np.asarray(data.labels)},
+        out[key] = H5Payload({**sums.arrays(), **first_order_sums[int(key)], "labels": np.asarray(data.labels)},
                              {"layout": EFFECT_SUMS_LAYOUT, "model": model.source, "layer": int(key),
                               "coefficient": analysis.coefficient, "convention": lenses[int(key)].convention,
                               "split": "val", "code_version": CODE_VERSION, **attrs})
