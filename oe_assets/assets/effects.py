@@ -92,12 +92,8 @@ def stream_effects(context, split: str, model: ModelResource, analysis: Analysis
     The files' expected size is checked against the store's free space before the data pass; a
     write that fails anyway (a full disk) closes every file and removes every staged file of the
     step before raising the store's error naming the file, the free and the needed space."""
-    loaded = model.load()
-    data = dataset.split(split)
-    keys = list(context.partition_keys)
     t0 = time.perf_counter()
-    lenses, first_order = _layer_lenses(loaded, keys, analysis)
-    made_from = split_record(split, data)
+    loaded, data, keys, lenses, first_order, made_from = _step_pass(context, split, model, analysis, dataset)
     needed = sum(FactorizedEffectsWriter.expected_bytes(
         len(data), lenses[int(key)].factors, with_const=lenses[int(key)].convention == "reference",
         alpha_dtype=store.alpha_dtype, n_tokens=loaded.adapter.fixed_tokens, max_tokens=model.max_length,
@@ -133,13 +129,17 @@ def stream_effects(context, split: str, model: ModelResource, analysis: Analysis
     return files.staged
 
 
-def _layer_lenses(loaded, keys: list[str], analysis: AnalysisResource):
-    """``({layer: SecondOrderLens}, FirstOrderSums)`` of a step's layers."""
+def _step_pass(context, split: str, model: ModelResource, analysis: AnalysisResource, dataset: DatasetResource):
+    """What every data pass of a step starts from: ``(loaded model, split, layer keys, {layer:
+    SecondOrderLens}, FirstOrderSums, the split's record)``."""
+    loaded = model.load()
+    data = dataset.split(split)
+    keys = list(context.partition_keys)
     lenses = {int(key): SecondOrderLens(loaded.adapter, int(key), coefficient=analysis.coefficient,
                                         convention=analysis.convention, dense_cache_bytes=0) for key in keys}
     first_order = FirstOrderSums({layer: FirstOrderLens(loaded.adapter, layer, coefficient=analysis.coefficient)
                                   for layer in lenses})
-    return lenses, first_order
+    return loaded, data, keys, lenses, first_order, split_record(split, data)
 
 
 def stream_topk_effects(context, model: ModelResource, analysis: AnalysisResource, dataset: DatasetResource,
@@ -153,13 +153,9 @@ def stream_topk_effects(context, model: ModelResource, analysis: AnalysisResourc
     rounded as an effects file stores them (``storage.alpha_dtype``, float32 factors: :func:`as_stored`),
     so both modes see the same numbers.  Files are staged and appear atomically, as in
     :func:`stream_effects`."""
-    loaded = model.load()
-    data = dataset.split("train")
-    keys = list(context.partition_keys)
     t0 = time.perf_counter()
-    lenses, first_order = _layer_lenses(loaded, keys, analysis)
+    loaded, data, keys, lenses, first_order, made_from = _step_pass(context, "train", model, analysis, dataset)
     factors = {layer: rounded_factors(lens.factors) for layer, lens in lenses.items()}
-    made_from = split_record("train", data)
     needed = sum(topk_bytes(len(data), lenses[int(k)].n_neurons, lenses[int(k)].d_out, analysis.top_k)
                  + 8 * len(data) * lenses[int(k)].d_out for k in keys)  # + first_order_sum
     store.require_free_space(context.asset_key, keys, needed)
@@ -205,14 +201,10 @@ def stream_effect_sums(context, model: ModelResource, analysis: AnalysisResource
     (:func:`as_stored`), so the ablations equal those of the stored mode.  Per layer ``[val samples,
     d_out]``: ``total``, ``significant_sum``, ``projected``, ``reconstructed``, ``first_order_sum``;
     ``significant`` ``[val samples, neurons]``; ``mlp_out_mean`` ``[d_model]``; ``labels``."""
-    loaded = model.load()
-    data = dataset.split("val")
-    keys = list(context.partition_keys)
     t0 = time.perf_counter()
-    lenses, first_order = _layer_lenses(loaded, keys, analysis)
+    loaded, data, keys, lenses, first_order, made_from = _step_pass(context, "val", model, analysis, dataset)
     factors = {layer: rounded_factors(lens.factors) for layer, lens in lenses.items()}
     dictionary = normalize_dictionary(text_embeddings.read("embeddings"), analysis.coefficient)
-    made_from = split_record("val", data)
     inputs, pcas = {}, {}
     for key in keys:
         group = neuron_pcas[key]
