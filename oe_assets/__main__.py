@@ -172,8 +172,14 @@ def materialize_all(profile: str, first: str | None = None, last: str | None = N
 def _official_setup(profile: str, model: str | None, dataset: str, pretrained: str, base_dir: str | None):
     from .formats.official import OfficialNames
     from .profiles import load_profile
+    from .settings import default
 
     cfg = load_profile(profile)
+    mode = (cfg.get("storage") or {}).get("effects_mode", default("storage.effects_mode"))
+    if mode != "stored":
+        raise ValueError(f"profile {profile!r} keeps its effects in the top-k mode (storage.effects_mode: {mode}): "
+                         "the official files hold every sample's effects; use a profile with storage.effects_mode: "
+                         "stored to export or import them")
     source = str(cfg["model"].get("source", "model"))
     names = OfficialNames(dataset, model or os.path.basename(source.rstrip("/")) or "model", pretrained)
     base = base_dir or cfg["storage"].get("base_dir", "data/materialized")
@@ -209,10 +215,6 @@ def export_cmd(profile: str, layer: int, out: str | None, dataset: str, model: s
             raise ValueError(f"profile {profile!r} is a text profile: the file names need --dataset NAME and "
                              "--pretrained TAG (the defaults, imagenet and openai, name CLIP on ImageNet), "
                              "e.g. --dataset demo --pretrained minilm")
-        if (cfg.get("storage") or {}).get("effects_mode", "stored") != "stored":
-            raise ValueError(f"profile {profile!r} keeps its effects in the top-k mode (storage.effects_mode: "
-                             f"{cfg['storage']['effects_mode']}): the official files hold every sample's effects; "
-                             "materialize with storage.effects_mode: stored to export")
         _, names, base = _official_setup(profile, model, dataset or "imagenet", pretrained or "openai", base_dir)
         out = out or os.path.join(base, "official")
         needed = export_bytes(base, layer)

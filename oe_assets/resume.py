@@ -26,7 +26,7 @@ import dagster as dg
 
 from .dagster_private import DATA_VERSION_TAG
 from .provenance import SPLITS, _key, entry, lineage_of, own_record
-from .settings import SECTIONS, asset_of, current_values, declared
+from .settings import SECTIONS, asset_of, current_values, declared, recorded
 
 __all__ = ["SETTINGS_TAG", "Plan", "plan_materialization", "plan_layer_spans", "observe_and_plan", "settings_tags",
            "format_partitions", "observe_sources"]
@@ -281,14 +281,16 @@ def _reason(key, partition, node, graph, plan, context) -> str | None:
     record = own_record(attrs, me)
     if record is None:
         return f"no provenance recorded in {files.path(key, partition)}"
-    recorded = record.get("code_version")
-    if node.code_version is not None and recorded != node.code_version:
-        return f"code version {recorded} -> {node.code_version}"
+    code_version = record.get("code_version")
+    if node.code_version is not None and code_version != node.code_version:
+        return f"code version {code_version} -> {node.code_version}"
     current = context["current"]
-    changed = [s for s in declared(name) if s not in record or _key(record[s]) != _key(current[s])]
+    missing = object()
+    then = {s: recorded(record, s, missing) for s in declared(name)}
+    changed = [s for s, value in then.items() if value is missing or _key(value) != _key(current[s])]
     if changed:
         return "profile settings changed: " + ", ".join(
-            f"{s} {_short(record[s]) if s in record else '(not recorded)'} -> {_short(current[s])}" for s in changed)
+            f"{s} {'(not recorded)' if then[s] is missing else _short(then[s])} -> {_short(current[s])}" for s in changed)
     vocabulary = context["vocabulary"]
     if name == "text_embeddings" and vocabulary is not None and record.get("vocabulary") != vocabulary:
         return f"vocabulary changed ({str(record.get('vocabulary'))[:12]} -> {vocabulary[:12]})"

@@ -33,8 +33,8 @@ import hashlib
 import json
 from typing import Any, Callable, Mapping
 
-__all__ = ["READS", "SECTIONS", "DERIVED", "declared", "all_settings", "current_values", "record", "default",
-           "asset_of"]
+__all__ = ["READS", "SECTIONS", "DERIVED", "IMPLIED_WHEN_UNRECORDED", "declared", "all_settings", "current_values",
+           "record", "recorded", "default", "asset_of"]
 
 #: profile section -> the resource name configuring it
 SECTIONS = {"model": "model", "dataset": "dataset", "analysis": "analysis", "storage": "store"}
@@ -91,6 +91,19 @@ def _templates(resources: Mapping[str, Any]) -> str | None:
 
 def _classes(resources: Mapping[str, Any]) -> str:
     return _digest(list(resources["dataset"].classes()))
+
+
+#: settings declared after files were first written, with the value a record without them implies
+#: (what every file was before the setting existed): an upgrade does not rerun what they cannot have changed
+IMPLIED_WHEN_UNRECORDED: dict[str, Any] = {"storage.effects_mode": "stored", "storage.topk_samples": None}
+
+
+def recorded(record: Mapping[str, Any], setting: str, missing: Any = None) -> Any:
+    """The value of ``setting`` in a file's own record; when absent, the value it implies
+    (:data:`IMPLIED_WHEN_UNRECORDED`), else ``missing``."""
+    if setting in record:
+        return record[setting]
+    return IMPLIED_WHEN_UNRECORDED.get(setting, missing)
 
 
 def _weights(resources: Mapping[str, Any]) -> str | None:

@@ -8,7 +8,7 @@ import dagster as dg
 
 from ..lens.ablations import EFFECT_SUMS_LAYOUT
 from ..lens import (
-    ALL_SCENARIOS, EffectSums, ablate, ablate_from_sums, neuron_pca, nonzeros_by_magnitude, normalize_dictionary,
+    ALL_SCENARIOS, EffectSums, ablate, ablate_from_sums, neuron_pca, nonzeros_by_magnitude,
     sparse_decompose, top_descriptions,
 )
 from ..plots import accuracy_against_layer, explained_variance_profile, markdown_image, significance_histogram
@@ -19,8 +19,10 @@ from ..resources.store import ArtifactStore, H5Payload, HTMLPage, open_effects, 
 from ..resources.model import AnalysisResource, ModelResource
 from ..models.loading import resolve_dtype
 from .baselines import BASELINE_SCENARIOS
-from .common import (  # noqa: F401 -- dense_codes: re-exported
-    CODE_VERSION, EAGER, dense_codes, md_table, profile_resources, provenance, sparse_reconstructions, timer,
+from .effects import EFFECTS_FILE_ATTRS, val_effects_asset
+from .common import (  # noqa: F401 -- dense_codes, same_vocabulary: re-exported
+    CODE_VERSION, EAGER, dense_codes, md_table, profile_resources, provenance, reconstruction_dictionary,
+    same_vocabulary, sparse_reconstructions, timer,
 )
 
 ABLATION_SCHEMA = pa.schema([
@@ -89,14 +91,6 @@ def layer_meta(context, key: str, **metadata) -> None:
     context.add_asset_metadata({"layer": int(key), **metadata}, partition_key=key)
 
 
-def same_vocabulary(text_embeddings, codes, key: str) -> None:
-    """Sparse-code indices point into the vocabulary they were computed on: refuse a mismatch."""
-    a, b = text_embeddings.attrs.get("vocabulary_version"), codes.attrs.get("vocabulary_version")
-    if a != b:
-        raise ValueError(f"sparse_codes layer {key} was computed on vocabulary {b} but text_embeddings is now "
-                         f"{a}; re-materialize sparse_codes (the vocabulary automation does this)")
-
-
 def plot_links(path, name: str) -> dict:
     """Catalog links to a plot's PNG in the store: ``<name>_png`` (path) and ``<name>_url`` (file URL)."""
     path = path.resolve()
@@ -107,7 +101,7 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition, imagenet_r: b
                           topk: bool = False) -> list[dg.AssetsDefinition]:
     """The per-layer analysis assets and ``layer_summary``; with ``imagenet_r`` also ``ablation_report_r``;
     with ``topk`` (``storage.effects_mode: topk``) the ablations read ``val_effect_sums``."""
-    val_effects = "val_effect_sums" if topk else "val_second_order_effects"
+    val_effects = val_effects_asset(topk)
     layered = dict(partitions_def=partitions_def, code_version=CODE_VERSION,
                    backfill_policy=dg.BackfillPolicy.single_run())
 
@@ -134,8 +128,9 @@ def build_analysis_assets(partitions_def: dg.PartitionsDefinition, imagenet_r: b
                 thresholds[key], explained[key] = pca.thresholds, pca.explained
                 out[key] = H5Payload({"components": pca.components, "norms": pca.norms, "means": pca.means,
                                       "explained": pca.explained},
-                                     {"layer": int(key), "top_k": analysis.top_k, "code_version": CODE_VERSION,
-                                      **second_order_effects[key].attrs, **attrs})
+                                     {**{k: v for k, v in second_order_effects[key].attrs.items()
+                                         if k not in EFFECTS_FILE_ATTRS},  # what the effects are, not their file's form
+                                      "layer": int(key), "top_k": analysis.top_k, "code_version": CODE_VERSION, **attrs})
         for name, plot, alt in (("significance", significance_histogram(thresholds), "neuron significance per layer"),
                                 ("explained_variance", explained_variance_profile(explained),
                                  "variance explained by each PC")):
@@ -288,8 +283,7 @@ def ablation_tables(context, resources: dict, val_representations, effects_in: d
     effects_asset = effects_asset or f"{split}_second_order_effects"
     model, analysis = resources["model"], resources["analysis"]
     reps, labels = val_representations.read("representations"), val_representations.read("labels")
-    coefficient = float(val_representations.attrs.get("coefficient", 100.0))
-    dictionary = normalize_dictionary(text_embeddings.read("embeddings"), coefficient)
+    dictionary = reconstruction_dictionary(text_embeddings, float(val_representations.attrs.get("coefficient", 100.0)))
     out, meta = {}, {}
     with timer(meta):
         for key in context.partition_keys:

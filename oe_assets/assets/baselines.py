@@ -14,6 +14,7 @@ from ..step_tags import model_step_tags
 from ..resources.model import AnalysisResource, ModelResource
 from ..provenance import entry, split_record
 from ..resources.store import ArtifactStore, H5Payload, table_with_attrs
+from .effects import val_effects_asset
 from .common import CODE_VERSION, EAGER, md_table, profile_resources, provenance, timer
 
 #: the scenarios of ``total_effects``, in report order
@@ -27,7 +28,7 @@ BASELINE_SCHEMA = pa.schema([
 def build_baseline_assets(partitions_def: dg.PartitionsDefinition, topk: bool = False) -> list[dg.AssetsDefinition]:
     """``first_order_effects`` (from the effects files' first-order sums; with ``topk``, the val ones
     from ``val_effect_sums``) and ``total_effects``."""
-    val_effects = "val_effect_sums" if topk else "val_second_order_effects"
+    val_effects = val_effects_asset(topk)
     layered = dict(group_name="analysis", partitions_def=partitions_def, code_version=CODE_VERSION, pool="gpu",
                    op_tags=model_step_tags(),
                    backfill_policy=dg.BackfillPolicy.single_run())

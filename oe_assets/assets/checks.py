@@ -178,7 +178,9 @@ def build_checks(partitions_def) -> list:
 
         def stored(layer: int):
             group = store.open_h5("second_order_effects", str(layer))
-            return open_effects(group), group.attrs.get("alpha_dtype", "float32")
+            # the coarser of the path weights' dtype and, in a top-k file, its norms' dtype sets the tolerance
+            dtypes = (group.attrs.get("alpha_dtype", "float32"), group.attrs.get("topk_dtype", "float64"))
+            return open_effects(group), max(dtypes, key=STORED_RTOL.__getitem__)
 
         ok, worst = fast_equals_slow_layers(loaded.adapter, batch, [int(k) for k in layers], analysis.coefficient,
                                             analysis.convention, stored)

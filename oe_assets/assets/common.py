@@ -91,3 +91,19 @@ def sparse_reconstructions(codes, dictionary: np.ndarray) -> np.ndarray:
     """Each neuron's sparse reconstruction of its PC ``[neurons, d_out]``: a ``sparse_codes`` file's
     codes times the normalised ``dictionary`` ``[descriptions, d_out]``."""
     return dense_codes(codes.read("indices"), codes.read("values"), dictionary.shape[0]) @ dictionary
+
+
+def reconstruction_dictionary(text_embeddings, coefficient: float) -> np.ndarray:
+    """The normalised text dictionary ``[descriptions, d_out]`` the sparse reconstructions are made of
+    (``text_embeddings``' embeddings, :func:`oe_assets.lens.normalize_dictionary`)."""
+    from ..lens import normalize_dictionary
+
+    return normalize_dictionary(text_embeddings.read("embeddings"), coefficient)
+
+
+def same_vocabulary(text_embeddings, codes, key: str) -> None:
+    """Sparse-code indices point into the vocabulary they were computed on: refuse a mismatch."""
+    a, b = text_embeddings.attrs.get("vocabulary_version"), codes.attrs.get("vocabulary_version")
+    if a != b:
+        raise ValueError(f"sparse_codes layer {key} was computed on vocabulary {b} but text_embeddings is now "
+                         f"{a}; re-materialize sparse_codes (the vocabulary automation does this)")

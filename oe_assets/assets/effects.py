@@ -7,17 +7,26 @@ import dagster as dg
 
 import numpy as np
 
-from ..lens import FirstOrderLens, FirstOrderSums, SecondOrderLens, normalize_dictionary
+from ..lens import FirstOrderLens, FirstOrderSums, SecondOrderLens
 from ..lens.ablations import EFFECT_SUMS_LAYOUT, EffectSums, effect_sums
 from ..lens.batching import Progress, iter_factorized
 from ..lens.effects_file import FactorizedEffectsWriter
-from ..lens.topk import TOPK_LAYOUT, EffectsMean, TopKEffectsWriter, as_stored, rounded_factors, topk_bytes
+from ..lens.topk import (
+    TOPK_LAYOUT, EffectsMean, TopKEffectsWriter, as_stored, layer_groups, rounded_factors, running_top_bytes, topk_bytes,
+)
 from ..provenance import entry, split_record
 from ..resources.datasets import DatasetResource
 from ..step_tags import model_step_tags
 from ..resources.model import AnalysisResource, ModelResource
 from ..resources.store import ArtifactStore, H5Payload, StagedH5
-from .common import CODE_VERSION, profile_resources, provenance, sparse_reconstructions
+from .common import (
+    CODE_VERSION, profile_resources, provenance, reconstruction_dictionary, same_vocabulary, sparse_reconstructions,
+)
+
+
+#: attributes an effects file carries about its own form (layout, dtypes, kept samples), not about
+#: the effects: files made from it do not inherit them
+EFFECTS_FILE_ATTRS = ("layout", "alpha_dtype", "alpha_form", "top_k", "samples", "topk_dtype")
 
 
 class _StagedLayers:
@@ -43,12 +52,12 @@ class _StagedLayers:
         self.writers[str(layer)].write(fe)
 
     def close(self, key: str, lens, data, split: str, first_order: dict, made_from: dict, resources: dict,
-              metadata: dict) -> None:
+              metadata: dict, file_attrs: dict | None = None) -> None:
         """Complete layer ``key``'s file with the labels, the first-order sums (``first_order``:
-        ``{"first_order_sum": ..., "mlp_out_mean": ...}``) and its provenance; ``metadata`` goes to
-        the catalog beside the shape."""
+        ``{"first_order_sum": ..., "mlp_out_mean": ...}``), ``file_attrs`` and its provenance;
+        ``metadata`` goes to the catalog beside the shape."""
         self.writing = self.staged[key].path
-        self.writers.pop(key).close(labels=data.labels, extras=first_order)
+        self.writers.pop(key).close(labels=data.labels, extras=first_order, attrs=file_attrs)
         model, analysis = resources["model"], resources["analysis"]
         attrs = provenance(self.context, self.context.asset_key.to_user_string(), {}, resources,
                            {**made_from, "convention": lens.convention}, partition=key)
@@ -142,98 +151,149 @@ def _step_pass(context, split: str, model: ModelResource, analysis: AnalysisReso
     return loaded, data, keys, lenses, first_order, split_record(split, data)
 
 
+def memory_budget() -> int:
+    """Host memory the top-k mode's per-layer state may take: half of what the system has available
+    now (``MemAvailable``; 8 GiB where it cannot be read)."""
+    try:
+        with open("/proc/meminfo") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        available = 16 << 30
+    return available // 2
+
+
+def _groups(context, keys: list[str], layer_bytes: dict[str, int], what: str) -> list[list[str]]:
+    """The step's layers in groups whose state fits :func:`memory_budget` (one set of data passes each)."""
+    budget = memory_budget()
+    groups = layer_groups(keys, layer_bytes, budget)
+    if len(groups) > 1:
+        context.log.info(f"layers {', '.join(keys)}: {what} takes {max(layer_bytes.values()) / 2**30:.2f} GiB a "
+                         f"layer in memory, {budget / 2**30:.1f} GiB may be used: {len(groups)} groups of layers, "
+                         "each with its own data passes")
+    return groups
+
+
+def _topk_dtype(store: ArtifactStore) -> str:
+    """The storage dtype of a top-k file's norms and rows: float64 when the effects are kept in float64."""
+    return "float64" if store.alpha_dtype == "float64" else "float32"
+
+
 def stream_topk_effects(context, model: ModelResource, analysis: AnalysisResource, dataset: DatasetResource,
                         store: ArtifactStore) -> dict[str, StagedH5]:
     """The train effects in the top-k form (``storage.effects_mode: topk``; :mod:`oe_assets.lens.topk`):
     for every layer partition of the step, the norms ``|effects[s, n]|`` ``[samples, neurons]`` of
     every sample, the means ``[neurons, d_out]`` and each neuron's ``analysis.top_k`` samples with the
     largest centred norms (their indices, norms and centred effects ``[neurons, top_k, d_out]``), with
-    the first-order sums of :func:`stream_effects`.  Two data passes over the split, each for every
-    layer of the step: the means, then the norms and the running top.  Each batch's effects are first
-    rounded as an effects file stores them (``storage.alpha_dtype``, float32 factors: :func:`as_stored`),
-    so both modes see the same numbers.  Files are staged and appear atomically, as in
-    :func:`stream_effects`."""
+    the first-order sums of :func:`stream_effects`.  Two data passes over the split for a group of
+    layers: the means, then the norms and the running top; the step's layers are grouped so that
+    their running tops fit :func:`memory_budget`.  Each batch's effects are first rounded as an
+    ``alpha``-form effects file stores them (``storage.alpha_dtype``, float32 factors:
+    :func:`as_stored`).  Files are staged and appear atomically, as in :func:`stream_effects`."""
     t0 = time.perf_counter()
     loaded, data, keys, lenses, first_order, made_from = _step_pass(context, "train", model, analysis, dataset)
     factors = {layer: rounded_factors(lens.factors) for layer, lens in lenses.items()}
-    needed = sum(topk_bytes(len(data), lenses[int(k)].n_neurons, lenses[int(k)].d_out, analysis.top_k)
+    dtype = _topk_dtype(store)
+    needed = sum(topk_bytes(len(data), lenses[int(k)].n_neurons, lenses[int(k)].d_out, analysis.top_k, dtype)
                  + 8 * len(data) * lenses[int(k)].d_out for k in keys)  # + first_order_sum
     store.require_free_space(context.asset_key, keys, needed)
     stored = lambda layer, fe: as_stored(fe, store.alpha_dtype, factors[layer])  # noqa: E731
-    means = {layer: EffectsMean(factors[layer]) for layer in lenses}
-    progress = Progress(len(data), f"layers {', '.join(keys)} train effects, pass 1 of 2 (means)", log=context.log.info)
-    for _, effects in iter_factorized(lenses, data.batches(loaded, model.batch_size, model.max_length), progress,
-                                      on_capture=first_order.add):
-        for layer, fe in effects.items():
-            means[layer].add(stored(layer, fe))
+    groups = _groups(context, keys, {k: running_top_bytes(lenses[int(k)].n_neurons, lenses[int(k)].d_out,
+                                                          analysis.top_k, dtype) for k in keys}, "the running top")
     with _StagedLayers(context, store, needed) as files:
-        for key in keys:
-            files.open(key, lambda path, key=key: TopKEffectsWriter(path, len(data), means[int(key)].means(),
-                                                                    analysis.top_k, batch_size=model.batch_size))
-        progress = Progress(len(data), f"layers {', '.join(keys)} train effects, pass 2 of 2 (norms, top "
-                            f"{analysis.top_k})", log=context.log.info)
-        for _, effects in iter_factorized(lenses, data.batches(loaded, model.batch_size, model.max_length), progress):
-            for layer, fe in effects.items():
-                files.write(layer, stored(layer, fe))
-        sums = _first_order(first_order)
-        for key in keys:
-            files.close(key, lenses[int(key)], data, "train", sums[int(key)], made_from,
-                        profile_resources(model, dataset, analysis, store), {"layout": TOPK_LAYOUT, "top_k": analysis.top_k})
+        for group in groups:
+            group_lenses = {int(k): lenses[int(k)] for k in group}
+            group_first = FirstOrderSums({layer: first_order.lenses[layer] for layer in group_lenses})
+            means = {layer: EffectsMean(factors[layer], device=model.compute_device()) for layer in group_lenses}
+            progress = Progress(len(data), f"layers {', '.join(group)} train effects, pass 1 of 2 (means)",
+                                log=context.log.info)
+            for _, effects in iter_factorized(group_lenses, data.batches(loaded, model.batch_size, model.max_length),
+                                              progress, on_capture=group_first.add):
+                for layer, fe in effects.items():
+                    means[layer].add(stored(layer, fe))
+            for key in group:
+                mean = means[int(key)].means()
+                files.open(key, lambda path, mean=mean: TopKEffectsWriter(
+                    path, len(data), mean, analysis.top_k, batch_size=model.batch_size, dtype=dtype))
+            progress = Progress(len(data), f"layers {', '.join(group)} train effects, pass 2 of 2 (norms, top "
+                                f"{analysis.top_k})", log=context.log.info)
+            for _, effects in iter_factorized(group_lenses, data.batches(loaded, model.batch_size, model.max_length),
+                                              progress):
+                for layer, fe in effects.items():
+                    files.write(layer, stored(layer, fe))
+            sums = _first_order(group_first)
+            for key in group:
+                files.close(key, lenses[int(key)], data, "train", sums[int(key)], made_from,
+                            profile_resources(model, dataset, analysis, store),
+                            {"layout": TOPK_LAYOUT, "top_k": analysis.top_k}, file_attrs={"alpha_dtype": store.alpha_dtype})
     seconds = time.perf_counter() - t0
     lens = lenses[int(keys[-1])]
     shape = (len(data), lens.n_neurons, lens.d_out)
-    context.log.info(f"layers {', '.join(keys)}: top-{analysis.top_k} train effects of {len(data)} samples in two "
-                     f"data passes, {seconds:.1f} s")
+    context.log.info(f"layers {', '.join(keys)}: top-{analysis.top_k} train effects of {len(data)} samples in "
+                     f"{2 * len(groups)} data passes, {seconds:.1f} s")
     context.add_output_metadata({
         "effects_shape": str(list(shape)), "layout": TOPK_LAYOUT, "top_k": analysis.top_k, "rows": shape[0],
         "model": model.source, "layers": ", ".join(keys), "coefficient": analysis.coefficient,
-        "convention": lens.convention, "data_passes": 2, "run_time_s": round(seconds, 3),
+        "convention": lens.convention, "data_passes": 2 * len(groups), "run_time_s": round(seconds, 3),
     })
     return files.staged
+
+
+def val_effects_asset(topk: bool) -> str:
+    """The asset holding what the ablations read of the val effects: the effects themselves, or in the
+    top-k mode their sums."""
+    return "val_effect_sums" if topk else "val_second_order_effects"
 
 
 def stream_effect_sums(context, model: ModelResource, analysis: AnalysisResource, dataset: DatasetResource,
                        store: ArtifactStore, neuron_pcas: dict, sparse_codes: dict, text_embeddings) -> dict[str, H5Payload]:
     """The val pass of the top-k mode: instead of the val effects, what the ablations read of them
     (:class:`~oe_assets.lens.ablations.EffectSums`, about the train PCA's means, thresholds and
-    components and the sparse codes' reconstructions), batch by batch in one data pass for every layer
-    of the step, with the first-order sums.  Each batch is rounded as an effects file stores it
-    (:func:`as_stored`), so the ablations equal those of the stored mode.  Per layer ``[val samples,
+    components and the sparse codes' reconstructions), batch by batch in one data pass for a group of
+    layers (grouped to fit :func:`memory_budget`), with the first-order sums.  Each batch is rounded
+    as an ``alpha``-form effects file stores it (:func:`as_stored`).  Per layer ``[val samples,
     d_out]``: ``total``, ``significant_sum``, ``projected``, ``reconstructed``, ``first_order_sum``;
     ``significant`` ``[val samples, neurons]``; ``mlp_out_mean`` ``[d_model]``; ``labels``."""
     t0 = time.perf_counter()
     loaded, data, keys, lenses, first_order, made_from = _step_pass(context, "val", model, analysis, dataset)
     factors = {layer: rounded_factors(lens.factors) for layer, lens in lenses.items()}
-    dictionary = normalize_dictionary(text_embeddings.read("embeddings"), analysis.coefficient)
-    inputs, pcas = {}, {}
-    for key in keys:
-        group = neuron_pcas[key]
-        pcas[int(key)] = (group.read("means"), group.read("norms")[:, 0], group.read("components"),
-                          sparse_reconstructions(sparse_codes[key], dictionary))
-        inputs[key] = {entry("neuron_pcas", key): group.attrs, entry("sparse_codes", key): sparse_codes[key].attrs,
-                       "text_embeddings": text_embeddings.attrs}
-    parts: dict[int, list[EffectSums]] = {layer: [] for layer in lenses}
-    progress = Progress(len(data), f"layers {', '.join(keys)} val effect sums", log=context.log.info)
-    for _, effects in iter_factorized(lenses, data.batches(loaded, model.batch_size, model.max_length), progress,
-                                      on_capture=first_order.add):
-        for layer, fe in effects.items():
-            parts[layer].append(effect_sums(as_stored(fe, store.alpha_dtype, factors[layer]), *pcas[layer]))
-    first_order_sums = _first_order(first_order)
+    for key in keys:  # before the pass: codes of another vocabulary would waste it
+        same_vocabulary(text_embeddings, sparse_codes[key], key)
+    dictionary = reconstruction_dictionary(text_embeddings, analysis.coefficient)
+    S = len(data)
+    per_layer = {k: (4 * S * lenses[int(k)].d_out * 8 + S * lenses[int(k)].n_neurons  # the sums, the pairs
+                     + 3 * lenses[int(k)].n_neurons * lenses[int(k)].d_out * 8) for k in keys}  # the PCA's arrays
+    store.require_free_space(context.asset_key, keys, sum(5 * S * lenses[int(k)].d_out * 8 + S * lenses[int(k)].n_neurons
+                                                          for k in keys))  # the sums, first-order sums, pairs
     out = {}
-    for key in keys:
-        sums = EffectSums.concat(parts[int(key)])
-        attrs = provenance(context, context.asset_key.to_user_string(), inputs[key],
-                           profile_resources(model, dataset, analysis, store),
-                           {**made_from, "convention": lenses[int(key)].convention}, partition=key)
-        out[key] = H5Payload({**sums.arrays(), **first_order_sums[int(key)], "labels": np.asarray(data.labels)},
-                             {"layout": EFFECT_SUMS_LAYOUT, "model": model.source, "layer": int(key),
-                              "coefficient": analysis.coefficient, "convention": lenses[int(key)].convention,
-                              "split": "val", "code_version": CODE_VERSION, **attrs})
-        context.add_asset_metadata({"layer": int(key), "samples": len(data),
-                                    "significant_fraction": sums.significant_fraction}, partition_key=key)
+    for group in _groups(context, keys, per_layer, "the val sums"):
+        group_lenses = {int(k): lenses[int(k)] for k in group}
+        group_first = FirstOrderSums({layer: first_order.lenses[layer] for layer in group_lenses})
+        pcas = {int(k): (neuron_pcas[k].read("means"), neuron_pcas[k].read("norms")[:, 0],
+                         neuron_pcas[k].read("components"), sparse_reconstructions(sparse_codes[k], dictionary))
+                for k in group}
+        parts: dict[int, list[EffectSums]] = {layer: [] for layer in group_lenses}
+        progress = Progress(S, f"layers {', '.join(group)} val effect sums", log=context.log.info)
+        for _, effects in iter_factorized(group_lenses, data.batches(loaded, model.batch_size, model.max_length),
+                                          progress, on_capture=group_first.add):
+            for layer, fe in effects.items():
+                parts[layer].append(effect_sums(as_stored(fe, store.alpha_dtype, factors[layer]), *pcas[layer]))
+        first_order_sums = _first_order(group_first)
+        for key in group:
+            sums = EffectSums.concat(parts.pop(int(key)))
+            inputs = {entry("neuron_pcas", key): neuron_pcas[key].attrs,
+                      entry("sparse_codes", key): sparse_codes[key].attrs, "text_embeddings": text_embeddings.attrs}
+            attrs = provenance(context, context.asset_key.to_user_string(), inputs,
+                               profile_resources(model, dataset, analysis, store),
+                               {**made_from, "convention": lenses[int(key)].convention}, partition=key)
+            out[key] = H5Payload({**sums.arrays(), **first_order_sums[int(key)], "labels": np.asarray(data.labels)},
+                                 {"layout": EFFECT_SUMS_LAYOUT, "model": model.source, "layer": int(key),
+                                  "coefficient": analysis.coefficient, "convention": lenses[int(key)].convention,
+                                  "split": "val", "code_version": CODE_VERSION, **attrs})
+            context.add_asset_metadata({"layer": int(key), "samples": S,
+                                        "significant_fraction": sums.significant_fraction}, partition_key=key)
     seconds = time.perf_counter() - t0
-    context.add_output_metadata({"layout": EFFECT_SUMS_LAYOUT, "rows": len(data), "layers": ", ".join(keys),
-                                 "data_passes": 1, "run_time_s": round(seconds, 3)})
+    context.add_output_metadata({"layout": EFFECT_SUMS_LAYOUT, "rows": S, "layers": ", ".join(keys),
+                                 "run_time_s": round(seconds, 3)})
     return out
 
 

@@ -47,7 +47,7 @@ from ..storage.hdf5 import _UNCLOSED, H5Handle, checksummed, discard_h5, write_a
 from .factorized import FactorizedEffects, HeadFactors, _positions, _tensor
 
 __all__ = ["TOPK_LAYOUT", "TOPK_DTYPES", "as_stored", "EffectsMean", "TopKEffectsWriter", "TopKEffects", "open_topk",
-           "topk_bytes"]
+           "topk_bytes", "running_top_bytes", "layer_groups"]
 
 TOPK_LAYOUT = "topk"
 #: storage dtypes of ``norms`` and ``topk_effects``
@@ -60,6 +60,27 @@ def topk_bytes(n_samples: int, n_neurons: int, d_out: int, top_k: int, dtype: st
     item = np.dtype(dtype).itemsize
     return (n_samples * n_neurons * item + n_neurons * d_out * 8 + n_neurons * top_k * 16
             + n_neurons * top_k * d_out * item)
+
+
+def running_top_bytes(n_neurons: int, d_out: int, top_k: int, dtype: str = "float32") -> int:
+    """Memory of one layer's :class:`TopKEffectsWriter` (its running top: rows, norms, indices) and
+    means: ``neurons x (top_k x d_out)`` numbers of ``dtype`` and ``neurons x d_out`` float64."""
+    return n_neurons * top_k * (d_out * np.dtype(dtype).itemsize + 16) + n_neurons * d_out * 8
+
+
+def layer_groups(layers: list, layer_bytes: dict, budget: int) -> list[list]:
+    """``layers`` in order, in consecutive groups whose ``layer_bytes`` sum to at most ``budget``
+    (a layer larger than the budget alone): the layers one set of data passes can hold at once."""
+    groups: list[list] = []
+    used = 0
+    for layer in layers:
+        if groups and groups[-1] and used + layer_bytes[layer] <= budget:
+            groups[-1].append(layer)
+            used += layer_bytes[layer]
+        else:
+            groups.append([layer])
+            used = layer_bytes[layer]
+    return groups
 
 
 def as_stored(fe: FactorizedEffects, alpha_dtype: str = "float32", factors: HeadFactors | None = None,
@@ -93,11 +114,11 @@ class EffectsMean:
         if (fe.n_paths, fe.shape[1]) != (self.factors.n_paths, self.factors.n_neurons):
             raise ValueError(f"effects of shape {fe.shape} with {fe.n_paths} paths do not belong to this layer "
                              f"({self.factors.n_paths} paths, {self.factors.n_neurons} neurons)")
-        scale = fe.scale.to(self.dtype)
+        scale = fe.scale.to(self.device, self.dtype)  # the batch may live on another device (a GPU)
         alpha = _tensor(fe.alpha, self.dtype, self.device)
         self.weighted += torch.einsum("s,spn->pn", scale, alpha)
         if fe.const is not None:
-            part = (scale[:, None] * fe.const.to(self.dtype)).sum(0)
+            part = (scale[:, None] * fe.const.to(self.device, self.dtype)).sum(0)
             self.const_sum = part if self.const_sum is None else self.const_sum + part
         self.count += len(fe)
 
@@ -132,6 +153,7 @@ class TopKEffectsWriter:
         N, d = means.shape
         self.path, self.n_samples, self.top_k, self.written = Path(path), int(n_samples), int(top_k), 0
         self.means, self.dtype, self.device = means, dtype, torch.device(device or "cpu")
+        self._centre: torch.Tensor | None = None  # the means on the batches' device
         rows_dtype = getattr(torch, dtype)
         # the running top per neuron, ascending by (centred norm, position); empty slots sort first
         self.top_norms = torch.full((N, top_k), -torch.inf, dtype=torch.float64, device=self.device)
@@ -164,7 +186,9 @@ class TopKEffectsWriter:
         if s0 + S > self.n_samples:
             raise ValueError(f"{self.path}: a batch of {S} after {s0} samples exceeds n_samples={self.n_samples}")
         self.norms[s0:s0 + S] = fe.norms().astype(self.dtype)
-        for n0, count, samples, norms, rows in fe.top_samples(self.means, min(self.top_k, S)):
+        if self._centre is None or self._centre.device != fe.device or self._centre.dtype != fe.dtype:
+            self._centre = torch.as_tensor(self.means, dtype=fe.dtype, device=fe.device)  # once, not per batch
+        for n0, count, samples, norms, rows in fe.top_samples(self._centre, min(self.top_k, S)):
             block = slice(n0, n0 + count)
             all_norms = torch.cat([self.top_norms[block], norms.to(self.device, torch.float64)], 1)
             all_index = torch.cat([self.top_index[block], samples.to(self.device) + s0], 1)
