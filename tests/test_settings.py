@@ -65,8 +65,18 @@ def _asset_reading() -> str | None:
 def graph(tmp_path_factory):
     """The tiny BERT graph (layers 0 and 1) materialized by the CLI, with the (asset, field) pairs
     every asset read."""
-    root = tmp_path_factory.mktemp("settings")
+    return _logged_graph(tmp_path_factory.mktemp("settings"))
+
+
+@pytest.fixture(scope="module")
+def topk_graph(tmp_path_factory):
+    """The same in the top-k mode (``storage.effects_mode: topk``: another graph)."""
+    return _logged_graph(tmp_path_factory.mktemp("settings_topk"), {"effects_mode": "topk"})
+
+
+def _logged_graph(root: Path, storage: dict | None = None):
     prof = tiny_bert_profile(root)
+    prof["storage"].update(storage or {})
     path = root / "profile.yaml"
     path.write_text(yaml.safe_dump(prof))
     reads: set[tuple[str, str]] = set()
@@ -131,17 +141,25 @@ def test_every_asset_declares_its_settings_in_dependency_order(graph):
         assert section in SECTIONS and (setting in DERIVED or default(setting) is not None or name), setting
 
 
-def test_each_field_an_asset_reads_is_in_its_provenance_record(graph):
-    """The independent check of the declaration: what the assets actually read."""
+#: fields read by an asset that records them as a derived setting
+AS_DERIVED = {("second_order_effects", "analysis.top_k"): "storage.topk_samples"}
+
+
+@pytest.mark.parametrize("mode", ["stored", "topk"])
+def test_each_field_an_asset_reads_is_in_its_provenance_record(request, mode):
+    """The independent check of the declaration: what the assets actually read, in both storage modes."""
+    graph = request.getfixturevalue("graph" if mode == "stored" else "topk_graph")
     *_, reads = graph
     records = _records(_defs(graph))
     assert {a for a, _ in reads} >= {"text_embeddings", "classifier", "val_representations", "second_order_effects",
                                      "neuron_pcas", "sparse_codes", "ablation_report", "neuron_report"}
+    if mode == "topk":
+        assert ("second_order_effects", "analysis.top_k") in reads and "val_effect_sums" in {a for a, _ in reads}
     missing = []
     for asset, field in sorted(reads):
         if field in NO_NUMBERS or (asset, field) in PREVIEW_ONLY:
             continue
-        name = AS_DATA.get(field, field)
+        name = AS_DERIVED.get((asset, field), AS_DATA.get(field, field))
         for e, record in records.items():
             if e.split("[")[0] == asset and name not in record:
                 missing.append(f"{e} reads {field} but its record has no {name}")
