@@ -412,7 +412,7 @@ def materialize_celery(profile: str, first: str | None = None, last: str | None 
         return 2
     from .definitions import MATERIALIZE_JOBS, build_definitions, layer_range_tags, layers_job
     from .profiles.validation import ProfileError, validate_layers
-    from .recovery import fail_stale_runs, free_ended_run_slots
+    from .recovery import fail_stale_runs, free_ended_run_slots, remove_ended_run_staging
     from .resume import observe_and_plan, plan_layer_spans, settings_tags
 
     try:
@@ -448,6 +448,7 @@ def materialize_celery(profile: str, first: str | None = None, last: str | None 
     in_range = layers[layers.index(first): layers.index(last) + 1]
     fail_stale_runs(instance, out)
     free_ended_run_slots(instance, out)
+    remove_ended_run_staging(instance, defs.resources["store"].base_dir, out)
     planned = observe_and_plan(defs, instance, in_range, force, out)
     if planned is None:
         return 1
