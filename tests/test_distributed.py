@@ -3,7 +3,8 @@ Postgres cluster (the Dagster instance) on free loopback ports, two workers (``-
 here and stopped by pid; every wait is bounded.
 
 Without ``redis-server`` / ``initdb`` or the ``[distributed]`` extra these tests are skipped, except
-under ``CI=true``, where they fail.  ``python -m pytest -m distributed`` runs them alone."""
+under ``CI=true``, where they fail.  ``python -m pytest -m distributed`` runs them alone; ``-m cluster`` the two
+that start the workers (a few minutes)."""
 
 from __future__ import annotations
 
@@ -228,6 +229,7 @@ def test_sigkill_of_a_workers_child_mid_effects_fails_the_run_and_the_next_mater
         first.wait()
     assert first.returncode == 1, out
     assert failed_after < 120, f"the run ended {failed_after:.0f} s after the kill"
+    print(f"materialize ended {failed_after:.1f} s after the kill")  # shown with pytest -s
     instance = dg.DagsterInstance.from_config(str(cluster["home"]))
     run = instance.get_run_by_id(staging_run(staged.name))
     assert run is not None and run.status == dg.DagsterRunStatus.FAILURE, out
