@@ -4,9 +4,10 @@ costs more than its steps' overhead), with real servers on the loopback address 
 Postgres cluster) and ``python -m oe_assets worker`` processes, started and stopped here
 (``tests/local_servers.py``, as the tests do):
 
-- per-step overhead: the same materialize in process and on one GPU worker (+ a general worker), warm
-  workers (a first materialize loads the model), seconds per step = (celery wall - in-process wall) /
-  steps; and the dispatch latency (``Submitting celery task`` to the step's start) per step;
+- per-step overhead: the same materialize (the same runs and steps: ``--parallel-runs 1``) in process
+  and on one GPU worker (+ a general worker), warm workers (a first materialize loads the model),
+  seconds per step = (celery wall - in-process wall) / steps; and the dispatch latency (``Submitting
+  celery task`` to the step's start) per step;
 - the layers' wall time (first layer run's start to last one's end) with 1 GPU worker and with 2, each
   ``--parallel-runs 2 --force`` after a warm-up;
 - a projection for 11 ViT-B/32 layers and for a 32-layer 8B model on 8 GPU workers from the measured
@@ -32,6 +33,7 @@ from pathlib import Path
 import yaml
 from tabulate import tabulate
 
+warnings.filterwarnings("ignore")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' server helpers and tiny graph
 sys.path.insert(0, str(ROOT))
@@ -124,7 +126,7 @@ def main() -> None:
         fig_in = step_figures(instance, runs_of(instance, before))
 
     rows, figs = [], {}
-    with local_servers.servers(prefix="oe-bench-dist-servers-") as srv:
+    with local_servers.servers(prefix="oe-bench-dist-servers-") as srv, local_servers.in_env(srv["env"]):
         celery_profile = profile_in(srv["root"] / "celery")
         local_servers.start_workers(srv, (("--gpu", "0"), ("--general",)))
         instance = dg.DagsterInstance.from_config(str(srv["home"]))
@@ -132,27 +134,33 @@ def main() -> None:
             if workers == 2:
                 local_servers.start_workers(srv, (("--gpu", "1"),))
             materialize(srv["env"], celery_profile, "--executor", "celery", "--parallel-runs", "2", "--force")  # warm-up
+            if workers == 1:  # the runs and steps of in process: one layer run over both layers
+                before = {r.run_id for r in instance.get_runs()}
+                wall = materialize(srv["env"], celery_profile, "--executor", "celery", "--parallel-runs", "1", "--force")
+                figs["same"] = {**step_figures(instance, runs_of(instance, before)), "wall": wall}
             before = {r.run_id for r in instance.get_runs()}
             wall = materialize(srv["env"], celery_profile, "--executor", "celery", "--parallel-runs", "2", "--force")
             figs[workers] = {**step_figures(instance, runs_of(instance, before)), "wall": wall}
         instance.dispose()
 
-    one, two = figs[1], figs[2]
-    per_step = (one["wall"] - wall_in) / max(1, one["steps"])
-    rows = [
-        ["in process", f"{wall_in:.1f}", fig_in["steps"], f"{fig_in['busy']:.1f}", "-",
-         f"{fig_in['layers_wall']:.1f} ({fig_in['layer_runs']} run)"],
-        ["Celery, 1 GPU worker", f"{one['wall']:.1f}", one["steps"], f"{one['busy']:.1f}", f"{one['dispatch']:.2f}",
-         f"{one['layers_wall']:.1f} ({one['layer_runs']} runs)"],
-        ["Celery, 2 GPU workers", f"{two['wall']:.1f}", two["steps"], f"{two['busy']:.1f}", f"{two['dispatch']:.2f}",
-         f"{two['layers_wall']:.1f} ({two['layer_runs']} runs)"],
-    ]
+    one, two, same = figs[1], figs[2], figs["same"]
+    per_step = (same["wall"] - wall_in) / max(1, same["steps"])
+    def row(name, fig, wall, dispatch):
+        runs = fig["layer_runs"]
+        return [name, f"{wall:.1f}", fig["steps"], f"{fig['busy']:.1f}", dispatch,
+                f"{fig['layers_wall']:.1f} ({runs} run{'s' if runs > 1 else ''})"]
+
+    rows = [row("in process", fig_in, wall_in, "-"),
+            row("Celery, 1 GPU worker, --parallel-runs 1", same, same["wall"], f"{same['dispatch']:.2f}"),
+            row("Celery, 1 GPU worker, --parallel-runs 2", one, one["wall"], f"{one['dispatch']:.2f}"),
+            row("Celery, 2 GPU workers, --parallel-runs 2", two, two["wall"], f"{two['dispatch']:.2f}")]
     print(f"{platform.node()}: {os.cpu_count()} CPU cores; tiny BERT graph, {6 * args.repeat} train texts, "
           f"2 layer partitions; warm workers; {time.strftime('%Y-%m-%d')}")
     print(tabulate(rows, headers=["path", "materialize wall (s)", "steps", "in steps (s)", "dispatch (s/step)",
                                   "layers wall (s)"]))
     speedup = one["layers_wall"] / two["layers_wall"]
-    print(f"\nper-step overhead of the Celery path: {per_step:.2f} s a step ((celery 1 worker - in process) / steps)")
+    print(f"\nper-step overhead of the Celery path: {per_step:.2f} s a step ((celery, 1 worker, same runs - in process)"
+          f" / {same['steps']} steps)")
     print(f"layers with 2 GPU workers against 1: {speedup:.2f}x (ideal 2x); layer runs' walls: 1 worker "
           f"{', '.join(f'{w:.1f}' for w in one['layer_run_walls'])} s, 2 workers "
           f"{', '.join(f'{w:.1f}' for w in two['layer_run_walls'])} s")
