@@ -23,6 +23,7 @@ import argparse
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -100,9 +101,17 @@ def main() -> None:
     why = local_servers.missing()
     if why:
         sys.exit(f"error: {why}")
-    import dagster as dg
 
     work = Path(tempfile.mkdtemp(prefix="oe-bench-dist-"))
+    try:
+        measure(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(args, work: Path) -> None:
+    import dagster as dg
+
 
     def profile_in(folder: Path) -> Path:
         prof = tiny_bert_profile(folder)
