@@ -106,7 +106,10 @@ def materialize_all(profile: str, first: str | None = None, last: str | None = N
     warnings.filterwarnings("ignore")
     from .models.hub import ModelSourceError
     from .profiles.validation import ProfileError, validate_layers
-    from .recovery import RUN_TAG, PoolWaitInterrupted, fail_stale_runs, process_tags, wait_for_pools, watch_pool_wait
+    from .recovery import (
+        RUN_TAG, PoolWaitInterrupted, fail_stale_runs, process_tags, remove_ended_run_staging, wait_for_pools,
+        watch_pool_wait,
+    )
     from .resume import observe_and_plan, plan_layer_spans, settings_tags
 
     t0 = time.perf_counter()
@@ -125,6 +128,7 @@ def materialize_all(profile: str, first: str | None = None, last: str | None = N
     in_range = layers[layers.index(first): layers.index(last) + 1]
     instance = open_instance()
     fail_stale_runs(instance)  # runs left STARTED by a killed process: failed, their pool slots freed
+    remove_ended_run_staging(instance, defs.resources["store"].base_dir)  # their staged files, from any host
     planned = observe_and_plan(defs, instance, in_range, force)
     if planned is None:
         return 1

@@ -21,6 +21,17 @@ Used by the product (imported when this module is imported):
   process defers SIGINT until a step boundary); ``oe_assets.recovery`` polls this to stop the wait
   and fail the run. No public API exposes the captured interrupt.
 
+Used by the Celery path (:mod:`oe_assets.distributed`, the ``[distributed]`` extra; imported when called):
+
+- ``dagster_celery.executor._submit_task`` (:func:`celery_submit_step`): how dagster-celery's executor
+  sends a step to a worker; the project's executor wraps what it returns (:func:`step_failure_event`).
+  No public alternative: ``CeleryExecutor.execute`` passes it to the loop itself.
+- ``StepFailureData`` and ``serializable_error_info_from_exc_info`` (:func:`step_failure_event`): a
+  step's failure event, for a step whose Celery task failed outside the step (its worker process was
+  killed).  dagster-celery's loop keeps such a task's error aside, stops submitting steps and, with
+  steps left, polls without end (a run that never finishes, at full CPU); as the step's own failure
+  event it ends the step like any failed step (its pool slot freed, the run failed at its end).
+
 Used only by the tests (loaded on first access, so the product never imports Dagster's test
 utilities): see ``TEST_SUPPORT``.
 """
@@ -32,7 +43,7 @@ import importlib
 import dagster
 
 __all__ = ["SUPPORTED_DAGSTER", "DATA_VERSION_TAG", "SqliteRunStorage", "check_captured_interrupt",
-           "run_storage_is_sqlite", "asset_code_versions", "TEST_SUPPORT"]
+           "run_storage_is_sqlite", "asset_code_versions", "celery_submit_step", "step_failure_event", "TEST_SUPPORT"]
 
 #: the Dagster releases oe_assets is tested with; keep equal to the pin in pyproject.toml
 SUPPORTED_DAGSTER = ">=1.13,<1.14"
@@ -73,6 +84,29 @@ def asset_code_versions(context: dagster.AssetExecutionContext) -> dict[str, str
     ``context.repository_def`` is public but unset when assets run through ``dagster.materialize``)."""
     graph = context.job_def.asset_layer.asset_graph
     return {key.to_user_string(): graph.get(key).code_version for key in graph.get_all_asset_keys()}
+
+
+def celery_submit_step():
+    """dagster-celery's submission of one step to a worker: ``(app, plan_context, step, queue, priority,
+    known_state) -> AsyncResult`` (``dagster_celery.executor._submit_task``)."""
+    try:
+        from dagster_celery.executor import _submit_task
+    except ImportError as e:
+        raise _incompatible("dagster_celery.executor._submit_task", "sending a step to a Celery worker", e) from e
+    return _submit_task
+
+
+def step_failure_event(step_context, exc_info, message: str) -> dagster.DagsterEvent:
+    """The ``STEP_FAILURE`` event of the step of ``step_context`` (an orchestration context's
+    ``for_step``), with the error of ``exc_info``; creating it logs it to the run's event log."""
+    try:
+        from dagster._core.execution.plan.objects import StepFailureData
+        from dagster._utils.error import serializable_error_info_from_exc_info
+    except ImportError as e:
+        raise _incompatible("dagster._core.execution.plan.objects.StepFailureData", "a step's failure event", e) from e
+    error = serializable_error_info_from_exc_info(exc_info)
+    return dagster.DagsterEvent.step_failure_event(step_context, StepFailureData(error=error, user_failure_data=None),
+                                                   message=message)
 
 
 #: test-only names: name -> (module, why); resolved on first access through ``__getattr__``

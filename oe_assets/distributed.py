@@ -173,14 +173,85 @@ def init_instance(settings: CelerySettings):
     return instance
 
 
-def celery_job(profile: str, job_name: str):
-    """The job ``job_name`` of ``profile`` with the Celery executor: how a worker rebuilds a run's job
-    (:func:`dagster.build_reconstructable_job`)."""
-    from dagster_celery import celery_executor
+class _StepTask:
+    """A step's Celery task as dagster-celery's executor loop reads it (``ready``, ``get``, ``revoke``),
+    where a task that failed outside the step (its worker process was killed: ``WorkerLostError``;
+    the task raised before or after the step) reads as the step's own failure event, logged with the
+    task's error.  dagster-celery's loop would keep that error aside and stop submitting steps, and with
+    steps left (another branch waiting for its turn or a pool slot) poll without sleeping and without
+    end; as a failed step, the run frees its pool slot, goes on as after any failed step and fails."""
 
+    def __init__(self, result, step_context):
+        self.result, self.step_context = result, step_context
+
+    def ready(self) -> bool:
+        return self.result.ready()
+
+    def revoke(self):
+        return self.result.revoke()
+
+    def get(self):
+        from celery.exceptions import TaskRevokedError
+        from dagster import serialize_value
+
+        from .dagster_private import step_failure_event
+
+        try:
+            return self.result.get()
+        except TaskRevokedError:
+            raise  # the loop's own case: the run was terminated
+        except Exception as e:  # noqa: BLE001 - every task failure is the step's failure
+            key = self.step_context.step.key
+            first = (str(e).strip().splitlines() or [""])[0]
+            event = step_failure_event(self.step_context, sys.exc_info(),
+                                       f'The Celery task of step "{key}" failed ({type(e).__name__}: {first}); '
+                                       "the step failed")
+            return [serialize_value(event)]
+
+
+def _submit_step(app, plan_context, step, queue, priority, known_state):
+    from .dagster_private import celery_submit_step
+
+    result = celery_submit_step()(app, plan_context, step, queue, priority, known_state)
+    return _StepTask(result, plan_context.for_step(step))
+
+
+_EXECUTOR = None
+
+
+def celery_executor():
+    """dagster-celery's ``celery_executor`` (same name and config), whose loop gets every failed Celery
+    task as its step's failure (:class:`_StepTask`) instead of an error that leaves the run polling."""
+    global _EXECUTOR
+    if _EXECUTOR is None:
+        import dagster as dg
+        from dagster_celery import celery_executor as library_executor
+        from dagster_celery.executor import CeleryExecutor
+
+        class StepFailingCeleryExecutor(CeleryExecutor):
+            def execute(self, plan_context, execution_plan):
+                from dagster_celery.core_execution_loop import core_celery_execution_loop
+
+                return core_celery_execution_loop(plan_context, execution_plan, step_execution_fn=_submit_step)
+
+        @dg.executor(name="celery", config_schema=library_executor.config_schema,
+                     requirements=dg.multiple_process_executor_requirements())
+        def executor(init_context):
+            config, library = init_context.executor_config, library_executor.executor_creation_fn(init_context)
+            return StepFailingCeleryExecutor(broker=config.get("broker"), backend=config.get("backend"),
+                                             config_source=config.get("config_source"), include=config.get("include"),
+                                             retries=library.retries)
+
+        _EXECUTOR = executor
+    return _EXECUTOR
+
+
+def celery_job(profile: str, job_name: str):
+    """The job ``job_name`` of ``profile`` with the Celery executor (:func:`celery_executor`): how a
+    worker rebuilds a run's job (:func:`dagster.build_reconstructable_job`)."""
     from .definitions import build_definitions
 
-    return build_definitions(profile, executor=celery_executor).resolve_job_def(job_name)
+    return build_definitions(profile, executor=celery_executor()).resolve_job_def(job_name)
 
 
 def celery_app(settings: CelerySettings):
@@ -412,7 +483,7 @@ def materialize_celery(profile: str, first: str | None = None, last: str | None 
         return 2
     from .definitions import MATERIALIZE_JOBS, build_definitions, layer_range_tags, layers_job
     from .profiles.validation import ProfileError, validate_layers
-    from .recovery import fail_stale_runs, free_ended_run_slots
+    from .recovery import fail_stale_runs, free_ended_run_slots, remove_ended_run_staging
     from .resume import observe_and_plan, plan_layer_spans, settings_tags
 
     try:
@@ -448,6 +519,7 @@ def materialize_celery(profile: str, first: str | None = None, last: str | None 
     in_range = layers[layers.index(first): layers.index(last) + 1]
     fail_stale_runs(instance, out)
     free_ended_run_slots(instance, out)
+    remove_ended_run_staging(instance, defs.resources["store"].base_dir, out)
     planned = observe_and_plan(defs, instance, in_range, force, out)
     if planned is None:
         return 1

@@ -5,7 +5,8 @@ way that Ctrl-C and SIGTERM end.
 A process is named by ``(host, pid, start)`` (:mod:`oe_assets.processes`), so a pid the kernel gave
 to a new process is not taken for the old one; staging files name their writer the same way
 (:mod:`oe_assets.storage.layout`).  A process on another host is never judged dead (nothing here
-can see it).
+can see it); a staging file written in a run names the run too, and is removed once the instance
+says that run has ended, whichever host wrote it (:func:`remove_ended_run_staging`).
 
 The ``python -m oe_assets materialize`` runs carry these as run tags (:func:`process_tags`).  Runs
 without them (launched from the UI or the daemon by Dagster's default run launcher, which cannot
@@ -31,10 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .processes import Process, is_dead, process_start, this_process
-from .storage.layout import staging_suffix, staging_writer
+from .storage.layout import remove_ended_staging, staging_run, staging_suffix, staging_writer
 
 __all__ = ["PID_TAG", "HOST_TAG", "START_TAG", "RUN_TAG", "Process", "this_process", "process_start", "process_tags",
-           "is_dead", "staging_suffix", "staging_writer", "StaleRun", "stale_runs", "fail_stale_runs",
+           "is_dead", "staging_suffix", "staging_writer", "staging_run", "run_has_ended",
+           "remove_ended_run_staging", "StaleRun", "stale_runs", "fail_stale_runs",
            "free_ended_run_slots", "wait_for_pools", "PoolWaitInterrupted", "watch_pool_wait"]
 
 PID_TAG = "oe_assets/pid"
@@ -147,6 +149,29 @@ def free_ended_run_slots(instance, out=print) -> list[str]:
                 state = "not in the run storage" if run is None else run.status.value
                 out(f"freed the pool slots of run {run_id} ({state}): the run has ended")
     return sorted(ended)
+
+
+def run_has_ended(instance):
+    """``run_id -> bool``: whether ``instance`` holds the run and it has ended (success, failure,
+    canceled); a run it does not know (another instance's) has not."""
+    def ended(run_id: str) -> bool:
+        run = instance.get_run_by_id(run_id)
+        return run is not None and run.is_finished
+    return ended
+
+
+def remove_ended_run_staging(instance, base_dir, out=print) -> list[Path]:
+    """Remove the staging files under ``base_dir`` (the store) of runs that have ended, written on any
+    host, and those of dead writers on this host (:func:`oe_assets.storage.layout.remove_ended_staging`);
+    one line says how many and where.  The files removed."""
+    if not Path(base_dir).exists():
+        return []
+    removed = remove_ended_staging(base_dir, run_has_ended(instance))
+    if removed:
+        runs = sorted({staging_run(p.name) or str(staging_writer(p.name)) for p in removed})
+        out(f"removed {len(removed)} staging file(s) under {base_dir} left by ended runs or dead writers: "
+            f"{', '.join(runs)}")
+    return removed
 
 
 # ---- waiting for a pool slot ---------------------------------------------------------------------

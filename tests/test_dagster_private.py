@@ -126,3 +126,18 @@ def test_asset_code_versions_reads_every_asset_of_the_running_job():
     dg.materialize([upstream, downstream], selection=["downstream"], instance=dg.DagsterInstance.ephemeral(),
                    resources={"io_manager": dg.mem_io_manager})
     assert seen == {"upstream": "7", "downstream": "3"}, f"{DAGSTER}: JobDefinition.asset_layer changed"
+
+
+def test_dagster_celery_submits_a_step_as_the_celery_path_wraps_it():
+    """The Celery path wraps what dagster-celery's step submission returns (oe_assets.distributed._StepTask)."""
+    pytest.importorskip("dagster_celery")
+    import inspect
+
+    from dagster_celery import core_execution_loop
+
+    submit = dagster_private.celery_submit_step()
+    assert list(inspect.signature(submit).parameters) == ["app", "plan_context", "step", "queue", "priority",
+                                                          "known_state"], DAGSTER
+    loop = inspect.getsource(core_execution_loop.core_celery_execution_loop)
+    # the loop reads a submitted step's task through exactly these: ready, get (its errors), revoke
+    assert "result.ready()" in loop and "result.get()" in loop and "result.revoke()" in loop, DAGSTER

@@ -3,18 +3,14 @@ Postgres cluster (the Dagster instance) on free loopback ports, two workers (``-
 here and stopped by pid; every wait is bounded.
 
 Without ``redis-server`` / ``initdb`` or the ``[distributed]`` extra these tests are skipped, except
-under ``CI=true``, where they fail.  ``python -m pytest -m distributed`` runs them alone."""
+under ``CI=true``, where they fail.  ``python -m pytest -m distributed`` runs them alone; ``-m cluster`` the two
+that start the workers (a few minutes)."""
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,148 +19,40 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+import local_servers
 from helpers import tiny_bert_profile
 
 pytestmark = pytest.mark.distributed
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = local_servers.ROOT
 
 
-def _binary(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    versions = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return versions[-1] if versions else None
-
-
-def _require(ok: bool, why: str) -> None:
-    if ok:
+def _require_servers() -> None:
+    why = local_servers.missing()
+    if why is None:
         return
     if os.environ.get("CI") == "true":
         pytest.fail(f"{why} (required under CI=true: .ci/run installs redis-server and postgresql)")
     pytest.skip(why)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _until(what: str, ready, timeout_s: float, procs=()) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for p in procs:
-            if p.poll() is not None:
-                raise RuntimeError(f"{what}: process {p.pid} exited with {p.returncode}")
-        try:
-            if ready():
-                return
-        except Exception:  # noqa: BLE001 - not up yet
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{what} not ready within {timeout_s} s")
-
-
-def _stop(proc: subprocess.Popen, sig=signal.SIGTERM, wait_s: float = 20.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=wait_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=wait_s)
-
-
 @pytest.fixture(scope="module")
 def servers():
-    """Redis and Postgres on free loopback ports, a DAGSTER_HOME with the distributed dagster.yaml
-    (instance initialised here, once), and the environment for the command and the workers."""
-    redis_bin, initdb, postgres = _binary("redis-server"), _binary("initdb"), _binary("postgres")
-    _require(bool(redis_bin and initdb and postgres), "redis-server or Postgres (initdb, postgres) not installed")
-    try:
-        import dagster_celery  # noqa: F401
-        import dagster_postgres  # noqa: F401
-    except ImportError:
-        _require(False, "the [distributed] extra is not installed")
-    procs: list[subprocess.Popen] = []
-    root = Path(tempfile.mkdtemp(prefix="oe-assets-dist-"))
-    try:
-        redis_port, pg_port = _free_port(), _free_port()
-        redis = subprocess.Popen([redis_bin, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                                  "--appendonly", "no", "--dir", str(root)], stdout=subprocess.DEVNULL)
-        procs.append(redis)
-        pgdata = root / "pg"
-        pgdata.mkdir()
-        as_user = {}
-        if os.geteuid() == 0:  # Postgres refuses to run as root
-            import pwd
-
-            pw = pwd.getpwnam("postgres")
-            os.chmod(root, 0o755)
-            os.chown(pgdata, pw.pw_uid, pw.pw_gid)
-            as_user = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
-        subprocess.run([initdb, "-D", str(pgdata), "-A", "trust", "-U", "oe", "--no-sync"], check=True, timeout=120,
-                       stdout=subprocess.DEVNULL, **as_user)
-        pg = subprocess.Popen([postgres, "-D", str(pgdata), "-p", str(pg_port), "-h", "127.0.0.1", "-k", str(pgdata),
-                               "-c", "fsync=off"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **as_user)
-        procs.append(pg)
-        import psycopg2
-        import redis as redis_client
-
-        url = f"postgresql+psycopg2://oe@127.0.0.1:{pg_port}/postgres"
-        _until("redis", lambda: redis_client.Redis(port=redis_port, socket_connect_timeout=1).ping(), 30, [redis])
-        _until("postgres", lambda: psycopg2.connect(url.replace("+psycopg2", ""), connect_timeout=1).close() is None,
-               60, [pg])
-        home = root / "dagster_home"
-        home.mkdir()
-        shutil.copy(ROOT / "data" / "distributed" / "dagster.yaml", home / "dagster.yaml")
-        env = {**os.environ, "DAGSTER_HOME": str(home), "OE_ASSETS_POSTGRES_URL": url,
-               "OE_ASSETS_BROKER": f"redis://127.0.0.1:{redis_port}/0", "OE_ASSETS_QUEUE": "oe_assets_test",
-               "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-        yield {"root": root, "env": env, "home": home, "procs": procs, "redis_port": redis_port, "pg_url": url}
-    finally:
-        for p in reversed(procs):
-            _stop(p)
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _in_env(env):
-    """Apply ``env`` to this process (the distributed module reads it); returns the old values."""
-    keys = ["DAGSTER_HOME", "OE_ASSETS_POSTGRES_URL", "OE_ASSETS_BROKER", "OE_ASSETS_QUEUE"]
-    old = {k: os.environ.get(k) for k in keys}
-    os.environ.update({k: env[k] for k in keys})
-    return old
-
-
-def _restore(old):
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    """Redis and Postgres on free loopback ports, a DAGSTER_HOME with the distributed dagster.yaml, and
+    the environment for the command and the workers (:func:`local_servers.servers`)."""
+    _require_servers()
+    with local_servers.servers() as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
 def cluster(servers):
     """The instance initialised once, then two GPU workers and one general worker (``-c 1``) on the test's queues."""
-    from oe_assets.distributed import CelerySettings, init_instance, queue_workers
+    from oe_assets.distributed import CelerySettings
 
-    old = _in_env(servers["env"])
-    try:
-        init_instance(CelerySettings.from_env()).dispose()
-        workers = []
-        for which in (["--gpu", "0"], ["--gpu", "1"], ["--general"]):
-            log = open(servers["root"] / f"worker{which[-1]}.log", "wb")
-            workers.append(subprocess.Popen([sys.executable, "-m", "oe_assets", "worker", *which],
-                                            cwd=ROOT, env=servers["env"], stdout=log, stderr=subprocess.STDOUT))
-        servers["procs"].extend(workers)
-        settings = CelerySettings.from_env()
-        _until("three workers", lambda: len(queue_workers(settings)) == 3, 120, workers)
-        yield {**servers, "workers": workers, "settings": settings}
-    finally:
-        _restore(old)
+    workers = local_servers.start_workers(servers)
+    with local_servers.in_env(servers["env"]):
+        yield {**servers, "workers": workers, "settings": CelerySettings.from_env()}
 
 
 def _materialize(env, profile_path, *args, timeout=900):
@@ -301,9 +189,72 @@ def test_two_layer_runs_on_two_workers_overlap_and_match_in_process(cluster, in_
     instance.dispose()
 
 
+@pytest.mark.cluster
+def test_sigkill_of_a_workers_child_mid_effects_fails_the_run_and_the_next_materialize_completes(cluster):
+    """SIGKILL of the worker process that streams the effects (the writer its staging file names): the
+    run is failed within a bounded time (Celery's WorkerLostError), its gpu pool slot is freed, and the
+    next materialize removes the staged file, completes and leaves no staging file."""
+    import dagster as dg
+
+    from oe_assets.recovery import staging_run, staging_writer
+
+    root = cluster["root"] / "kill"
+    profile = tiny_bert_profile(root)
+    rows = (root / "train.jsonl").read_text().splitlines()
+    (root / "train.jsonl").write_text("\n".join(rows * 400) + "\n")  # a data pass long enough to be killed in
+    path = root / "profile.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    store = Path(profile["storage"]["base_dir"])
+    effects = store / "second_order_effects"
+    args = [sys.executable, "-m", "oe_assets", "materialize", "--profile", str(path), "--executor", "celery",
+            "--parallel-runs", "1", "--gpu-limit", "1"]
+    first = subprocess.Popen(args, cwd=ROOT, env=cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    try:
+        deadline = time.monotonic() + 400
+        while not list(effects.glob("*.partial-*")):
+            assert first.poll() is None, f"materialize ended before the effects were staged:\n{first.stdout.read()}"
+            assert time.monotonic() < deadline, "no staging file of second_order_effects appeared"
+            time.sleep(0.05)
+        staged = list(effects.glob("*.partial-*"))[0]
+        writer = staging_writer(staged.name)
+        children = [c for w in cluster["workers"] for c in local_servers.worker_children(w)]
+        assert writer.pid in children, (writer, children)  # the writer is a worker's pool process
+        killed_at = time.monotonic()
+        os.kill(writer.pid, 9)
+        out, _ = first.communicate(timeout=300)
+        failed_after = time.monotonic() - killed_at
+    finally:
+        first.kill()
+        first.wait()
+    assert first.returncode == 1, out
+    assert failed_after < 120, f"the run ended {failed_after:.0f} s after the kill"
+    print(f"materialize ended {failed_after:.1f} s after the kill")  # shown with pytest -s
+    instance = dg.DagsterInstance.from_config(str(cluster["home"]))
+    run = instance.get_run_by_id(staging_run(staged.name))
+    assert run is not None and run.status == dg.DagsterRunStatus.FAILURE, out
+    assert "WorkerLostError" in out or "WorkerLostError" in "".join(
+        r.event_log_entry.dagster_event.message or "" for r in instance.get_records_for_run(
+            run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records), out
+    info = instance.event_log_storage.get_concurrency_info("gpu")
+    assert run.run_id not in {s.run_id for s in info.claimed_slots} | {p.run_id for p in info.pending_steps}
+    left = list(store.rglob("*.partial-*"))  # the killed writer's files, until the next materialize
+    assert staged in left and {staging_run(p.name) for p in left} == {run.run_id}
+
+    again = _materialize(cluster["env"], path, "--executor", "celery", "--parallel-runs", "1", "--gpu-limit", "1",
+                         timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (f"removed {len(left)} staging file(s) under {store} left by ended runs or dead writers: {run.run_id}"
+            in again.stdout), again.stdout
+    assert not list(store.rglob("*.partial-*"))
+    assert {p.name for p in effects.glob("*.h5")} == {"0.h5", "1.h5"}
+    assert not instance.event_log_storage.get_concurrency_info("gpu").claimed_slots
+    instance.dispose()
+
+
 def test_worker_names_a_missing_broker(servers):
     """A worker whose broker does not answer exits 2 within its wait, naming the address."""
-    port = _free_port()
+    port = local_servers.free_port()
     env = {**servers["env"], "OE_ASSETS_BROKER": f"redis://127.0.0.1:{port}/0"}
     t0 = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "oe_assets", "worker", "--gpu", "0", "--wait", "2"], cwd=ROOT,
@@ -314,7 +265,7 @@ def test_worker_names_a_missing_broker(servers):
 
 
 def test_worker_names_a_missing_database(servers):
-    port = _free_port()
+    port = local_servers.free_port()
     env = {**servers["env"], "OE_ASSETS_POSTGRES_URL": f"postgresql+psycopg2://oe:secret@127.0.0.1:{port}/postgres"}
     done = subprocess.run([sys.executable, "-m", "oe_assets", "worker", "--gpu", "0", "--wait", "2"], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=120)

@@ -189,6 +189,82 @@ def test_dead_writers_staging_files_are_removed_live_ones_kept(tmp_path):
     assert store.partitions("second_order_effects") == ["0"]
 
 
+def test_a_steps_staging_files_name_its_run(tmp_path):
+    """A staging file written inside a run names the run (the store resource sets it for the step), and
+    only while the run's step executes."""
+    names = []
+
+    @dg.asset
+    def staged(store: ArtifactStore):
+        names.append(store.stage("staged", "0").name)
+        with atomic_path(store.path_for("staged", "1")) as tmp:
+            names.append(tmp.name)
+            tmp.write_bytes(b"done")
+        return None
+
+    base = str(tmp_path)
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([staged], resources={"store": ArtifactStore(base_dir=base)}, instance=instance)
+        assert [recovery.staging_run(n) for n in names] == [result.run_id] * 2
+        assert recovery.staging_writer(names[0]) == recovery.this_process()
+        assert recovery.staging_run(ArtifactStore(base_dir=base).stage("staged", "0").name) is None  # after the run
+
+
+def test_staging_files_of_ended_runs_on_another_host_are_removed_running_ones_kept(tmp_path):
+    """A writer on another host is never judged by its pid; its staging file goes once the instance says
+    its run has ended, and stays while the run is running or unknown to the instance."""
+
+    @dg.op
+    def nothing():
+        return None
+
+    @dg.job
+    def one_step():
+        nothing()
+
+    folder = tmp_path / "second_order_effects"
+    folder.mkdir()
+    host = socket.gethostname()
+    with dg.instance_for_test() as instance:
+        ended = one_step.execute_in_process(instance=instance).run_id
+        failed = instance.create_run_for_job(one_step).run_id
+        instance.report_run_failed(instance.get_run_by_id(failed), "its worker died")
+        running = instance.create_run_for_job(one_step).run_id
+        instance.handle_run_event(running, dg.DagsterEvent("PIPELINE_START", one_step.name))
+        unknown = "0b5c2f9e-1d2a-4c55-9c1e-2f0d6f3a7b11"
+
+        def staged(token, pid, start, where, run=None):
+            path = folder / (f"0.h5.partial-{token}-{pid}-{start}@{where}" + (f"~{run}" if run else ""))
+            path.write_bytes(b"x")
+            return path
+
+        me = recovery.this_process()
+        elsewhere = f"{host}-elsewhere"
+        gone = [staged("0000000a", 4242, 42, elsewhere, ended), staged("0000000b", 4243, 43, elsewhere, failed),
+                staged("0000000c", dead_pid(), 42, host)]  # a dead writer here, in no run
+        kept = [staged("0000000d", 4244, 44, elsewhere, running), staged("0000000e", 4245, 45, elsewhere, unknown),
+                staged("0000000f", 4246, 46, elsewhere),  # another host's writer in no run: never judged
+                staged("00000010", me.pid, me.start, host, running)]
+        assert [recovery.staging_run(p.name) for p in gone[:2]] == [ended, failed]
+        assert recovery.staging_writer(gone[0].name) == Process(elsewhere, 4242, "42")
+        lines = []
+        removed = recovery.remove_ended_run_staging(instance, tmp_path, lines.append)
+        assert sorted(removed) == sorted(gone)
+        assert not any(p.exists() for p in gone) and all(p.exists() for p in kept)
+        assert len(lines) == 1 and lines[0].startswith(f"removed 3 staging file(s) under {tmp_path}")
+        assert ended in lines[0] and failed in lines[0]
+        # once the running run has ended, its files go too, from both hosts
+        instance.report_run_failed(instance.get_run_by_id(running), "ended")
+        assert sorted(recovery.remove_ended_run_staging(instance, tmp_path, lines.append)) == sorted([kept[0], kept[3]])
+
+
+def test_a_staging_run_id_that_is_not_one_is_refused():
+    from oe_assets.storage.layout import writing_for_run
+
+    with pytest.raises(ValueError, match="not a Dagster run id"):
+        writing_for_run("../x")
+
+
 # ---- the CLI -------------------------------------------------------------------------------------
 def slow_profile(root: Path) -> Path:
     """The tiny BERT profile with 3,000 training texts, so that streaming ``second_order_effects``

@@ -20,7 +20,9 @@ from ..storage.hdf5 import (
     CorruptFileError, H5Group, H5Handle, H5Payload, LazyH5Array, StagedH5, attr_value, checksummed, is_disk_full,
     write_attrs, write_h5,
 )
-from ..storage.layout import DiskFullError, Layout, atomic_path, describe, require_free_space, size_text, staging_path
+from ..storage.layout import (
+    DiskFullError, Layout, atomic_path, describe, require_free_space, size_text, staging_path, writing_for_run,
+)
 from ..storage.tables import (
     PARQUET_CHECKSUM, HTMLPage, html_attrs, html_with_attrs, read_html, read_parquet, table_attrs, table_with_attrs,
     write_html, write_parquet,
@@ -62,6 +64,15 @@ class ArtifactStore(dg.ConfigurableResource):
     effects_compression: str = "none"
     alpha_dtype: str = "float32"
     effects_mode: str = "stored"
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """A run's step starts in this process (or the run, in process): the staging files written
+        from now on name the run, so that they are removed once it has ended, from any host
+        (:func:`oe_assets.recovery.remove_ended_staging`)."""
+        writing_for_run(context.run_id)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        writing_for_run(None)
 
     @property
     def layout(self) -> Layout:

@@ -2,8 +2,10 @@
 
 ``<base>/<asset key path>/<partition or "all"><suffix>`` (``.h5``, ``.parquet``, ``.html``; plots
 ``<name>[.<partitions>].png`` beside them).  Every write goes to a staging file beside its target
-(``<name>.partial-<random>-<pid>-<start>@<host>``: it names its writer, so a dead writer's leftovers
-are removed by the next write of the same file, a live writer's never), is fsynced and only then
+(``<name>.partial-<random>-<pid>-<start>@<host>[~<run id>]``: it names its writer, so a dead writer's
+leftovers are removed by the next write of the same file, a live writer's never; a file written in a
+run (:func:`writing_for_run`) names the run too, so that the leftovers of a writer on another host are
+removed once the run has ended, :func:`remove_ended_staging`), is fsynced and only then
 renamed into place (:func:`atomic_path`, :meth:`Layout.commit`), so a killed run never leaves a file
 that a later read takes for a complete artifact.  A write that would not fit is refused before it
 starts (:func:`require_free_space`).  No Dagster import: :class:`oe_assets.resources.store.ArtifactStore`
@@ -19,12 +21,12 @@ import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from ..processes import Process, is_dead, this_process
 
 __all__ = ["Layout", "DiskFullError", "require_free_space", "atomic_path", "staging_path", "staging_suffix",
-           "staging_writer", "fsync", "size_text", "describe"]
+           "staging_writer", "staging_run", "writing_for_run", "remove_ended_staging", "fsync", "size_text", "describe"]
 
 
 class DiskFullError(OSError):
@@ -86,13 +88,30 @@ def fsync(path: Path) -> None:
         os.close(fd)
 
 
-_STAGING = re.compile(r"\.partial-[0-9a-f]{8}-(?P<pid>\d+)-(?P<start>\d*)@(?P<host>.+)$")
+_STAGING = re.compile(r"\.partial-[0-9a-f]{8}-(?P<pid>\d+)-(?P<start>\d*)@(?P<host>[^~/]+)(?:~(?P<run>[0-9A-Za-z-]+))?$")
+_RUN_ID = re.compile(r"[0-9A-Za-z-]+")
+
+#: the run this process writes for now (:func:`writing_for_run`); one run at a time per process
+_writing_run: str | None = None
+
+
+def writing_for_run(run_id: str | None) -> str | None:
+    """Name ``run_id`` in the staging files this process writes from now on (``None``: no run); the
+    run before.  Set by the artifact store's resource when a step starts in a process (in process,
+    on a Celery worker, in a step's subprocess), so that the staging files of a writer on another host
+    can be judged by whether its run has ended (:func:`remove_ended_staging`)."""
+    global _writing_run
+    if run_id is not None and not _RUN_ID.fullmatch(run_id):
+        raise ValueError(f"run id {run_id!r}: not a Dagster run id (letters, digits and '-')")
+    before, _writing_run = _writing_run, run_id
+    return before
 
 
 def staging_suffix(token: str) -> str:
-    """``.partial-<token>-<pid>-<start>@<host>``: a staging name naming its writer (this process)."""
+    """``.partial-<token>-<pid>-<start>@<host>[~<run id>]``: a staging name naming its writer (this
+    process) and the run it writes for (:func:`writing_for_run`), if any."""
     p = this_process()
-    return f".partial-{token}-{p.pid}-{p.start}@{p.host}"
+    return f".partial-{token}-{p.pid}-{p.start}@{p.host}" + (f"~{_writing_run}" if _writing_run else "")
 
 
 def staging_writer(name: str) -> Process | None:
@@ -101,6 +120,32 @@ def staging_writer(name: str) -> Process | None:
     return Process(m["host"], int(m["pid"]), m["start"]) if m else None
 
 
+def staging_run(name: str) -> str | None:
+    """The run named in a staging file name (``None``: none, or not a staging name)."""
+    m = _STAGING.search(name)
+    return m["run"] if m else None
+
+
+def remove_ended_staging(base: str | os.PathLike, run_has_ended: Callable[[str], bool]) -> list[Path]:
+    """Remove every staging file under ``base`` whose run has ended (``run_has_ended(run_id)``: the
+    instance's judgement, which must say False for a run it does not know) or whose writer on this
+    host is dead; the file of a writer on another host that names no run is never judged.  The files
+    removed.  Whatever still writes for an ended run (a step the run no longer waits for) fails at its
+    commit: it never leaves a file taken for complete."""
+    removed = []
+    judged: dict[str, bool] = {}
+    for path in sorted(Path(base).rglob("*.partial-*")):
+        run = staging_run(path.name)
+        writer = staging_writer(path.name)
+        if writer is None:
+            continue
+        if run is not None and run not in judged:
+            judged[run] = bool(run_has_ended(run))
+        if (run is not None and judged[run]) or is_dead(writer):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def describe(asset: str, partitions: Sequence[str] | str | None = None) -> str:
