@@ -111,3 +111,17 @@ def small_tmpfs(folder: Path, size: str):
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def one_step_job() -> dg.JobDefinition:
+    """A job of one op that does nothing: runs to record in an instance (ended, failed, running)."""
+
+    @dg.op
+    def nothing():
+        return None
+
+    @dg.job
+    def one_step():
+        nothing()
+
+    return one_step

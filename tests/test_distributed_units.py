@@ -6,6 +6,7 @@ import pytest
 
 from oe_assets.distributed import layer_spans
 from oe_assets.recovery import free_ended_run_slots
+from helpers import one_step_job
 
 
 def test_layer_spans_cut_ceil_l_over_n_layers_per_run():
@@ -25,14 +26,7 @@ def test_free_ended_run_slots_frees_only_ended_runs():
     """A run whose Celery worker died ends failed with its step's slot still claimed: freed here; the
     slot of a run that has not ended stays."""
 
-    @dg.op
-    def nothing():
-        return None
-
-    @dg.job
-    def one_step():
-        nothing()
-
+    one_step = one_step_job()
     with dg.instance_for_test() as instance:
         storage = instance.event_log_storage
         assert storage.supports_global_concurrency_limits

@@ -23,7 +23,7 @@ from oe_assets import processes, recovery
 from oe_assets.dagster_private import EngineEventData, create_run_for_test
 from oe_assets.recovery import Process, process_start, process_tags
 from oe_assets.resources.store import ArtifactStore, atomic_path
-from helpers import tiny_bert_profile
+from helpers import tiny_bert_profile, one_step_job
 
 warnings.filterwarnings("ignore")
 
@@ -214,14 +214,7 @@ def test_staging_files_of_ended_runs_on_another_host_are_removed_running_ones_ke
     """A writer on another host is never judged by its pid; its staging file goes once the instance says
     its run has ended, and stays while the run is running or unknown to the instance."""
 
-    @dg.op
-    def nothing():
-        return None
-
-    @dg.job
-    def one_step():
-        nothing()
-
+    one_step = one_step_job()
     folder = tmp_path / "second_order_effects"
     folder.mkdir()
     host = socket.gethostname()
