@@ -308,6 +308,9 @@ def worker_main(gpu: int | None, name: str | None = None, wait_s: float = 10.0, 
         return 2
     if general:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # a general step never touches a GPU
+    # each task names its run's profile (celery_job); a profile left in the shell (a finished
+    # experiment's, a deleted file) must not break the import of the definitions module
+    os.environ.pop("OE_ASSETS_PROFILE", None)
     prefix = name or ("general" if general else "gpu" + str(gpu) if gpu is not None else "worker")
     node = f"{prefix}.{os.getpid()}@{socket.gethostname()}"
     queues = settings.queue if general else f"{settings.queue},{settings.model_queue}"

@@ -121,7 +121,9 @@ def servers(prefix: str = "oe-assets-dist-") -> Iterator[dict]:
         home = root / "dagster_home"
         home.mkdir()
         shutil.copy(ROOT / "data" / "distributed" / "dagster.yaml", home / "dagster.yaml")
-        env = {**os.environ, "DAGSTER_HOME": str(home), "OE_ASSETS_POSTGRES_URL": url,
+        # not a profile an earlier test of this process left in its environment (the CLI sets it)
+        inherited = {k: v for k, v in os.environ.items() if k != "OE_ASSETS_PROFILE"}
+        env = {**inherited, "DAGSTER_HOME": str(home), "OE_ASSETS_POSTGRES_URL": url,
                "OE_ASSETS_BROKER": f"redis://127.0.0.1:{redis_port}/0", "OE_ASSETS_QUEUE": QUEUE,
                "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
