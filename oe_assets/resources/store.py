@@ -58,7 +58,7 @@ class ArtifactStore(dg.ConfigurableResource):
     sample's factorized effects; ``"topk"`` for models whose effects do not fit a disk, every
     sample's norms and each neuron's ``analysis.top_k`` top samples (:mod:`oe_assets.lens.topk`,
     two data passes), the val effects replaced by their sums (``val_effect_sums``,
-    docs/llms.md)."""
+    which assets each mode provides: docs/asset_graph.md)."""
 
     base_dir: str = "data/materialized"
     effects_compression: str = "none"
@@ -68,7 +68,7 @@ class ArtifactStore(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """A run's step starts in this process (or the run, in process): the staging files written
         from now on name the run, so that they are removed once it has ended, from any host
-        (:func:`oe_assets.recovery.remove_ended_staging`)."""
+        (:func:`oe_assets.recovery.remove_ended_run_staging`)."""
         writing_for_run(context.run_id)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
